@@ -1,0 +1,354 @@
+"""The broker's round state machine. No sockets: it is fed decoded-or-not frames and the time, and it
+returns the frames to send. The ROUTER loop in :mod:`federated.broker.loop` only moves bytes.
+
+A round (DESIGN §3): select a cohort from live workers, send each a TASK with the global model, collect
+UPDATEs until all answered, dropped (expired, reconnected, unreachable, left) or the deadline passed;
+then either aggregate the survivors' updates (weighted FedAvg + server step), evaluate, checkpoint and
+record the round, or, with fewer than ``min_clients`` survivors, record a failed round and keep the model
+unchanged. A round is complete only once it is in the store.
+
+Every inbound message is validated; anything malformed or out of place is answered with an ERROR and a
+log line and changes no state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from federated.aggregation import FedAvgServer, ServerOptimizer, check_compatible, weighted_mean
+from federated.broker.registry import WorkerRegistry
+from federated.broker.store import RoundRecord, RoundStore
+from federated.config import FederatedConfig
+from federated.protocol import (
+    Bye,
+    Error,
+    Heartbeat,
+    Hello,
+    Limits,
+    ProtocolError,
+    Task,
+    Update,
+    Welcome,
+    decode_message,
+)
+
+__all__ = ["STAGE_TRAIN", "Coordinator", "Evaluator", "Outbound"]
+
+log = logging.getLogger("federated.broker")
+
+STAGE_TRAIN = "train"
+
+#: ``evaluate(weights) -> (loss, accuracy)`` on the broker's held-out split.
+Evaluator = Callable[[Mapping[str, np.ndarray]], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """Frames to send to one connection (ZeroMQ routing id)."""
+
+    route: bytes
+    frames: Sequence[bytes | memoryview]
+
+
+@dataclass
+class _Round:
+    round_id: int
+    started_wall: float
+    started: float
+    deadline: float
+    cohort: list[str]
+    pending: set[str]
+    updates: dict[str, Update] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class Coordinator:
+    """Runs ``config.num_rounds`` complete rounds over whatever workers connect.
+
+    ``initial_weights`` is the global model (name -> float32 array); ``store`` receives every round and
+    checkpoint; ``evaluate`` scores each new global model on held-out data; ``on_round`` is called with
+    each recorded round (complete or failed); ``task_config`` is merged into every TASK's config (the
+    model description). ``clock`` is ``time.monotonic`` except in tests.
+    """
+
+    def __init__(
+        self,
+        config: FederatedConfig,
+        initial_weights: Mapping[str, np.ndarray],
+        *,
+        store: RoundStore | None = None,
+        evaluate: Evaluator | None = None,
+        server_optimizer: ServerOptimizer | None = None,
+        limits: Limits | None = None,
+        on_round: Callable[[RoundRecord], None] | None = None,
+        task_config: Mapping[str, Any] | None = None,
+        first_round: int = 1,
+        completed_rounds: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.weights: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
+        self.store = store
+        self.evaluate = evaluate
+        self.server_optimizer = server_optimizer or FedAvgServer(config.broker.server_learning_rate)
+        self.limits = limits or Limits()
+        self.on_round = on_round
+        self.task_config = dict(task_config or {})
+        self.clock = clock
+        self.registry = WorkerRegistry(config.broker.heartbeat_timeout_s)
+        self.rng = random.Random(config.seed)
+        self.next_round_id = first_round
+        self.completed = completed_rounds
+        self.consecutive_failures = 0
+        self.round: _Round | None = None
+        self.history: list[RoundRecord] = []
+        self.done = completed_rounds >= config.num_rounds
+        self.failed = False
+        self.exit_reason = ""
+        self.refused = 0
+        self._waiting_since: float | None = None
+        self._next_heartbeat = 0.0
+
+    # ------------------------------------------------------------------ inbound
+
+    def handle(self, route: bytes, frames: Sequence[Any], now: float) -> list[Outbound]:
+        """Process one inbound message from connection ``route``; return what to send."""
+        nbytes = sum(len(getattr(f, "buffer", f)) for f in frames)
+        try:
+            msg = decode_message(frames, self.limits)
+        except ProtocolError as exc:
+            return self._refuse(route, exc.code, str(exc))
+        if isinstance(msg, Hello):
+            return self._on_hello(route, msg, now)
+        wid = self.registry.id_of(route)
+        if wid is None:
+            if isinstance(msg, (Bye, Error)):
+                log.info("ignoring %s from a connection that never said HELLO", type(msg).__name__)
+                return []
+            return self._refuse(route, "unknown_worker", "unknown connection: send HELLO first")
+        claimed = getattr(msg, "worker_id", wid)
+        if claimed and claimed != wid:
+            return self._refuse(route, "wrong_worker", f"worker_id {claimed!r} does not match this connection")
+        self.registry.touch(wid, now)
+        if self.round is not None and wid in self.round.pending:
+            self.round.bytes_up += nbytes
+        if isinstance(msg, Heartbeat):
+            return []
+        if isinstance(msg, Update):
+            return self._on_update(route, wid, msg, now)
+        if isinstance(msg, Bye):
+            log.info("worker %s left: %s", wid, msg.reason or "no reason given")
+            self.registry.remove(wid)
+            self._drop(wid, "left")
+            return self._maybe_finish(now)
+        if isinstance(msg, Error):
+            log.warning("worker %s reported an error: %s: %s", wid, msg.code, msg.message)
+            return []
+        return self._refuse(route, "wrong_direction", f"{type(msg).__name__} is sent by the broker, not to it")
+
+    def unreachable(self, route: bytes, now: float) -> list[Outbound]:
+        """The socket could not deliver to ``route`` (peer gone): its worker is a dropout."""
+        wid = self.registry.id_of(route)
+        if wid is None:
+            return []
+        log.warning("worker %s is unreachable; removing it", wid)
+        self.registry.remove(wid)
+        self._drop(wid, "unreachable")
+        return self._maybe_finish(now)
+
+    def _refuse(self, route: bytes, code: str, message: str) -> list[Outbound]:
+        self.refused += 1
+        log.warning("refused a message from connection %s: %s: %s", route.hex()[:16], code, message)
+        round_id = self.round.round_id if self.round is not None else -1
+        return [Outbound(route, Error(code, message, round_id).to_frames())]
+
+    def _on_hello(self, route: bytes, msg: Hello, now: float) -> list[Outbound]:
+        previous = self.registry.register(msg.worker_id, route, msg.num_samples, now)
+        if previous is not None:
+            log.info("worker %s re-announced itself (new connection)", msg.worker_id)
+            self._drop(msg.worker_id, "reconnected")
+        else:
+            log.info("worker %s joined with %d samples", msg.worker_id, msg.num_samples)
+        if self.store is not None:
+            self.store.upsert_worker(msg.worker_id, num_samples=msg.num_samples, seen_at=time.time())
+        out = [Outbound(route, Welcome(msg.worker_id, self.config.broker.heartbeat_interval_s,
+                                       self.config.broker.heartbeat_timeout_s).to_frames())]
+        if self.done:
+            out.append(Outbound(route, Bye("", self.exit_reason or "training finished").to_frames()))
+        return out + self._maybe_finish(now)
+
+    def _on_update(self, route: bytes, wid: str, msg: Update, now: float) -> list[Outbound]:
+        rnd = self.round
+        if rnd is None or msg.round_id != rnd.round_id or msg.stage != STAGE_TRAIN:
+            current = "none" if rnd is None else f"{rnd.round_id}/{STAGE_TRAIN}"
+            return self._refuse(route, "wrong_stage",
+                                f"update for round {msg.round_id}/{msg.stage}; current round is {current}")
+        if wid not in rnd.pending:
+            return self._refuse(route, "wrong_stage", f"no update expected from {wid} in round {rnd.round_id}")
+        try:
+            check_compatible(self.weights, msg.update)
+        except ValueError as exc:
+            return self._refuse(route, "bad_tensor", str(exc))
+        if any(t.dtype != np.float32 for t in msg.update.values()):
+            return self._refuse(route, "bad_tensor", "update tensors must be float32")
+        rnd.updates[wid] = msg
+        rnd.pending.discard(wid)
+        return self._maybe_finish(now)
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self, now: float) -> list[Outbound]:
+        """Expire silent workers, close or start rounds, send heartbeats. Call at least every
+        :meth:`next_wakeup` seconds."""
+        out: list[Outbound] = []
+        for wid in self.registry.expire(now):
+            log.warning("worker %s missed its heartbeats; counted as dropped", wid)
+            self._drop(wid, "timeout")
+        out += self._maybe_finish(now)
+        if self.round is None and not self.done:
+            out += self._maybe_start(now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.broker.heartbeat_interval_s
+            for rec in self.registry.records():
+                out.append(Outbound(rec.route, Heartbeat(rec.worker_id).to_frames()))
+        return out
+
+    def next_wakeup(self, now: float) -> float:
+        """Seconds until :meth:`tick` has something to do (never negative)."""
+        times = [self._next_heartbeat]
+        expiry = self.registry.next_expiry()
+        if expiry is not None:
+            times.append(expiry)
+        if self.round is not None:
+            times.append(self.round.deadline)
+        elif self._waiting_since is not None:
+            times.append(self._waiting_since + self.config.broker.start_timeout_s)
+        return max(0.0, min(times) - now)
+
+    # ------------------------------------------------------------------ rounds
+
+    def _maybe_start(self, now: float) -> list[Outbound]:
+        cfg = self.config
+        live = self.registry.live_ids()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        if len(live) < cfg.clients_per_round:
+            waited = now - self._waiting_since >= cfg.broker.start_timeout_s
+            if len(live) < cfg.min_clients or not waited:
+                return []
+        cohort = self.rng.sample(live, min(cfg.clients_per_round, len(live)))
+        self._waiting_since = None
+        rid = self.next_round_id
+        self.next_round_id += 1
+        rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
+        self.round = rnd
+        task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
+        out = []
+        for index, wid in enumerate(cohort):
+            rec = self.registry.get(wid)
+            assert rec is not None  # cohort was drawn from the registry this instant
+            frames = Task(rid, STAGE_TRAIN, task_config, self.weights, index, len(cohort),
+                          cfg.broker.round_timeout_s).to_frames()
+            rnd.bytes_down += sum(len(f) for f in frames)
+            out.append(Outbound(rec.route, frames))
+            if self.store is not None:
+                self.store.count_worker(wid, "rounds_selected")
+        log.info("round %d started with %d workers", rid, len(cohort))
+        return out
+
+    def _drop(self, wid: str, reason: str) -> None:
+        rnd = self.round
+        if rnd is not None and wid in rnd.pending:
+            rnd.pending.discard(wid)
+            rnd.dropped[wid] = reason
+            log.warning("round %d: worker %s dropped (%s)", rnd.round_id, wid, reason)
+
+    def _maybe_finish(self, now: float) -> list[Outbound]:
+        rnd = self.round
+        if rnd is None or (rnd.pending and now < rnd.deadline):
+            return []
+        for wid in sorted(rnd.pending):
+            self._drop(wid, "deadline")
+        self.round = None
+        self._waiting_since = now
+        survivors = sorted(rnd.updates)
+        if len(survivors) < self.config.min_clients:
+            return self._fail(rnd, survivors)
+        return self._complete(rnd, survivors)
+
+    def _fail(self, rnd: _Round, survivors: list[str]) -> list[Outbound]:
+        error = (f"only {len(survivors)} of {len(rnd.cohort)} workers answered; "
+                 f"min_clients is {self.config.min_clients}; model unchanged")
+        log.error("round %d failed: %s", rnd.round_id, error)
+        self._record(rnd, survivors, "failed", error=error)
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.config.broker.max_failed_rounds:
+            self.failed = True
+            return self._finish_training(f"{self.consecutive_failures} rounds in a row failed")
+        return []
+
+    def _complete(self, rnd: _Round, survivors: list[str]) -> list[Outbound]:
+        updates = [rnd.updates[w] for w in survivors]
+        mean = weighted_mean([u.update for u in updates], [u.num_samples for u in updates])
+        new_weights = self.server_optimizer.step(self.weights, mean)
+        loss = accuracy = None
+        if self.evaluate is not None:
+            loss, accuracy = self.evaluate(new_weights)
+        self._record(rnd, survivors, "complete", weights=new_weights, loss=loss, accuracy=accuracy)
+        self.weights = new_weights
+        self.completed += 1
+        self.consecutive_failures = 0
+        if self.store is not None:
+            for wid in survivors:
+                self.store.count_worker(wid, "rounds_completed")
+        if self.completed >= self.config.num_rounds:
+            return self._finish_training("training finished")
+        return []
+
+    def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
+                loss: float | None = None, accuracy: float | None = None, error: str | None = None) -> None:
+        updates = [rnd.updates[w] for w in survivors]
+        samples = sum(u.num_samples for u in updates)
+
+        def mean_metric(key: str) -> float | None:
+            vals = [(u.metrics[key], u.num_samples) for u in updates if key in u.metrics]
+            return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
+
+        duration = self.clock() - rnd.started
+        # A participant's local time is its compute plus, in simulation, the time it queued for a CPU
+        # shared with other virtual clients; neither is orchestration overhead (DESIGN §3).
+        slowest = max((u.metrics.get("train_s", 0.0) + u.metrics.get("wait_s", 0.0) for u in updates),
+                      default=None)
+        record = RoundRecord(
+            round=rnd.round_id, status=status, started_at=rnd.started_wall, duration_s=duration,
+            overhead_s=None if slowest is None else max(0.0, duration - slowest),
+            participants=tuple(rnd.cohort), survivors=tuple(survivors), dropped=tuple(sorted(rnd.dropped)),
+            num_samples=samples, bytes_up=rnd.bytes_up, bytes_down=rnd.bytes_down,
+            accuracy=accuracy, loss=loss, train_loss=mean_metric("loss"),
+            train_accuracy=mean_metric("accuracy"), epsilon=None, error=error,
+            metrics={"max_local_s": slowest or 0.0,
+                     **{f"dropped_{r}": float(list(rnd.dropped.values()).count(r))
+                        for r in set(rnd.dropped.values())}},
+        )
+        if self.store is not None:
+            self.store.record_round(record, weights)
+            for wid in rnd.dropped:
+                self.store.count_worker(wid, "rounds_dropped")
+        self.history.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+
+    def _finish_training(self, reason: str) -> list[Outbound]:
+        self.done = True
+        self.exit_reason = reason
+        log.info("stopping: %s", reason)
+        return [Outbound(rec.route, Bye("", reason).to_frames()) for rec in self.registry.records()]

@@ -1,0 +1,103 @@
+"""Flags shared by ``fl simulate``, ``fl baseline`` and ``fl broker``, and how they become a config.
+
+Settings come from the defaults, then ``--config FILE``, then flags (DESIGN §8). A flag left unset does
+not override the file. Any invalid value ends the command with exit status 2 and a message that names
+the setting and its allowed values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from federated.config import ConfigError, FederatedConfig, load_config
+
+__all__ = ["FLAG_TO_KEY", "build_config", "emit_json", "run_options", "setup_logging"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: click parameter name -> dotted config key.
+FLAG_TO_KEY = {
+    "num_clients": "num_clients",
+    "clients_per_round": "clients_per_round",
+    "num_rounds": "num_rounds",
+    "min_clients": "min_clients",
+    "seed": "seed",
+    "dataset": "dataset",
+    "partition": "partition",
+    "model": "model",
+    "privacy_budget": "privacy_budget",
+    "local_epochs": "training.local_epochs",
+    "batch_size": "training.batch_size",
+    "learning_rate": "training.learning_rate",
+    "optimizer": "training.optimizer",
+    "momentum": "training.momentum",
+    "proximal_mu": "training.proximal_mu",
+    "round_timeout": "broker.round_timeout_s",
+    "store": "broker.store",
+}
+
+_OPTIONS = [
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML settings file."),
+    click.option("--num-clients", type=int, help="Number of workers in the federation."),
+    click.option("--clients-per-round", type=int, help="Workers selected for each round."),
+    click.option("--num-rounds", type=int, help="Complete rounds to run."),
+    click.option("--min-clients", type=int, help="Fewest updates a round may aggregate."),
+    click.option("--seed", type=int, help="Seed for data partitioning, model init and selection."),
+    click.option("--dataset", help="digits | synthetic | npz:DIR"),
+    click.option("--partition", help="iid | dirichlet:ALPHA"),
+    click.option("--model", help="mlp | cnn | MODULE:FACTORY"),
+    click.option("--local-epochs", type=int, help="Local epochs per round."),
+    click.option("--batch-size", type=int, help="Local mini-batch size."),
+    click.option("--learning-rate", type=float, help="Local learning rate."),
+    click.option("--optimizer", help="sgd | adam"),
+    click.option("--momentum", type=float, help="SGD momentum."),
+    click.option("--proximal-mu", type=float, help="FedProx proximal term mu (0: plain FedAvg)."),
+    click.option("--privacy-budget", type=float, help="Total epsilon allowed (differential privacy)."),
+    click.option("--round-timeout", type=float, help="Seconds the broker waits for a round's updates."),
+    click.option("--store", help="Round store (SQLite file; checkpoints go beside it)."),
+    click.option("--json", "as_json", is_flag=True, help="Last line of stdout: one JSON object of results."),
+    click.option("-v", "--verbose", count=True, help="More log output (repeat for debug)."),
+]
+
+
+def run_options(func: F) -> F:
+    """Decorate a click command with the shared run flags."""
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def build_config(params: dict[str, Any], extra: dict[str, Any] | None = None) -> FederatedConfig:
+    """Config from defaults, ``--config`` and the flags in ``params``; ``click.UsageError`` (exit 2) if bad."""
+    overrides = {key: params.get(flag) for flag, key in FLAG_TO_KEY.items()}
+    overrides.update(extra or {})
+    try:
+        return load_config(params.get("config_file"), overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def setup_logging(verbose: int, *, quiet: bool = False) -> None:
+    """Log to stderr: warnings by default, info with -v, debug with -vv."""
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    if quiet and verbose == 0:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """Print ``obj`` as the last line of stdout (the ``--json`` contract)."""
+    click.echo(json.dumps(obj, separators=(",", ":"), default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+

@@ -1,0 +1,37 @@
+"""Entry point of ``fl simulate``'s worker processes (internal; not a user command).
+
+``python -m federated.cli.simworker --server-address A --shards 0,2,4 ...`` runs the given shards as
+virtual clients in one process, through the same :class:`~federated.worker.loop.WorkerLoop` and model
+runner as ``flworker``: only where the data comes from differs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from federated.cli.options import setup_logging
+from federated.cli.worker import load_shards, run_worker
+
+
+@click.command()
+@click.option("--server-address", required=True)
+@click.option("--dataset", required=True)
+@click.option("--partition", required=True)
+@click.option("--num-shards", type=int, required=True)
+@click.option("--shards", required=True, help="Comma-separated shard indices to host.")
+@click.option("--seed", type=int, required=True)
+@click.option("--model", required=True)
+@click.option("--dropout", type=float, default=0.0)
+@click.option("-v", "--verbose", count=True)
+def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int,
+         model: str, dropout: float, verbose: int) -> None:
+    setup_logging(verbose, quiet=True)
+    indices = [int(s) for s in shards.split(",") if s]
+    clients = load_shards(dataset, partition, num_shards, indices, seed)
+    sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``flworker`` / ``fl worker``: hold private data, train locally, answer the broker's rounds.
+
+Data comes either from ``--data-path DIR`` (the worker's own ``train.npz``; format in
+:mod:`federated.data.datasets`) or, for demonstrations, from shard ``--shard I`` of a built-in data set
+split ``--num-shards`` ways with ``--partition``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+import click
+
+from federated.cli.exit_codes import CONFIG_ERROR, INTERRUPTED, OK
+from federated.cli.options import setup_logging
+from federated.config import ClientConfig, ConfigError
+
+__all__ = ["load_shards", "run_worker", "worker_command"]
+
+
+def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequence[int], seed: int,
+                prefix: str = "client_") -> list[Any]:
+    """ClientData for ``shards`` of ``dataset``'s training split partitioned ``num_shards`` ways.
+
+    Every process computes the same deterministic partition from ``seed``, so shards never overlap.
+    Raises DataError (a ValueError) for a bad data set or partition.
+    """
+    from federated.data import load_dataset, partition
+    from federated.worker.loop import ClientData
+
+    train, _ = load_dataset(dataset, seed=seed)
+    parts = partition(train.y, num_shards, partition_spec, seed=seed)
+    return [ClientData(f"{prefix}{i}", train.x[parts[i]], train.y[parts[i]]) for i in shards]
+
+
+def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
+               dropout_rate: float = 0.0) -> int:
+    """Serve ``clients`` against the broker until it says BYE; returns an exit code."""
+    from federated.worker.loop import WorkerLoop
+    from federated.worker.runner import ModelRunner
+
+    runner = ModelRunner(trusted_spec=model)
+    loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate)
+    interrupted = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupted
+        interrupted = True
+        loop.stop()
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop)
+    code = loop.run()
+    return INTERRUPTED if interrupted else code
+
+
+@click.command("worker")
+@click.option("--client-id", required=True, help="This worker's id (letters, digits, _.:@-).")
+@click.option("--server-address", default="127.0.0.1:8080", show_default=True, help="Broker HOST:PORT.")
+@click.option("--data-path", type=click.Path(file_okay=False), help="Directory with train.npz (x, y).")
+@click.option("--dataset", help="Built-in data set to take a shard of instead: digits | synthetic.")
+@click.option("--shard", type=int, help="Which shard of --dataset (0-based).")
+@click.option("--num-shards", type=int, default=1, show_default=True, help="How many shards --dataset is cut into.")
+@click.option("--partition", default="iid", show_default=True, help="iid | dirichlet:ALPHA (for --dataset).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Partition seed (same on every worker).")
+@click.option("--model", help="A MODULE:FACTORY model this worker agrees to build (built-ins need no flag).")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
+                   shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
+                   verbose: int) -> None:
+    """Run one worker: connect to the broker, train on local data each time it is selected."""
+    setup_logging(verbose)
+    try:
+        ClientConfig(client_id=client_id, server_address=server_address, data_path=data_path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if (data_path is None) == (dataset is None):
+        raise click.UsageError("give exactly one of --data-path DIR or --dataset NAME --shard I")
+    from federated.data import DataError, load_client_dir
+    from federated.worker.loop import ClientData
+
+    try:
+        if data_path is not None:
+            train, _ = load_client_dir(data_path)
+            clients = [ClientData(client_id, train.x, train.y)]
+        else:
+            if shard is None or not 0 <= shard < num_shards:
+                raise click.UsageError(f"--shard must be in [0, {num_shards}) with --dataset")
+            clients = load_shards(dataset or "", partition, num_shards, [shard], seed)
+            clients = [ClientData(client_id, clients[0].x, clients[0].y)]
+    except DataError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(CONFIG_ERROR)
+    code = run_worker(clients, server_address, model)
+    sys.exit(code if code in (OK, INTERRUPTED) else code)

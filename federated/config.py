@@ -1,0 +1,280 @@
+"""Configuration: frozen dataclasses, YAML loading, and validation errors that name the field.
+
+Precedence (DESIGN §8): the defaults below (mirrored, with comments, in ``configs/default.yaml``), then a
+YAML file given with ``--config``, then command-line flags. YAML is read with ``yaml.safe_load``; unknown
+keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+__all__ = [
+    "BrokerConfig",
+    "ClientConfig",
+    "ConfigError",
+    "FederatedConfig",
+    "TrainingConfig",
+    "load_config",
+    "merge",
+]
+
+OPTIMIZERS = ("sgd", "adam")
+SELECTIONS = ("random",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. ``field`` is its dotted name; the message lists allowed values."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def _number(name: str, value: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value > hi or value < lo or (open_lo and value == lo):
+        bound = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
+        raise ConfigError(name, f"must be a number in {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training that the broker asks of every worker (sent in each TASK)."""
+
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    proximal_mu: float = 0.0
+
+    def validate(self, prefix: str = "training") -> None:
+        _positive_int(f"{prefix}.local_epochs", self.local_epochs)
+        _positive_int(f"{prefix}.batch_size", self.batch_size)
+        _number(f"{prefix}.learning_rate", self.learning_rate, 0.0, 10.0, open_lo=True)
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{prefix}.optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        _number(f"{prefix}.momentum", self.momentum, 0.0, 0.999)
+        _number(f"{prefix}.proximal_mu", self.proximal_mu, 0.0, 1e6)
+
+    def to_task_config(self) -> dict[str, Any]:
+        """The training section of a TASK message (keys of ``federated.worker.trainer.TrainConfig``)."""
+        return {"epochs": self.local_epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "optimizer": self.optimizer,
+                "momentum": self.momentum, "proximal_mu": self.proximal_mu}
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How the broker listens, times rounds and keeps liveness. Times in seconds."""
+
+    bind: str = "tcp://127.0.0.1:8080"
+    store: str = "runs/latest/store.db"
+    round_timeout_s: float = 60.0
+    start_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+    max_failed_rounds: int = 3
+    server_learning_rate: float = 1.0
+
+    def validate(self, prefix: str = "broker") -> None:
+        for name in ("bind", "store"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{prefix}.{name}", f"must be a string, got {getattr(self, name)!r}")
+        if not re.fullmatch(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)", self.bind):
+            raise ConfigError(f"{prefix}.bind", f"must look like tcp://HOST:PORT, got {self.bind!r}")
+        if not self.store:
+            raise ConfigError(f"{prefix}.store", "must be a file path")
+        _number(f"{prefix}.round_timeout_s", self.round_timeout_s, 0.0, 7 * 86400, open_lo=True)
+        _number(f"{prefix}.start_timeout_s", self.start_timeout_s, 0.0, 7 * 86400)
+        _number(f"{prefix}.heartbeat_interval_s", self.heartbeat_interval_s, 0.0, 3600, open_lo=True)
+        _number(f"{prefix}.heartbeat_timeout_s", self.heartbeat_timeout_s, 0.0, 86400, open_lo=True)
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError(f"{prefix}.heartbeat_timeout_s",
+                              "must be larger than heartbeat_interval_s (several intervals, e.g. 5x)")
+        _positive_int(f"{prefix}.max_failed_rounds", self.max_failed_rounds)
+        _number(f"{prefix}.server_learning_rate", self.server_learning_rate, 0.0, 100.0, open_lo=True)
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """A whole federated run: who takes part, what is trained, and how the broker runs it.
+
+    ``min_clients`` is the fewest updates a round may aggregate; with fewer the round fails (model
+    unchanged). ``privacy_budget`` is the total epsilon allowed (``None``: no differential privacy).
+    """
+
+    num_clients: int = 10
+    clients_per_round: int = 10
+    num_rounds: int = 20
+    min_clients: int = 2
+    seed: int = 0
+    dataset: str = "digits"
+    partition: str = "iid"
+    model: str = "mlp"
+    selection: str = "random"
+    privacy_budget: float | None = None
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field and its allowed values."""
+        _positive_int("num_clients", self.num_clients)
+        _positive_int("clients_per_round", self.clients_per_round)
+        _positive_int("num_rounds", self.num_rounds)
+        _positive_int("min_clients", self.min_clients)
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError("clients_per_round", f"must be <= num_clients ({self.num_clients}), "
+                                                   f"got {self.clients_per_round}")
+        if self.min_clients > self.clients_per_round:
+            raise ConfigError("min_clients", f"must be <= clients_per_round ({self.clients_per_round}), "
+                                             f"got {self.min_clients}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be an integer in [0, 2**32), got {self.seed!r}")
+        for name in ("dataset", "partition", "model", "selection"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        if not (self.dataset in ("digits", "synthetic") or self.dataset.startswith("npz:")):
+            raise ConfigError("dataset", f"{self.dataset!r} is not one of digits, synthetic, npz:DIR")
+        if not re.fullmatch(r"iid|dirichlet:\d*\.?\d+(e-?\d+)?", self.partition) or \
+                self.partition.startswith("dirichlet:") and float(self.partition[10:]) <= 0:
+            raise ConfigError("partition", f"{self.partition!r} is not one of iid, dirichlet:ALPHA (ALPHA > 0)")
+        if not (self.model in ("mlp", "cnn") or re.fullmatch(r"[\w.]+:\w+", self.model)):
+            raise ConfigError("model", f"{self.model!r} is not one of mlp, cnn, MODULE:FACTORY")
+        if self.selection not in SELECTIONS:
+            raise ConfigError("selection", f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if self.privacy_budget is not None:
+            _number("privacy_budget", self.privacy_budget, 0.0, 1e6, open_lo=True)
+        self.training.validate()
+        self.broker.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (the form stored in the round store and written as YAML)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """One worker's own settings (seed README API).
+
+    ``local_epochs`` and ``learning_rate`` are used by :class:`federated.client.FederatedClient` when it
+    trains on its own; in a federated run the broker's TASK carries the training configuration, so that
+    every worker in a round trains alike.
+    """
+
+    client_id: str = "client_0"
+    server_address: str = "127.0.0.1:8080"
+    data_path: str | None = None
+    local_epochs: int = 1
+    learning_rate: float = 0.05
+    batch_size: int = 16
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    proximal_mu: float = 0.0
+    model: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", self.client_id):
+            raise ConfigError("client_id", f"must be 1-128 characters of letters, digits and _.:@-, "
+                                           f"got {self.client_id!r}")
+        if not re.fullmatch(r"[^\s:/]+:\d{1,5}", self.server_address):
+            raise ConfigError("server_address", f"must be HOST:PORT, got {self.server_address!r}")
+        self.training().validate("client")
+
+    def training(self) -> TrainingConfig:
+        """This client's training settings as a :class:`TrainingConfig`."""
+        return TrainingConfig(self.local_epochs, self.batch_size, self.learning_rate, self.optimizer,
+                              self.momentum, self.proximal_mu)
+
+
+T = TypeVar("T")
+
+
+def _from_mapping(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are errors."""
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(name, f"unknown setting; allowed: {', '.join(sorted(known))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(name, "must be a mapping")
+            value = _from_mapping(hint, value, f"{name}.")  # type: ignore[arg-type]
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # wrong type reached a comparison inside validate()
+        raise ConfigError(prefix.rstrip(".") or "config", str(exc)) from None
+
+
+def merge(config: FederatedConfig, overrides: dict[str, Any]) -> FederatedConfig:
+    """Return ``config`` with dotted-key ``overrides`` applied (``{"training.learning_rate": 0.1}``).
+
+    ``None`` values are skipped (an unset command-line flag). Raises ConfigError for unknown keys or
+    invalid results.
+    """
+    data = config.to_dict()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return _from_mapping(FederatedConfig, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FederatedConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated.
+
+    Raises ConfigError (bad or unknown field, unreadable file, invalid YAML).
+    """
+    config = FederatedConfig()
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
+        if raw is not None:
+            if not isinstance(raw, dict):
+                raise ConfigError("--config", f"{path} must contain a mapping of settings")
+            config = _from_mapping(FederatedConfig, {**config.to_dict(), **_deep(config.to_dict(), raw)}, "")
+    return merge(config, overrides or {})
+
+
+def _deep(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update (nested sections in a YAML file override key by key)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _deep(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+

@@ -1,0 +1,113 @@
+"""Split a dataset's samples among clients: ``iid`` or label-skewed ``dirichlet:ALPHA``.
+
+``iid`` shuffles the samples and deals them out in near-equal shares. ``dirichlet:ALPHA`` is the label-skew
+partition of Hsu et al. (2019, "Measuring the effects of non-identical data distribution"): for every class
+the share each client receives is drawn from Dirichlet(ALPHA, ..., ALPHA). Small ALPHA (0.1) gives each
+client a few dominant classes; large ALPHA (100) approaches iid. Draws that leave a client with fewer than
+``min_samples`` samples are re-drawn a bounded number of times.
+
+Randomness comes from a NumPy generator seeded with ``seed``: partitioning is simulation bookkeeping, not
+anything secret, and it must be reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from federated.data.errors import DataError
+
+__all__ = ["MAX_DIRICHLET_DRAWS", "parse_partition", "partition"]
+
+#: Re-draws allowed before a Dirichlet partition that keeps starving some client is declared impossible.
+MAX_DIRICHLET_DRAWS = 1000
+
+_ALLOWED = '"iid" or "dirichlet:ALPHA" with ALPHA > 0 (e.g. "dirichlet:0.5")'
+
+
+def parse_partition(spec: str) -> tuple[str, float | None]:
+    """Parse a partition spec into ``(kind, alpha)``: ``("iid", None)`` or ``("dirichlet", alpha)``.
+
+    Raises :class:`DataError` naming the allowed values for anything else, including ALPHA <= 0, NaN or inf.
+    """
+    if spec == "iid":
+        return "iid", None
+    kind, sep, value = spec.partition(":")
+    if kind == "dirichlet" and sep:
+        try:
+            alpha = float(value)
+        except ValueError:
+            alpha = math.nan
+        if math.isfinite(alpha) and alpha > 0:
+            return "dirichlet", alpha
+        raise DataError(f"partition {spec!r}: ALPHA must be a finite number > 0; allowed: {_ALLOWED}")
+    raise DataError(f"unknown partition {spec!r}; allowed: {_ALLOWED}")
+
+
+def partition(
+    labels: np.ndarray, num_clients: int, spec: str, *, seed: int, min_samples: int = 2
+) -> list[np.ndarray]:
+    """Split sample indices ``0..len(labels)-1`` among ``num_clients`` clients.
+
+    Returns one sorted int64 index array per client; together they are disjoint and cover every sample.
+    Deterministic from ``seed``. Every client gets at least ``min_samples`` samples. Raises
+    :class:`DataError` for a bad spec, too few samples for the clients, or a Dirichlet partition that still
+    starves some client after :data:`MAX_DIRICHLET_DRAWS` draws (raise ALPHA or lower the client count).
+    """
+    kind, alpha = parse_partition(spec)
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"labels must be a 1-D array, got shape {labels.shape}")
+    if num_clients < 1:
+        raise DataError(f"num_clients must be >= 1, got {num_clients}")
+    if min_samples < 0:
+        raise DataError(f"min_samples must be >= 0, got {min_samples}")
+    n = len(labels)
+    if n == 0:
+        raise DataError("cannot partition an empty dataset")
+    if n < num_clients * min_samples:
+        raise DataError(
+            f"{n} samples cannot give {num_clients} clients at least {min_samples} each; "
+            "use fewer clients or a larger dataset"
+        )
+    rng = np.random.default_rng(seed)
+    if kind == "iid":
+        shares = np.array_split(rng.permutation(n), num_clients)
+        return [np.sort(share).astype(np.int64) for share in shares]
+    assert alpha is not None  # parse_partition returns an alpha for every non-iid kind
+    return _dirichlet(labels, num_clients, alpha, rng, min_samples, spec)
+
+
+def _dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    rng: np.random.Generator,
+    min_samples: int,
+    spec: str,
+) -> list[np.ndarray]:
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    class_sizes = np.array([len(m) for m in members], dtype=np.int64)
+    smallest = 0
+    for _ in range(MAX_DIRICHLET_DRAWS):
+        # One row of client shares per class. Cut points are rounded on the cumulative sum (not per
+        # client) so that each class is still split exactly; only counts are computed per draw, which
+        # keeps a hopeless request (say 1,000 clients on 1,400 samples) failing in milliseconds.
+        proportions = rng.dirichlet(np.full(num_clients, alpha), size=len(members))
+        cuts = np.round(np.cumsum(proportions, axis=1)[:, :-1] * class_sizes[:, None]).astype(np.int64)
+        bounds = np.concatenate(
+            [np.zeros((len(members), 1), np.int64), cuts, class_sizes[:, None]], axis=1
+        )
+        smallest = int(np.diff(bounds, axis=1).sum(axis=0).min())
+        if smallest >= min_samples:
+            shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+            for class_members, class_cuts in zip(members, cuts):
+                for client, piece in enumerate(np.split(class_members, class_cuts)):
+                    shares[client].append(piece)
+            return [np.sort(np.concatenate(pieces)).astype(np.int64) for pieces in shares]
+    raise DataError(
+        f"partition {spec!r}: after {MAX_DIRICHLET_DRAWS} draws some client still had {smallest} < "
+        f"{min_samples} samples ({len(labels)} samples, {num_clients} clients); "
+        "use a larger ALPHA, fewer clients or a smaller min_samples"
+    )

@@ -1,0 +1,60 @@
+"""The built-in models: a small MLP and a small CNN, sized for 8x8 digits but usable on any input.
+
+Both take a batch of *flat* float32 features, shape (B, F), because that is how datasets and the trainer
+hold samples (:class:`federated.data.Dataset`); the CNN reshapes to its NHWC ``input_shape`` itself.
+Parameter names (``tree_flatten`` paths) are the tensor names on the wire, so renaming an attribute here
+is a protocol change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+
+__all__ = ["CNN", "MLP"]
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: F -> hidden... -> num_classes logits.
+
+    Parameters are named ``layers.{i}.weight`` / ``layers.{i}.bias``.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, hidden: tuple[int, ...] = (128,)) -> None:
+        super().__init__()
+        sizes = [num_features, *hidden, num_classes]
+        self.layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.layers[:-1]:
+            x = nn.relu(layer(x))
+        out: mx.array = self.layers[-1](x)
+        return out
+
+
+class CNN(nn.Module):
+    """Two 3x3 convolutions (16 and 32 channels, the second with stride 2) and a linear head.
+
+    ``input_shape`` is (H, W, C) (channels last, as MLX's ``conv2d`` wants). On 8x8x1 digits this is a
+    ~10k-parameter model; the stride halves the map so the head stays small on larger images too.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        height, width, channels = input_shape
+        # Plain ints, not a tuple: MLX stores tuple attributes in the module's parameter tree.
+        self.height, self.width, self.channels = int(height), int(width), int(channels)
+        self.conv1 = nn.Conv2d(channels, 16, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, stride=2, padding=1)
+        flat = math.ceil(height / 2) * math.ceil(width / 2) * 32
+        self.head = nn.Linear(flat, num_classes)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x.reshape(x.shape[0], self.height, self.width, self.channels)
+        x = nn.relu(self.conv1(x))
+        x = nn.relu(self.conv2(x))
+        out: mx.array = self.head(x.reshape(x.shape[0], -1))
+        return out

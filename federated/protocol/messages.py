@@ -1,0 +1,280 @@
+"""Typed messages of the training protocol, and their strict decoding from an :class:`Envelope`.
+
+Each class knows its :class:`Kind`, turns itself into frames (``to_frames``) and validates a decoded
+envelope (``from_envelope``): every header field is checked for presence, type and range, so code past
+this module never sees a malformed value. Unknown extra header fields are ignored, which lets a newer
+peer add optional fields without breaking an older one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from federated.protocol.codec import Envelope, decode, encode
+from federated.protocol.errors import LimitExceeded, MalformedMessage, UnknownKind
+from federated.protocol.kinds import Kind
+from federated.protocol.limits import Limits
+
+__all__ = [
+    "Bye",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "Message",
+    "Task",
+    "Update",
+    "Welcome",
+    "decode_message",
+    "validate_worker_id",
+]
+
+_WORKER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+_STAGE = re.compile(r"[a-z_]{1,32}")
+
+
+def validate_worker_id(worker_id: object) -> str:
+    """Return ``worker_id`` if it is 1-128 characters of ``[A-Za-z0-9_.:@-]``, else raise MalformedMessage."""
+    if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
+        raise MalformedMessage(
+            f"worker_id must be 1-128 characters of letters, digits and _.:@-, got {str(worker_id)[:40]!r}")
+    return worker_id
+
+
+class _Fields:
+    """Typed, bounded access to one header's fields; every failure names the field."""
+
+    def __init__(self, header: Mapping[str, Any], kind: Kind, limits: Limits) -> None:
+        self.h, self.kind, self.limits = header, kind, limits
+
+    def _get(self, key: str) -> Any:
+        if key not in self.h:
+            raise MalformedMessage(f"{self.kind.value}: missing header field {key!r}")
+        return self.h[key]
+
+    def str(self, key: str, pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
+        if default is not None and key not in self.h:
+            return default
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a string")
+        if len(value) > self.limits.max_string_length:
+            raise LimitExceeded(f"{self.kind.value}: field {key!r} is longer than "
+                                f"{self.limits.max_string_length} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} has an invalid value {value[:40]!r}")
+        return value
+
+    def int(self, key: str, lo: int = 0, hi: int = 2**62, default: int | None = None) -> int:
+        if default is not None and key not in self.h:
+            return default
+        value = self._get(key)
+        # bool is an int in Python; a JSON true must not pass as 1.
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be an integer in [{lo}, {hi}]")
+        return value
+
+    def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        value = self._get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a number in [{lo}, {hi}]")
+        return float(value)
+
+    def obj(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        if default is not None and key not in self.h:
+            return dict(default)
+        value = self._get(key)
+        if not isinstance(value, dict):
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be an object")
+        return value
+
+    def metrics(self, key: str) -> dict[str, float]:
+        value = self.obj(key, {})
+        if len(value) > 64:
+            raise LimitExceeded(f"{self.kind.value}: field {key!r} has more than 64 entries")
+        out: dict[str, float] = {}
+        for name, v in value.items():
+            if len(name) > self.limits.max_string_length or not isinstance(v, (int, float)) \
+                    or isinstance(v, bool) or not math.isfinite(v):
+                raise MalformedMessage(f"{self.kind.value}: {key}[{name[:40]!r}] must be a finite number")
+            out[name] = float(v)
+        return out
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self.h.get(key, [])
+        if not isinstance(value, list) or len(value) > self.limits.max_list_length:
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a list of at most "
+                                   f"{self.limits.max_list_length} strings")
+        if not all(isinstance(v, str) and len(v) <= self.limits.max_string_length for v in value):
+            raise MalformedMessage(f"{self.kind.value}: field {key!r} must contain short strings")
+        return tuple(value)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Worker -> broker: announce (or re-announce after a reconnect) with its training-set size."""
+
+    KIND: ClassVar[Kind] = Kind.HELLO
+    worker_id: str
+    num_samples: int
+    capabilities: tuple[str, ...] = ()
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "num_samples": self.num_samples,
+                                  "capabilities": list(self.capabilities)})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Hello:
+        f = _Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.int("num_samples", 0, 2**40),
+                   f.str_list("capabilities"))
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Broker -> worker: registration accepted, with the liveness timing the worker must keep (seconds)."""
+
+    KIND: ClassVar[Kind] = Kind.WELCOME
+    worker_id: str
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id,
+                                  "heartbeat_interval_s": self.heartbeat_interval_s,
+                                  "heartbeat_timeout_s": self.heartbeat_timeout_s})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Welcome:
+        f = _Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.float("heartbeat_interval_s", 1e-3, 3600),
+                   f.float("heartbeat_timeout_s", 1e-3, 86400))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Either direction: I am alive. Any message refreshes liveness; this one exists for idle periods."""
+
+    KIND: ClassVar[Kind] = Kind.HEARTBEAT
+    worker_id: str
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Heartbeat:
+        return cls(validate_worker_id(_Fields(env.header, env.kind, limits).str("worker_id")))
+
+
+@dataclass(frozen=True)
+class Task:
+    """Broker -> worker: train on the global ``weights`` and answer with an UPDATE for this round.
+
+    ``config`` is the training configuration (validated by the worker's trainer). ``cohort_index`` and
+    ``cohort_size`` give the worker's position in this round's cohort; ``deadline_s`` is how long the
+    broker waits for the answer (seconds from sending).
+    """
+
+    KIND: ClassVar[Kind] = Kind.TASK
+    round_id: int
+    stage: str
+    config: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    cohort_index: int
+    cohort_size: int
+    deadline_s: float
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"round_id": self.round_id, "stage": self.stage, "config": self.config,
+                                  "cohort_index": self.cohort_index, "cohort_size": self.cohort_size,
+                                  "deadline_s": self.deadline_s}, self.weights)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Task:
+        f = _Fields(env.header, env.kind, limits)
+        size = f.int("cohort_size", 1, limits.max_list_length)
+        return cls(f.int("round_id"), f.str("stage", _STAGE), f.obj("config"), env.tensors,
+                   f.int("cohort_index", 0, size - 1), size, f.float("deadline_s", 0.0, 86400 * 7))
+
+
+@dataclass(frozen=True)
+class Update:
+    """Worker -> broker: the result of a TASK: ``update`` = local weights - global weights."""
+
+    KIND: ClassVar[Kind] = Kind.UPDATE
+    worker_id: str
+    round_id: int
+    stage: str
+    num_samples: int
+    metrics: dict[str, float]
+    update: dict[str, np.ndarray]
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id,
+                                  "stage": self.stage, "num_samples": self.num_samples,
+                                  "metrics": self.metrics}, self.update)
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Update:
+        f = _Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), f.str("stage", _STAGE),
+                   f.int("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors)
+
+
+@dataclass(frozen=True)
+class Error:
+    """Either direction: a message was refused. ``code`` is a ProtocolError code or a broker code."""
+
+    KIND: ClassVar[Kind] = Kind.ERROR
+    code: str
+    message: str
+    round_id: int = -1
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"code": self.code, "message": self.message[:200],
+                                  "round_id": self.round_id})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Error:
+        f = _Fields(env.header, env.kind, limits)
+        return cls(f.str("code"), f.str("message"), f.int("round_id", -1, 2**62, default=-1))
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Either direction: the sender is leaving (worker shutdown, or training finished)."""
+
+    KIND: ClassVar[Kind] = Kind.BYE
+    worker_id: str = ""
+    reason: str = ""
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "reason": self.reason[:200]})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Bye:
+        f = _Fields(env.header, env.kind, limits)
+        wid = f.str("worker_id", default="")
+        return cls(validate_worker_id(wid) if wid else "", f.str("reason", default=""))
+
+
+Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye]
+_CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye)}
+
+
+def decode_message(frames: Sequence[Any], limits: Limits | None = None) -> Message:
+    """Decode frames into a typed message. Raises ProtocolError (never anything else) if malformed."""
+    limits = limits or Limits()
+    env = decode(frames, limits)
+    cls = _CLASSES.get(env.kind)
+    if cls is None:
+        raise UnknownKind(f"{env.kind.value} is not a training-protocol message")
+    msg: Message = cls.from_envelope(env, limits)
+    return msg
+
+

@@ -1,0 +1,304 @@
+"""The worker's DEALER loop: one or more client sessions sharing a process and a training thread.
+
+Each session is one worker identity with its own DEALER socket and data (``flworker`` runs one;
+``fl simulate`` packs many virtual clients into a few processes). The main thread only moves messages
+and keeps time: it sends HELLO, heartbeats, and UPDATEs, and reconnects with exponential backoff and
+jitter when the broker falls silent. Training runs on a separate thread so heartbeats keep flowing
+while a model trains; that thread hands finished updates back through an inproc socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from federated.transport import configure_socket
+from federated.protocol import (
+    Bye,
+    Error,
+    Heartbeat,
+    Hello,
+    Limits,
+    ProtocolError,
+    Task,
+    Update,
+    Welcome,
+    decode_message,
+)
+
+__all__ = ["ClientData", "FitFunction", "WorkerLoop", "task_seed"]
+
+log = logging.getLogger("federated.worker")
+
+#: ``fit(global_weights, x, y, task_config, seed) -> (update, metrics)``; metrics include loss, accuracy,
+#: train_s. Provided by :mod:`federated.worker.runner` over the MLX trainer.
+FitFunction = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any], int],
+                       tuple[dict[str, np.ndarray], dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One worker identity and its private training data."""
+
+    worker_id: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+def task_seed(seed: int, round_id: int, worker_id: str) -> int:
+    """A per-(run, round, worker) seed for local shuffling, stable across processes and platforms."""
+    digest = hashlib.sha256(f"{seed}/{round_id}/{worker_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class _Session:
+    """Connection state of one client identity."""
+
+    def __init__(self, data: ClientData) -> None:
+        self.data = data
+        self.sock: zmq.Socket[bytes] | None = None
+        self.generation = 0
+        self.welcomed = False
+        self.done = False
+        self.last_heard = 0.0
+        self.next_heartbeat = 0.0
+        self.reconnect_at: float | None = 0.0
+        self.backoff = 0.0
+        self.interval = 1.0
+        self.timeout = 5.0
+
+
+class WorkerLoop:
+    """Runs client sessions against ``server_address`` (``HOST:PORT``) until the broker says BYE.
+
+    ``dropout_rate`` is for simulation only: a session whose position in a round's cohort is below
+    ``round(dropout_rate * cohort_size)`` vanishes on receiving the TASK (closes its socket without a
+    word) and comes back as a new connection, as a device that lost its network would.
+    """
+
+    def __init__(
+        self,
+        clients: Sequence[ClientData],
+        server_address: str,
+        fit: FitFunction,
+        *,
+        limits: Limits | None = None,
+        dropout_rate: float = 0.0,
+        reconnect_min_s: float = 0.05,
+        reconnect_max_s: float = 5.0,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if not clients:
+            raise ValueError("a worker needs at least one client")
+        self.sessions = [_Session(c) for c in clients]
+        self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
+        self.fit = fit
+        self.limits = limits or Limits()
+        self.dropout_rate = dropout_rate
+        self.reconnect_min_s = reconnect_min_s
+        self.reconnect_max_s = reconnect_max_s
+        self.context = context or zmq.Context.instance()
+        self._jobs: queue.Queue[tuple[_Session, int, Task, float] | None] = queue.Queue()
+        self._results: queue.Queue[tuple[_Session, int, Sequence[bytes | memoryview]]] = queue.Queue()
+        self._stopping = False
+        self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
+        self.updates_sent = 0
+
+    def stop(self) -> None:
+        """Ask ``run`` to return soon (safe from a signal handler)."""
+        self._stopping = True
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        """Serve until every session got BYE (returns 0) or ``stop()`` (returns 1)."""
+        wake_addr = f"inproc://worker-wake-{id(self)}"
+        wake_rx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        wake_rx.bind(wake_addr)
+        trainer = threading.Thread(target=self._train_forever, args=(wake_addr,), daemon=True)
+        trainer.start()
+        try:
+            return self._serve(wake_rx)
+        finally:
+            self._jobs.put(None)
+            # Join before returning: MLX must not be torn down under a thread that is still training.
+            trainer.join(timeout=60)
+            for s in self.sessions:
+                self._close(s)
+            wake_rx.close(linger=0)
+
+    def _serve(self, wake_rx: zmq.Socket[bytes]) -> int:
+        while not self._stopping:
+            now = time.monotonic()
+            for s in self.sessions:
+                self._timers(s, now)
+            if all(s.done for s in self.sessions):
+                return 0
+            poller = zmq.Poller()
+            poller.register(wake_rx, zmq.POLLIN)
+            by_sock = {}
+            for s in self.sessions:
+                if s.sock is not None:
+                    poller.register(s.sock, zmq.POLLIN)
+                    by_sock[s.sock] = s
+            events = dict(poller.poll(self._wait_ms(time.monotonic())))
+            if wake_rx in events:
+                while wake_rx.poll(0):
+                    wake_rx.recv()
+                self._send_results()
+            for sock, s in by_sock.items():
+                if sock in events:
+                    self._drain(s)
+        return 1
+
+    def _wait_ms(self, now: float) -> int:
+        times = [now + 0.5]
+        for s in self.sessions:
+            if s.done:
+                continue
+            times.append(s.reconnect_at if s.reconnect_at is not None else s.next_heartbeat)
+            if s.sock is not None:
+                times.append(s.last_heard + s.timeout)
+        return max(0, int((min(times) - now) * 1000) + 1)
+
+    def _timers(self, s: _Session, now: float) -> None:
+        if s.done:
+            return
+        if s.reconnect_at is not None:
+            if now >= s.reconnect_at:
+                self._connect(s, now)
+            return
+        if now - s.last_heard > s.timeout:
+            log.warning("%s: broker silent for %.1f s; reconnecting", s.data.worker_id, now - s.last_heard)
+            self._schedule_reconnect(s, now)
+            return
+        if now >= s.next_heartbeat:
+            self._send(s, Heartbeat(s.data.worker_id).to_frames())
+            s.next_heartbeat = now + s.interval
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self, s: _Session, now: float) -> None:
+        self._close(s)
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        configure_socket(sock, self.limits, s.interval, s.timeout)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        sock.connect(self.endpoint)
+        s.sock, s.generation, s.welcomed = sock, s.generation + 1, False
+        s.reconnect_at = None
+        s.last_heard = now
+        s.next_heartbeat = now + s.interval
+        self._send(s, Hello(s.data.worker_id, len(s.data.y), ("train",)).to_frames())
+
+    def _close(self, s: _Session) -> None:
+        if s.sock is not None:
+            s.sock.close(linger=0)
+            s.sock = None
+
+    def _schedule_reconnect(self, s: _Session, now: float) -> None:
+        """Close now; reconnect after an exponentially growing, jittered delay."""
+        self._close(s)
+        s.backoff = min(self.reconnect_max_s, max(self.reconnect_min_s, s.backoff * 2))
+        s.reconnect_at = now + s.backoff * (0.5 + self._rng.random())
+
+    def _send(self, s: _Session, frames: Sequence[bytes | memoryview]) -> None:
+        if s.sock is None:
+            return
+        try:
+            s.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("%s: send queue full; message dropped", s.data.worker_id)
+
+    # ------------------------------------------------------------------ inbound
+
+    def _drain(self, s: _Session) -> None:
+        while s.sock is not None:
+            try:
+                frames = s.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            s.last_heard = time.monotonic()
+            try:
+                msg = decode_message(frames, self.limits)
+            except ProtocolError as exc:
+                log.warning("%s: ignoring a malformed message from the broker: %s", s.data.worker_id, exc)
+                continue
+            self._on_message(s, msg)
+
+    def _on_message(self, s: _Session, msg: Any) -> None:
+        wid = s.data.worker_id
+        if isinstance(msg, Welcome):
+            s.welcomed, s.backoff = True, 0.0
+            s.interval, s.timeout = msg.heartbeat_interval_s, msg.heartbeat_timeout_s
+        elif isinstance(msg, Task):
+            cut = round(self.dropout_rate * msg.cohort_size)
+            if msg.cohort_index < cut:
+                log.info("%s: simulated dropout in round %d", wid, msg.round_id)
+                self._close(s)
+                s.reconnect_at = time.monotonic()
+                return
+            self._jobs.put((s, s.generation, msg, time.perf_counter()))
+        elif isinstance(msg, Bye):
+            log.info("%s: broker said goodbye: %s", wid, msg.reason)
+            s.done = True
+            self._close(s)
+        elif isinstance(msg, Error):
+            if msg.code == "unknown_worker":
+                # The broker forgot us (it restarted, or expired us): announce again on this connection.
+                self._send(s, Hello(wid, len(s.data.y), ("train",)).to_frames())
+            else:
+                log.warning("%s: broker refused a message: %s: %s", wid, msg.code, msg.message)
+        elif not isinstance(msg, Heartbeat):
+            log.warning("%s: unexpected %s from the broker", wid, type(msg).__name__)
+
+    # ------------------------------------------------------------------ training thread
+
+    def _train_forever(self, wake_addr: str) -> None:
+        wake_tx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        wake_tx.connect(wake_addr)
+        try:
+            while (job := self._jobs.get()) is not None:
+                s, generation, task, queued_at = job
+                frames = self._train_one(s, task, time.perf_counter() - queued_at)
+                if frames is not None:
+                    self._results.put((s, generation, frames))
+                    wake_tx.send(b"", zmq.NOBLOCK)
+        finally:
+            wake_tx.close(linger=0)
+
+    def _train_one(self, s: _Session, task: Task, wait_s: float) -> Sequence[bytes | memoryview] | None:
+        """Train one task. ``wait_s`` is how long it queued behind other clients of this process for
+        the shared trainer: reported so the broker can tell simulation queueing from its own overhead."""
+        wid = s.data.worker_id
+        try:
+            seed = task_seed(int(task.config.get("seed", 0)), task.round_id, wid)
+            update, metrics = self.fit(dict(task.weights), s.data.x, s.data.y, task.config, seed)
+        except (ValueError, TypeError) as exc:
+            # A bad TASK (unknown option, wrong model) is the broker's problem: tell it, keep serving.
+            log.error("%s: cannot train round %d: %s", wid, task.round_id, exc)
+            return Error("bad_task", str(exc), task.round_id).to_frames()
+        metrics = {**metrics, "wait_s": wait_s}
+        return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, update).to_frames()
+
+    def _send_results(self) -> None:
+        while True:
+            try:
+                s, generation, frames = self._results.get_nowait()
+            except queue.Empty:
+                return
+            if generation != s.generation or s.done:
+                continue  # the session reconnected since: the broker already counted it as dropped
+            self._send(s, frames)
+            self.updates_sent += 1

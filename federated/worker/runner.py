@@ -1,0 +1,73 @@
+"""Glue between the wire and the MLX trainer: builds models named in a TASK and runs local training.
+
+A TASK's ``config`` carries ``model`` (spec, input shape, class count) and ``train`` (the trainer's
+settings). Only built-in model specs (``mlp``, ``cnn``) are accepted from the network: a
+``MODULE:FACTORY`` spec would make the worker import code the broker names, so it is honoured only when
+the worker itself was started with that same spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from federated.models import MODEL_SPECS, build_model
+from federated.worker.trainer import LocalTrainer, TrainConfig
+
+__all__ = ["ModelRunner", "model_config"]
+
+
+def model_config(spec: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The ``model`` section of a TASK config."""
+    return {"spec": spec, "input_shape": list(input_shape), "num_classes": num_classes}
+
+
+class ModelRunner:
+    """Caches one :class:`LocalTrainer` per model description and trains/evaluates with it.
+
+    ``trusted_spec`` is the model spec this process was started with (the only non-built-in spec it
+    will build). Raises ``ValueError`` for a TASK whose model or training settings are not acceptable.
+    """
+
+    def __init__(self, trusted_spec: str | None = None) -> None:
+        self.trusted_spec = trusted_spec
+        self._trainers: dict[tuple[str, tuple[int, ...], int], LocalTrainer] = {}
+
+    def trainer(self, model: Mapping[str, Any]) -> LocalTrainer:
+        spec, shape, classes = model.get("spec"), model.get("input_shape"), model.get("num_classes")
+        if not isinstance(spec, str) or (spec not in MODEL_SPECS and spec != self.trusted_spec):
+            raise ValueError(f"model {spec!r} is not built in ({', '.join(MODEL_SPECS)}) and is not the "
+                             f"model this worker was started with ({self.trusted_spec!r})")
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 4
+                and all(isinstance(d, int) and 0 < d <= 1_000_000 for d in shape)):
+            raise ValueError(f"model input_shape {shape!r} must be a list of 1-4 positive integers")
+        if not isinstance(classes, int) or isinstance(classes, bool) or not 1 < classes <= 100_000:
+            raise ValueError(f"model num_classes {classes!r} must be an integer in [2, 100000]")
+        key = (spec, tuple(shape), classes)
+        if key not in self._trainers:
+            self._trainers[key] = LocalTrainer(build_model(spec, input_shape=key[1], num_classes=classes))
+        return self._trainers[key]
+
+    def fit(self, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
+            seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Train locally from ``weights``; return (update, metrics) for an UPDATE message."""
+        model = config.get("model")
+        train = config.get("train")
+        if not isinstance(model, dict) or not isinstance(train, dict):
+            raise ValueError("task config needs 'model' and 'train' sections")
+        trainer = self.trainer(model)
+        result = trainer.fit(weights, x, y, TrainConfig.from_dict(train), seed=seed)
+        return result.update, {"loss": result.loss, "accuracy": result.accuracy, "train_s": result.train_s}
+
+    def evaluator(self, model: Mapping[str, Any], x: np.ndarray, y: np.ndarray) -> Any:
+        """``evaluate(weights) -> (loss, accuracy)`` on held-out ``x, y`` (for the broker)."""
+        trainer = self.trainer(model)
+
+        def evaluate(weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
+            return trainer.evaluate(dict(weights), x, y)
+
+        return evaluate
+
+

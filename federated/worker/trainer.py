@@ -1,0 +1,294 @@
+"""Local training on a worker: the MLX side of a round (FedAvg / FedProx client update).
+
+A :class:`LocalTrainer` owns one model and is reused for every fit, possibly for many virtual clients in one
+process, so a fit on a tiny client must cost about a millisecond. What makes that possible:
+
+- the training step is ``mx.compile``d once per (optimizer, momentum, FedProx on/off), with the model and
+  optimizer state passed through ``inputs=``/``outputs=`` and the FedProx anchor (global weights) and ``mu``
+  as arguments, so a new round or a new client never re-traces;
+- batches are padded to a fixed size with a 0/1 sample mask, so the last, short batch and clients of every
+  size share one compiled shape (the batch is ``min(batch_size, next power of two >= N)``, so a 14-sample
+  client runs a 16-row batch rather than 32);
+- loss and accuracy stay as MLX arrays during an epoch and are read once per epoch (no ``.item()`` per
+  step).
+
+Optimizer state is reset at every fit: each round starts local training afresh from the global model, as in
+standard FedAvg. Randomness (the per-epoch shuffle) comes from ``seed`` only, so a fit is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+
+from federated.models import get_weights, set_weights
+
+__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "OPTIMIZERS", "FitResult", "LocalTrainer", "TrainConfig"]
+
+#: Accepted values of :attr:`TrainConfig.optimizer`.
+OPTIMIZERS = ("sgd", "adam")
+#: Bounds on work a broker may ask for in one task; beyond them a config is refused, not obeyed.
+MAX_EPOCHS = 1000
+MAX_BATCH_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings sent by the broker with each task.
+
+    ``learning_rate`` is the step size; ``momentum`` applies to SGD only (Adam uses betas 0.9, 0.999 with
+    bias correction); ``proximal_mu`` > 0 turns on FedProx's ``mu/2 * ||w - w_global||^2`` term.
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    proximal_mu: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its allowed values."""
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be an int in 1..{MAX_EPOCHS}, got {self.epochs}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be an int in 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of all fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build and validate a config from a decoded message; missing keys take their defaults.
+
+        Raises ValueError for a non-mapping, an unknown key, a value of the wrong type (bools are not
+        numbers here) or a value outside its allowed range.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"train config has unknown key(s) {unknown}; allowed: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for name, value in data.items():
+            kind = _FIELD_TYPES[name]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                allowed = "a number" if kind == (int, float) else _TYPE_NAMES[kind]
+                raise ValueError(f"train config {name!r} must be {allowed}, got {type(value).__name__}")
+            values[name] = float(value) if kind == (int, float) else value
+        config = cls(**values)
+        config.validate()
+        return config
+
+
+_FIELD_TYPES: dict[str, Any] = {
+    "epochs": int,
+    "batch_size": int,
+    "learning_rate": (int, float),
+    "optimizer": str,
+    "momentum": (int, float),
+    "proximal_mu": (int, float),
+}
+_TYPE_NAMES: dict[Any, str] = {int: "an int", str: "a string"}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of one local fit.
+
+    ``update`` is local weights minus global weights (float32, same names as the model); ``loss`` and
+    ``accuracy`` (0..1) are the mean cross-entropy (without the FedProx term) and accuracy over the last
+    epoch's training batches; ``train_s`` is the fit's wall time in seconds (``time.perf_counter``).
+    """
+
+    update: dict[str, np.ndarray]
+    num_samples: int
+    loss: float
+    accuracy: float
+    train_s: float
+
+
+_Step = Callable[..., tuple[mx.array, mx.array]]
+
+
+class LocalTrainer:
+    """Trains one MLX model locally; reuse one instance for many clients (its model is scratch space).
+
+    :meth:`fit` and :meth:`evaluate` overwrite the model's weights with the ones passed in.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        # (optimizer, momentum, proximal on?) -> (optimizer, compiled step); built on first use.
+        self._steps: dict[tuple[str, float, bool], tuple[optim.Optimizer, _Step]] = {}
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained (its weights are those of the last fit or evaluation)."""
+        return self._model
+
+    def fit(
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        x: np.ndarray,
+        y: np.ndarray,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+    ) -> FitResult:
+        """Train from ``global_weights`` on ``(x, y)`` and return the update and last-epoch metrics.
+
+        ``x`` is (N, F) features, ``y`` (N,) integer labels, N >= 1. Raises ValueError for a bad config or
+        mismatched data, and :class:`~federated.models.ModelError` if the weights do not fit the model.
+        """
+        start = time.perf_counter()
+        cfg.validate()
+        x32, y32 = _check_data(x, y)
+        global32 = {name: np.asarray(value, dtype=np.float32) for name, value in global_weights.items()}
+        set_weights(self._model, global32)
+        optimizer, step = self._step_for(cfg)
+        _reset_optimizer(optimizer, self._model, cfg.learning_rate)
+        anchor: list[mx.array] = []
+        if cfg.proximal_mu > 0:
+            # The anchor is an argument of the compiled step (not a captured constant), so each round's
+            # global model is used without re-tracing.
+            anchor = [value for _, value in tree_flatten(self._model.trainable_parameters())]
+        mu = mx.array(cfg.proximal_mu, dtype=mx.float32)
+
+        n = len(y32)
+        batch = min(cfg.batch_size, 1 << (n - 1).bit_length())
+        steps = -(-n // batch)
+        mask = np.zeros(steps * batch, dtype=np.float32)
+        mask[:n] = 1.0
+        masks = mx.array(mask.reshape(steps, batch))
+        rng = np.random.default_rng(seed)
+        loss_sum = correct = mx.array(0.0)
+        for _ in range(cfg.epochs):
+            order = np.concatenate([rng.permutation(n), np.zeros(steps * batch - n, dtype=np.int64)])
+            xs = mx.array(x32[order].reshape(steps, batch, -1))
+            ys = mx.array(y32[order].reshape(steps, batch))
+            loss_sum = correct = mx.array(0.0)
+            for i in range(steps):
+                batch_loss, batch_correct = step(xs[i], ys[i], masks[i], anchor, mu)
+                loss_sum = loss_sum + batch_loss
+                correct = correct + batch_correct
+                # Let MLX compute this step while Python queues the next one; no host sync per step.
+                mx.async_eval(loss_sum, correct, self._model.state, optimizer.state)
+            mx.eval(loss_sum, correct)
+        local = get_weights(self._model)
+        update = {name: local[name] - global32[name] for name in local}
+        return FitResult(
+            update=update,
+            num_samples=n,
+            loss=float(loss_sum.item()) / n,
+            accuracy=float(correct.item()) / n,
+            train_s=time.perf_counter() - start,
+        )
+
+    def evaluate(
+        self, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
+    ) -> tuple[float, float]:
+        """Mean cross-entropy loss and accuracy (0..1) of ``weights`` on ``(x, y)``.
+
+        Raises ValueError for empty or mismatched data or ``batch_size`` < 1.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        x32, y32 = _check_data(x, y)
+        set_weights(self._model, {name: np.asarray(v, dtype=np.float32) for name, v in weights.items()})
+        loss_sum = correct = mx.array(0.0)
+        for begin in range(0, len(y32), batch_size):
+            xb = mx.array(x32[begin : begin + batch_size])
+            yb = mx.array(y32[begin : begin + batch_size])
+            logits = self._model(xb)
+            loss_sum = loss_sum + nn.losses.cross_entropy(logits, yb, reduction="sum")
+            correct = correct + (mx.argmax(logits, axis=1) == yb).sum()
+        mx.eval(loss_sum, correct)
+        return float(loss_sum.item()) / len(y32), float(correct.item()) / len(y32)
+
+    def _step_for(self, cfg: TrainConfig) -> tuple[optim.Optimizer, _Step]:
+        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+        key = (cfg.optimizer, momentum, cfg.proximal_mu > 0)
+        if key not in self._steps:
+            optimizer = _make_optimizer(cfg.optimizer, cfg.learning_rate, momentum)
+            # The optimizer must own its state entries before tracing, or it would create them mid-trace.
+            optimizer.init(self._model.trainable_parameters())
+            self._steps[key] = (optimizer, _compile_step(self._model, optimizer, proximal=key[2]))
+        return self._steps[key]
+
+
+def _make_optimizer(name: str, learning_rate: float, momentum: float) -> optim.Optimizer:
+    if name == "adam":
+        # MLX's Adam defaults to no bias correction; a few local steps from a fresh state need it.
+        return optim.Adam(learning_rate=learning_rate, bias_correction=True)
+    return optim.SGD(learning_rate=learning_rate, momentum=momentum)
+
+
+def _reset_optimizer(optimizer: optim.Optimizer, model: nn.Module, learning_rate: float) -> None:
+    """Fresh moments and step count, in place: the compiled step holds a reference to this very dict."""
+    state = optimizer.state
+    state.clear()
+    state["step"] = mx.array(0, dtype=mx.uint64)
+    state["learning_rate"] = mx.array(learning_rate, dtype=mx.float32)
+    optimizer.init(model.trainable_parameters())
+
+
+def _compile_step(model: nn.Module, optimizer: optim.Optimizer, *, proximal: bool) -> _Step:
+    def loss_fn(
+        xb: mx.array, yb: mx.array, wb: mx.array, anchor: list[mx.array], mu: mx.array
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        logits = model(xb)
+        # Padded rows have weight 0, so the gradient is that of the mean over the real samples only.
+        ce_sum = (nn.losses.cross_entropy(logits, yb, reduction="none") * wb).sum()
+        loss = ce_sum / mx.maximum(wb.sum(), 1.0)
+        if proximal:
+            params = [value for _, value in tree_flatten(model.trainable_parameters())]
+            distance = sum((mx.square(p - g).sum() for p, g in zip(params, anchor)), mx.array(0.0))
+            loss = loss + 0.5 * mu * distance
+        correct = ((mx.argmax(logits, axis=1) == yb) * wb).sum()
+        return loss, ce_sum, correct
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state]
+
+    def step(
+        xb: mx.array, yb: mx.array, wb: mx.array, anchor: list[mx.array], mu: mx.array
+    ) -> tuple[mx.array, mx.array]:
+        (_, ce_sum, correct), grads = loss_and_grad(xb, yb, wb, anchor, mu)
+        optimizer.update(model, grads)
+        return ce_sum, correct
+
+    compiled: _Step = mx.compile(step, inputs=state, outputs=state)
+    return compiled
+
+
+def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat float32 features and int32 labels, or ValueError."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) == 0:
+        raise ValueError(f"y must be a non-empty 1-D label array, got shape {y.shape}")
+    if x.ndim < 2 or x.shape[0] != len(y):
+        raise ValueError(f"x must have shape (N, ...) with N = {len(y)} rows, got {x.shape}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+    return np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.float32), y.astype(np.int32, copy=False)
