@@ -79,7 +79,9 @@ class Dataset:
         if y.dtype != np.int32 or y.shape != (x.shape[0],):
             raise DataError(f"{self.name}: y must be int32 of shape ({x.shape[0]},), got {y.dtype} {y.shape}")
         if int(np.prod(self.input_shape, dtype=np.int64)) != x.shape[1]:
-            raise DataError(f"{self.name}: input_shape {self.input_shape} does not hold {x.shape[1]} features")
+            raise DataError(
+                f"{self.name}: input_shape {self.input_shape} does not hold {x.shape[1]} features"
+            )
         if self.num_classes < 1:
             raise DataError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):

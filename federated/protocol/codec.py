@@ -58,14 +58,15 @@ class Envelope:
 
 
 def _wire_dtype(arr: np.ndarray, override: str | None) -> tuple[str, np.ndarray]:
+    # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d arrays into 1-d ones.
     if override is not None:
         if override not in DTYPES:
             raise BadTensor(f"dtype {override!r} is not allowed; allowed: {sorted(DTYPES)}")
-        return override, np.ascontiguousarray(arr, dtype=DTYPES[override])
+        return override, np.asarray(arr, dtype=DTYPES[override], order="C")
     name = _NAME_OF.get((arr.dtype.kind, arr.dtype.itemsize))
     if name is None:
         raise BadTensor(f"dtype {arr.dtype} is not allowed; allowed: {sorted(DTYPES)}")
-    return name, np.ascontiguousarray(arr, dtype=DTYPES[name])
+    return name, np.asarray(arr, dtype=DTYPES[name], order="C")
 
 
 def encode(
@@ -114,12 +115,20 @@ def _reject_constant(name: str) -> Any:
     raise MalformedMessage(f"header contains the non-standard JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    # json.loads maps literals like 1e999 to inf without consulting parse_constant.
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedMessage(f"header number {text[:40]} is out of range")
+    return value
+
+
 def _parse_header(raw: memoryview, limits: Limits) -> dict[str, Any]:
     if len(raw) > limits.max_header_bytes:
         raise LimitExceeded(f"header is {len(raw)} bytes; limit is {limits.max_header_bytes}")
     try:
         text = bytes(raw).decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except MalformedMessage:
         raise
     except (UnicodeDecodeError, ValueError) as exc:
@@ -148,8 +157,9 @@ def _descriptor(d: Any, limits: Limits) -> tuple[str, np.dtype[Any], tuple[int, 
     elements = 1
     for s in shape:
         elements *= s
-        # Check as we go: a shape like [2**40, 2**40] must not build a huge Python int first.
-        if elements > limits.max_tensor_elements:
+        # Check as we go: a shape like [2**40, 2**40] must not build a huge Python int first. Each
+        # dimension is bounded too: [0, 2**70] has no elements but numpy cannot build it.
+        if elements > limits.max_tensor_elements or s > limits.max_tensor_elements:
             raise LimitExceeded(
                 f"tensor {name!r}: {shape} exceeds {limits.max_tensor_elements} elements")
     return name, DTYPES[wire], tuple(shape), chunks, wire

@@ -46,6 +46,17 @@ def validate_worker_id(worker_id: object) -> str:
     return worker_id
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None if it is not a JSON number that fits one (bools excluded)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # a JSON integer may have thousands of digits: OverflowError
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 class _Fields:
     """Typed, bounded access to one header's fields; every failure names the field."""
 
@@ -80,10 +91,10 @@ class _Fields:
         return value
 
     def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-        value = self._get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+        value = _finite(self._get(key))
+        if value is None or not lo <= value <= hi:
             raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a number in [{lo}, {hi}]")
-        return float(value)
+        return value
 
     def obj(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
         if default is not None and key not in self.h:
@@ -99,10 +110,10 @@ class _Fields:
             raise LimitExceeded(f"{self.kind.value}: field {key!r} has more than 64 entries")
         out: dict[str, float] = {}
         for name, v in value.items():
-            if len(name) > self.limits.max_string_length or not isinstance(v, (int, float)) \
-                    or isinstance(v, bool) or not math.isfinite(v):
+            number = _finite(v)
+            if len(name) > self.limits.max_string_length or number is None:
                 raise MalformedMessage(f"{self.kind.value}: {key}[{name[:40]!r}] must be a finite number")
-            out[name] = float(v)
+            out[name] = number
         return out
 
     def str_list(self, key: str) -> tuple[str, ...]:

@@ -82,6 +82,8 @@ class _Session:
 class WorkerLoop:
     """Runs client sessions against ``server_address`` (``HOST:PORT``) until the broker says BYE.
 
+    ``prepare(task_config)``, if given, runs on the main thread before a task is queued for training
+    (model construction); it raises ``ValueError`` for a task it cannot serve.
     ``dropout_rate`` is for simulation only: a session whose position in a round's cohort is below
     ``round(dropout_rate * cohort_size)`` vanishes on receiving the TASK (closes its socket without a
     word) and comes back as a new connection, as a device that lost its network would.
@@ -98,12 +100,14 @@ class WorkerLoop:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        prepare: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a worker needs at least one client")
         self.sessions = [_Session(c) for c in clients]
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
+        self.prepare = prepare
         self.limits = limits or Limits()
         self.dropout_rate = dropout_rate
         self.reconnect_min_s = reconnect_min_s
@@ -249,6 +253,15 @@ class WorkerLoop:
                 self._close(s)
                 s.reconnect_at = time.monotonic()
                 return
+            if self.prepare is not None:
+                try:
+                    # On this (main) thread: MLX aborts at exit if random numbers (model
+                    # initialisation) were ever drawn on another thread.
+                    self.prepare(msg.config)
+                except ValueError as exc:
+                    log.error("%s: cannot train round %d: %s", wid, msg.round_id, exc)
+                    self._send(s, Error("bad_task", str(exc), msg.round_id).to_frames())
+                    return
             self._jobs.put((s, s.generation, msg, time.perf_counter()))
         elif isinstance(msg, Bye):
             log.info("%s: broker said goodbye: %s", wid, msg.reason)

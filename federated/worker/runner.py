@@ -8,15 +8,33 @@ the worker itself was started with that same spec.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
+import mlx.nn as nn
 import numpy as np
 
-from federated.models import MODEL_SPECS, build_model
+from federated.models import ModelError, build_model
 from federated.worker.trainer import LocalTrainer, TrainConfig
 
-__all__ = ["ModelRunner", "model_config"]
+__all__ = ["BUILTIN", "ModelRunner", "model_config"]
+
+#: Model specs a worker builds when a broker names them.
+BUILTIN = ("mlp", "cnn")
+
+
+def _call_factory(spec: str) -> nn.Module:
+    """Import ``MODULE:FACTORY`` and call it with no arguments (only for the worker's own trusted spec)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+        model = factory()
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is reported as a model error
+        raise ModelError(f"model factory {spec!r} failed: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory {spec!r} returned {type(model).__name__}, not an mlx.nn.Module")
+    return model
 
 
 def model_config(spec: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
@@ -28,18 +46,30 @@ class ModelRunner:
     """Caches one :class:`LocalTrainer` per model description and trains/evaluates with it.
 
     ``trusted_spec`` is the model spec this process was started with (the only non-built-in spec it
-    will build). Raises ``ValueError`` for a TASK whose model or training settings are not acceptable.
+    will build). ``model``, if given, is used for every task whatever its description says (the Python
+    API's ``FederatedClient`` brings its own model); the task's weights must then fit it exactly.
+    Raises ``ValueError`` for a TASK whose model or training settings are not acceptable.
     """
 
-    def __init__(self, trusted_spec: str | None = None) -> None:
+    def __init__(self, trusted_spec: str | None = None, model: nn.Module | None = None) -> None:
         self.trusted_spec = trusted_spec
+        self._own = LocalTrainer(model) if model is not None else None
         self._trainers: dict[tuple[str, tuple[int, ...], int], LocalTrainer] = {}
+        self._trainers_by_spec: dict[str, LocalTrainer] = {}
 
     def trainer(self, model: Mapping[str, Any]) -> LocalTrainer:
+        """The trainer for a TASK's model description (built once, then reused)."""
+        if self._own is not None:
+            return self._own
         spec, shape, classes = model.get("spec"), model.get("input_shape"), model.get("num_classes")
-        if not isinstance(spec, str) or (spec not in MODEL_SPECS and spec != self.trusted_spec):
-            raise ValueError(f"model {spec!r} is not built in ({', '.join(MODEL_SPECS)}) and is not the "
+        if not isinstance(spec, str) or (spec not in BUILTIN and spec != self.trusted_spec):
+            raise ValueError(f"model {spec!r} is not built in ({', '.join(BUILTIN)}) and is not the "
                              f"model this worker was started with ({self.trusted_spec!r})")
+        if shape is None and classes is None and spec not in BUILTIN:
+            # A user model described only by its factory (Python API without evaluation data).
+            if spec not in self._trainers_by_spec:
+                self._trainers_by_spec[spec] = LocalTrainer(_call_factory(spec))
+            return self._trainers_by_spec[spec]
         if not (isinstance(shape, list) and 1 <= len(shape) <= 4
                 and all(isinstance(d, int) and 0 < d <= 1_000_000 for d in shape)):
             raise ValueError(f"model input_shape {shape!r} must be a list of 1-4 positive integers")
@@ -49,6 +79,13 @@ class ModelRunner:
         if key not in self._trainers:
             self._trainers[key] = LocalTrainer(build_model(spec, input_shape=key[1], num_classes=classes))
         return self._trainers[key]
+
+    def prepare(self, config: Mapping[str, Any]) -> None:
+        """Build (once) the model a TASK config names. Call on the main thread (see WorkerLoop)."""
+        model = config.get("model")
+        if not isinstance(model, dict):
+            raise ValueError("task config needs a 'model' section")
+        self.trainer(model)
 
     def fit(self, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
             seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:

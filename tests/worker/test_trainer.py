@@ -1,0 +1,256 @@
+"""Local MLX training: convergence, update arithmetic, FedProx, Adam, determinism, evaluation, config."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from federated.data import Dataset, load_dataset
+from federated.models import ModelError, build_model, get_weights, set_weights
+from federated.worker.trainer import FitResult, LocalTrainer, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Dataset, Dataset]:
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trainer() -> LocalTrainer:
+    # One trainer for the whole module, as a worker process would use it for many clients.
+    return LocalTrainer(build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0))
+
+
+@pytest.fixture(scope="module")
+def initial(trainer: LocalTrainer) -> dict[str, np.ndarray]:
+    return get_weights(build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0))
+
+
+def _apply(weights: dict[str, np.ndarray], update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: weights[k] + update[k] for k in weights}
+
+
+def _norm(update: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(np.sum(np.square(v))) for v in update.values())))
+
+
+def test_training_reduces_loss_on_digits(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, test = digits
+    before_loss, before_acc = trainer.evaluate(initial, test.x, test.y)
+    result = trainer.fit(initial, train.x, train.y, TrainConfig(epochs=3, momentum=0.9), seed=0)
+    after_loss, after_acc = trainer.evaluate(_apply(initial, result.update), test.x, test.y)
+    assert after_loss < 0.5 * before_loss
+    assert after_acc > 0.85 > before_acc
+    assert result.num_samples == len(train)
+    assert 0.0 < result.loss < before_loss and 0.0 < result.accuracy <= 1.0
+    assert result.train_s > 0.0
+
+
+def test_update_is_exactly_local_minus_global(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    result = trainer.fit(initial, train.x[:100], train.y[:100], TrainConfig(), seed=1)
+    local = get_weights(trainer.model)
+    assert list(result.update) == list(initial)
+    for name, value in result.update.items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, local[name] - initial[name])
+    # Applying the update to a fresh copy of the global model reproduces the local model's outputs.
+    fresh = build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=5)
+    set_weights(fresh, _apply(initial, result.update))
+    x = mx.array(train.x[:20])
+    np.testing.assert_allclose(np.array(fresh(x)), np.array(trainer.model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_fedprox_keeps_update_closer_to_global(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    x, y = train.x[:300], train.y[:300]
+    plain = trainer.fit(initial, x, y, TrainConfig(epochs=3), seed=2)
+    prox = trainer.fit(initial, x, y, TrainConfig(epochs=3, proximal_mu=5.0), seed=2)
+    assert _norm(prox.update) < 0.7 * _norm(plain.update)
+    # Same data and seed with mu = 0 again: the prox step did not leak state into the plain one.
+    again = trainer.fit(initial, x, y, TrainConfig(epochs=3), seed=2)
+    assert all(np.array_equal(again.update[k], plain.update[k]) for k in plain.update)
+
+
+def test_adam_trains(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, test = digits
+    cfg = TrainConfig(epochs=2, optimizer="adam", learning_rate=0.01)
+    result = trainer.fit(initial, train.x, train.y, cfg, seed=0)
+    _, accuracy = trainer.evaluate(_apply(initial, result.update), test.x, test.y)
+    assert accuracy > 0.85
+
+
+def test_same_seed_same_update_different_seed_different(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    x, y = train.x[:200], train.y[:200]
+    cfg = TrainConfig(epochs=2, momentum=0.5)
+    a, b, c = (trainer.fit(initial, x, y, cfg, seed=s) for s in (7, 7, 8))
+    assert all(np.array_equal(a.update[k], b.update[k]) for k in a.update)
+    assert (a.loss, a.accuracy) == (b.loss, b.accuracy)
+    assert not all(np.array_equal(a.update[k], c.update[k]) for k in a.update)
+
+
+def test_optimizer_state_is_reset_between_fits(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    cfg = TrainConfig(optimizer="adam", learning_rate=0.01)
+    first = trainer.fit(initial, train.x[:64], train.y[:64], cfg, seed=3)
+    trainer.fit(initial, train.x[500:900], train.y[500:900], cfg, seed=4)  # another client in between
+    second = trainer.fit(initial, train.x[:64], train.y[:64], cfg, seed=3)
+    assert all(np.array_equal(first.update[k], second.update[k]) for k in first.update)
+
+
+def test_padded_batch_gives_the_plain_gradient(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    """10 samples run as one 16-row batch with 6 masked rows: one SGD step must equal -lr * mean grad."""
+    train, _ = digits
+    x, y = train.x[:10], train.y[:10]
+    result = trainer.fit(initial, x, y, TrainConfig(learning_rate=0.1), seed=0)
+    reference = build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0)
+    set_weights(reference, initial)
+
+    def loss(xb: mx.array, yb: mx.array) -> mx.array:
+        return nn.losses.cross_entropy(reference(xb), yb, reduction="mean")
+
+    _, grads = nn.value_and_grad(reference, loss)(mx.array(x), mx.array(y))
+    flat = dict(_flatten(grads))
+    for name, value in result.update.items():
+        np.testing.assert_allclose(value, -0.1 * np.array(flat[name]), rtol=1e-4, atol=1e-6)
+
+
+def _flatten(tree: Any) -> list[tuple[str, mx.array]]:
+    from mlx.utils import tree_flatten
+
+    return list(tree_flatten(tree))
+
+
+def test_evaluate_matches_numpy(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, test = digits
+    weights = _apply(initial, trainer.fit(initial, train.x, train.y, TrainConfig(), seed=0).update)
+    loss, accuracy = trainer.evaluate(weights, test.x, test.y, batch_size=100)  # several batches
+    hidden = np.maximum(test.x @ weights["layers.0.weight"].T + weights["layers.0.bias"], 0.0)
+    logits = (hidden @ weights["layers.1.weight"].T + weights["layers.1.bias"]).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert accuracy == pytest.approx(float(np.mean(logits.argmax(axis=1) == test.y)), abs=1e-12)
+    assert loss == pytest.approx(float(-log_probs[np.arange(len(test.y)), test.y].mean()), rel=1e-4)
+
+
+def test_clients_of_any_size_share_one_trainer(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    for n in (1, 3, 14, 33, 144):
+        result = trainer.fit(initial, train.x[:n], train.y[:n], TrainConfig(epochs=2), seed=n)
+        assert isinstance(result, FitResult) and result.num_samples == n
+        assert np.isfinite(result.loss) and 0.0 <= result.accuracy <= 1.0
+
+
+def test_small_fit_is_cheap_after_warm_up(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    """Loose guard (the target is ~1 ms; shared CI machines are noisy): a 14-sample fit stays well under 20 ms."""
+    train, _ = digits
+    x, y = train.x[:14], train.y[:14]
+    for seed in range(3):
+        trainer.fit(initial, x, y, TrainConfig(), seed=seed)
+    times = []
+    for seed in range(30):
+        start = time.perf_counter()
+        trainer.fit(initial, x, y, TrainConfig(), seed=seed)
+        times.append(time.perf_counter() - start)
+    assert float(np.median(times)) < 0.02
+
+
+def test_cnn_trains_through_the_same_trainer(digits: tuple[Dataset, Dataset]) -> None:
+    train, _ = digits
+    model = build_model("cnn", input_shape=(8, 8, 1), num_classes=10, seed=0)
+    start = get_weights(model)
+    result = LocalTrainer(model).fit(start, train.x[:64], train.y[:64], TrainConfig(), seed=0)
+    assert set(result.update) == set(start) and _norm(result.update) > 0
+
+
+def test_synthetic_is_learnable_but_not_trivial() -> None:
+    train, test = load_dataset("synthetic", seed=0)
+    model = build_model("mlp", input_shape=train.input_shape, num_classes=10, seed=0)
+    local = LocalTrainer(model)
+    start = get_weights(model)
+    cfg = TrainConfig(epochs=5, momentum=0.9)
+    result = local.fit(start, train.x, train.y, cfg, seed=0)
+    _, accuracy = local.evaluate(_apply(start, result.update), test.x, test.y)
+    assert 0.5 < accuracy < 0.99
+
+
+def test_bad_inputs(trainer: LocalTrainer, initial: dict[str, np.ndarray]) -> None:
+    x, y = np.zeros((4, 64), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ModelError, match="missing tensor"):
+        trainer.fit({}, x, y, TrainConfig(), seed=0)
+    with pytest.raises(ValueError, match="x must have shape"):
+        trainer.fit(initial, x[:3], y, TrainConfig(), seed=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        trainer.evaluate(initial, x[:0], y[:0])
+    with pytest.raises(ValueError, match="integer labels"):
+        trainer.fit(initial, x, y.astype(np.float32), TrainConfig(), seed=0)
+    with pytest.raises(ValueError, match="epochs"):
+        trainer.fit(initial, x, y, TrainConfig(epochs=0), seed=0)
+
+
+# -------------------------------------------------------------------------------------------- config
+
+
+def test_config_round_trip() -> None:
+    cfg = TrainConfig(epochs=3, batch_size=8, learning_rate=0.1, optimizer="adam", proximal_mu=0.01)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict({}) == TrainConfig()
+    assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"epochs": 1, "lr": 0.1}, r"unknown key\(s\) \['lr'\]"),
+        ({"epochs": True}, "'epochs' must be an int, got bool"),
+        ({"epochs": 1.0}, "'epochs' must be an int, got float"),
+        ({"batch_size": "32"}, "'batch_size' must be an int, got str"),
+        ({"learning_rate": "0.1"}, "'learning_rate' must be a number, got str"),
+        ({"momentum": None}, "'momentum' must be a number, got NoneType"),
+        ({"optimizer": 1}, "'optimizer' must be a string"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
+        ({"epochs": 0}, "epochs must be an int in 1..1000"),
+        ({"epochs": 10**9}, "epochs must be an int in 1..1000"),
+        ({"batch_size": -1}, "batch_size must be"),
+        ({"learning_rate": 0}, "learning_rate must be a finite number > 0"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"proximal_mu": float("nan")}, "proximal_mu must be a finite number >= 0"),
+        ({"proximal_mu": -0.1}, "proximal_mu must be a finite number >= 0"),
+    ],
+)
+def test_from_dict_rejects_junk(data: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        TrainConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("data", [None, [], "epochs=1", 3])
+def test_from_dict_needs_a_mapping(data: Any) -> None:
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        TrainConfig.from_dict(data)
