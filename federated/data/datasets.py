@@ -257,7 +257,7 @@ def _load_npz_dir(directory: Path, *, num_classes: int | None, name: str) -> tup
 
 def _input_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Per-sample model input shape: greyscale (N, H, W) images get a channel axis for NHWC convs."""
-    per_sample = tuple(int(d) for d in shape[1:])
+    per_sample = tuple(shape[1:])
     return per_sample + (1,) if len(per_sample) == 2 else per_sample
 
 

@@ -96,9 +96,7 @@ def _dirichlet(
         # keeps a hopeless request (say 1,000 clients on 1,400 samples) failing in milliseconds.
         proportions = rng.dirichlet(np.full(num_clients, alpha), size=len(members))
         cuts = np.round(np.cumsum(proportions, axis=1)[:, :-1] * class_sizes[:, None]).astype(np.int64)
-        bounds = np.concatenate(
-            [np.zeros((len(members), 1), np.int64), cuts, class_sizes[:, None]], axis=1
-        )
+        bounds = np.concatenate([np.zeros((len(members), 1), np.int64), cuts, class_sizes[:, None]], axis=1)
         smallest = int(np.diff(bounds, axis=1).sum(axis=0).min())
         if smallest >= min_samples:
             shares: list[list[np.ndarray]] = [[] for _ in range(num_clients)]

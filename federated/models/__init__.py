@@ -8,7 +8,7 @@ from __future__ import annotations
 from federated.models.builtin import CNN, MLP
 from federated.models.errors import ModelError
 from federated.models.factory import MODEL_SPECS, build_model
-from federated.models.weights import get_weights, set_weights
+from federated.models.weights import flat_parameters, get_weights, set_weights
 
 __all__ = [
     "CNN",
@@ -16,6 +16,7 @@ __all__ = [
     "MODEL_SPECS",
     "ModelError",
     "build_model",
+    "flat_parameters",
     "get_weights",
     "set_weights",
 ]

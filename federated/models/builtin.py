@@ -8,10 +8,11 @@ is a protocol change.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx import nn
 
 __all__ = ["CNN", "MLP"]
 
@@ -27,7 +28,7 @@ class MLP(nn.Module):
     def __init__(self, num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) -> None:
         super().__init__()
         sizes = [num_features, *hidden, num_classes]
-        self.layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
 
     def __call__(self, x: mx.array) -> mx.array:
         x = x.reshape(x.shape[0], -1)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from federated.models.builtin import CNN, MLP
 from federated.models.errors import ModelError
@@ -125,11 +125,17 @@ def _seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    saved = np.array(mx.random.state[0], dtype=np.uint32)
+    saved = _global_key()
     mx.random.seed(int(seed) % 2**64)
     try:
         yield
     finally:
         mx.random.seed((int(saved[0]) << 32) | int(saved[1]))
-        if not np.array_equal(np.array(mx.random.state[0], dtype=np.uint32), saved):  # pragma: no cover
+        if not np.array_equal(_global_key(), saved):  # pragma: no cover
             raise RuntimeError("could not restore MLX's random state after seeded model construction")
+
+
+def _global_key() -> np.ndarray:
+    """MLX's global PRNG key as two uint32 words."""
+    state: Any = mx.random.state  # typed as a bare object by MLX's stubs
+    return np.array(state[0], dtype=np.uint32)

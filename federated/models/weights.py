@@ -5,14 +5,21 @@ Names are ``mlx.utils.tree_flatten`` paths of ``model.parameters()``, e.g. ``lay
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from federated.models.errors import ModelError
 
-__all__ = ["get_weights", "set_weights"]
+__all__ = ["flat_parameters", "get_weights", "set_weights"]
+
+
+def flat_parameters(tree: Any) -> list[tuple[str, mx.array]]:
+    """``tree_flatten`` of a parameter tree, typed: ``[(dotted name, array), ...]`` in a stable order."""
+    return cast(list[tuple[str, mx.array]], tree_flatten(tree))
 
 
 def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
@@ -21,7 +28,7 @@ def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
     The arrays are fresh copies: later training does not change them, and changing them does not change
     the model.
     """
-    params = tree_flatten(model.parameters())
+    params = flat_parameters(model.parameters())
     # One eval for all parameters instead of one implicit sync per tensor.
     mx.eval([value for _, value in params])
     return {name: np.array(value.astype(mx.float32), dtype=np.float32, copy=True) for name, value in params}
@@ -33,7 +40,7 @@ def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
     Values are converted to float32. Raises :class:`ModelError` naming the first missing, unexpected or
     mis-shaped tensor (checked before anything is changed, so a failed call leaves the model as it was).
     """
-    current = dict(tree_flatten(model.parameters()))
+    current = dict(flat_parameters(model.parameters()))
     for name, value in current.items():
         if name not in weights:
             raise ModelError(f"weights are missing tensor {name!r} (model has {len(current)} tensors)")

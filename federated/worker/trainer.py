@@ -25,12 +25,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten
+from mlx import nn
 
-from federated.models import get_weights, set_weights
+from federated.models import flat_parameters, get_weights, set_weights
 
 __all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "OPTIMIZERS", "FitResult", "LocalTrainer", "TrainConfig"]
 
@@ -83,7 +82,8 @@ class TrainConfig:
         numbers here) or a value outside its allowed range.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")
+            # ValueError, not TypeError, for every defect of a decoded message: callers catch one type.
+            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")  # noqa: TRY004
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
@@ -93,7 +93,9 @@ class TrainConfig:
             kind = _FIELD_TYPES[name]
             if isinstance(value, bool) or not isinstance(value, kind):
                 allowed = "a number" if kind == (int, float) else _TYPE_NAMES[kind]
-                raise ValueError(f"train config {name!r} must be {allowed}, got {type(value).__name__}")
+                raise ValueError(  # noqa: TRY004 (see above)
+                    f"train config {name!r} must be {allowed}, got {type(value).__name__}"
+                )
             values[name] = float(value) if kind == (int, float) else value
         config = cls(**values)
         config.validate()
@@ -171,7 +173,7 @@ class LocalTrainer:
         if cfg.proximal_mu > 0:
             # The anchor is an argument of the compiled step (not a captured constant), so each round's
             # global model is used without re-tracing.
-            anchor = [value for _, value in tree_flatten(self._model.trainable_parameters())]
+            anchor = [value for _, value in flat_parameters(self._model.trainable_parameters())]
         mu = mx.array(cfg.proximal_mu, dtype=mx.float32)
 
         n = len(y32)
@@ -199,8 +201,8 @@ class LocalTrainer:
         return FitResult(
             update=update,
             num_samples=n,
-            loss=float(loss_sum.item()) / n,
-            accuracy=float(correct.item()) / n,
+            loss=_scalar(loss_sum) / n,
+            accuracy=_scalar(correct) / n,
             train_s=time.perf_counter() - start,
         )
 
@@ -223,7 +225,7 @@ class LocalTrainer:
             loss_sum = loss_sum + nn.losses.cross_entropy(logits, yb, reduction="sum")
             correct = correct + (mx.argmax(logits, axis=1) == yb).sum()
         mx.eval(loss_sum, correct)
-        return float(loss_sum.item()) / len(y32), float(correct.item()) / len(y32)
+        return _scalar(loss_sum) / len(y32), _scalar(correct) / len(y32)
 
     def _step_for(self, cfg: TrainConfig) -> tuple[optim.Optimizer, _Step]:
         momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
@@ -261,7 +263,7 @@ def _compile_step(model: nn.Module, optimizer: optim.Optimizer, *, proximal: boo
         ce_sum = (nn.losses.cross_entropy(logits, yb, reduction="none") * wb).sum()
         loss = ce_sum / mx.maximum(wb.sum(), 1.0)
         if proximal:
-            params = [value for _, value in tree_flatten(model.trainable_parameters())]
+            params = [value for _, value in flat_parameters(model.trainable_parameters())]
             distance = sum((mx.square(p - g).sum() for p, g in zip(params, anchor)), mx.array(0.0))
             loss = loss + 0.5 * mu * distance
         correct = ((mx.argmax(logits, axis=1) == yb) * wb).sum()
@@ -279,6 +281,11 @@ def _compile_step(model: nn.Module, optimizer: optim.Optimizer, *, proximal: boo
 
     compiled: _Step = mx.compile(step, inputs=state, outputs=state)
     return compiled
+
+
+def _scalar(value: mx.array) -> float:
+    """A 0-d MLX array as a Python float (one host sync)."""
+    return float(np.asarray(value))
 
 
 def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

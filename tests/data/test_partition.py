@@ -24,8 +24,18 @@ def test_parse_partition_accepts(spec: str, expected: tuple[str, float | None]) 
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "IID", "dirichlet", "dirichlet:", "dirichlet:0", "dirichlet:-1", "dirichlet:nan", "dirichlet:inf",
-     "dirichlet:abc", "shards:2"],
+    [
+        "",
+        "IID",
+        "dirichlet",
+        "dirichlet:",
+        "dirichlet:0",
+        "dirichlet:-1",
+        "dirichlet:nan",
+        "dirichlet:inf",
+        "dirichlet:abc",
+        "shards:2",
+    ],
 )
 def test_parse_partition_rejects_with_allowed_values(spec: str) -> None:
     with pytest.raises(DataError, match=r'"iid" or "dirichlet:ALPHA" with ALPHA > 0'):

@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx import nn
 
 import federated.models
 from federated.models import ModelError, build_model, get_weights, set_weights
@@ -57,7 +57,7 @@ def test_bad_shapes_are_model_errors(shape: tuple[int, ...], classes: int) -> No
 _counter = itertools.count()
 
 USER_MODULE = """
-import mlx.nn as nn
+from mlx import nn
 
 class SimpleModel(nn.Module):
     def __init__(self):

@@ -30,7 +30,7 @@ from federated.protocol import (
 )
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-LIMITS = Limits(max_chunk_bytes=64)
+LIMITS = Limits(max_chunk_bytes=256)
 KINDS = [k.value.encode() for k in Kind]
 
 
@@ -57,8 +57,12 @@ def _valid_messages() -> list[list[bytes]]:
 
 VALID = _valid_messages()
 
+#: Values at the edges of what the decoder's range checks and conversions must survive.
+EDGES = [0, 1, -1, 2**31, 2**62, 2**63, 2**64, 2**70, 10**400, -(10**400), 1e308, -1e308, 5e-324, "", "train",
+         "w", "float32", "x" * 300, [], {}]
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
+    st.none() | st.booleans() | st.integers() | st.sampled_from(EDGES)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
@@ -158,12 +162,48 @@ def test_mutated_valid_messages_with_default_limits(frames: list[bytes]) -> None
     check(frames, Limits())
 
 
+dims = st.integers(0, 8) | st.sampled_from([0, 1, 2**31, 2**40, 2**62, 2**63, 2**70, 10**30, -1])
+
+
 @FUZZ
 @given(st.sampled_from(["float32", "float16", "bfloat16", "int8", "uint8", "int32", "uint32", "int64",
                         "float64", "bool"]),
-       st.lists(st.integers(min_value=-2, max_value=2**70) | st.just(0), max_size=10),
-       st.integers(-1, 4), st.lists(st.binary(max_size=64), max_size=4))
-def test_arbitrary_tensor_descriptors(dtype: str, shape: list[int], chunks: int, payload: list[bytes]) -> None:
+       st.lists(dims, max_size=10), st.integers(-1, 4), st.booleans(),
+       st.lists(st.binary(max_size=64), max_size=4))
+def test_arbitrary_tensor_descriptors(dtype: str, shape: list[int], chunks: int, exact: bool,
+                                      payload: list[bytes]) -> None:
+    itemsize = {"float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "int64": 8, "float64": 8}.get(dtype, 4)
+    size = itemsize
+    for d in shape:
+        size *= d
+    if exact and 0 <= size <= 256 and chunks >= 1:
+        # Frames that match the declared size, so the checks after the size check are reached too.
+        payload = [b"\x7f" * size] + [b""] * (chunks - 1)
     head = {"worker_id": "w", "round_id": 1, "stage": "train", "num_samples": 1, "metrics": {},
             "tensors": [{"name": "t", "dtype": dtype, "shape": shape, "chunks": chunks}]}
     check([VERSION, b"UPDATE", json.dumps(head).encode(), *payload])
+
+
+@st.composite
+def edited_headers(draw: st.DrawFn) -> list[bytes]:
+    """A valid message whose header fields are each, independently, kept, dropped or replaced."""
+    frames = list(draw(st.sampled_from(VALID)))
+    head = json.loads(frames[2])
+    for key in sorted(head):
+        if key == "tensors":
+            continue
+        choice = draw(st.sampled_from(["keep", "keep", "drop", "replace"]))
+        if choice == "drop":
+            del head[key]
+        elif choice == "replace":
+            head[key] = draw(json_values)
+    if "metrics" in head and draw(st.booleans()):
+        head["metrics"] = draw(st.dictionaries(st.text(max_size=4), json_values, max_size=3))
+    frames[2] = json.dumps(head).encode()
+    return frames
+
+
+@FUZZ
+@given(edited_headers())
+def test_edited_header_fields(frames: list[bytes]) -> None:
+    check(frames)

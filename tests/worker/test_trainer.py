@@ -6,9 +6,9 @@ import time
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx import nn
 
 from federated.data import Dataset, load_dataset
 from federated.models import ModelError, build_model, get_weights, set_weights
