@@ -113,14 +113,17 @@ class BrokerConfig:
 class FederatedConfig:
     """A whole federated run: who takes part, what is trained, and how the broker runs it.
 
-    ``min_clients`` is the fewest updates a round may aggregate; with fewer the round fails (model
-    unchanged). ``privacy_budget`` is the total epsilon allowed (``None``: no differential privacy).
+    ``clients_per_round`` left unset (``None``) means every client; ``min_clients``, the fewest updates a
+    round may aggregate (with fewer the round fails, model unchanged), left unset means
+    ``min(2, clients_per_round)``. Both are resolved at construction; ``to_dict()`` writes them back as
+    ``None`` so that a later override of ``num_clients`` re-resolves them.
+    ``privacy_budget`` is the total epsilon allowed (``None``: no differential privacy).
     """
 
     num_clients: int = 10
-    clients_per_round: int = 10
+    clients_per_round: int = None  # type: ignore[assignment]  # resolved in __post_init__
     num_rounds: int = 20
-    min_clients: int = 2
+    min_clients: int = None  # type: ignore[assignment]  # resolved in __post_init__
     seed: int = 0
     dataset: str = "digits"
     partition: str = "iid"
@@ -131,6 +134,14 @@ class FederatedConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
 
     def __post_init__(self) -> None:
+        auto = set()
+        if self.clients_per_round is None:
+            auto.add("clients_per_round")
+            object.__setattr__(self, "clients_per_round", self.num_clients)
+        if self.min_clients is None and isinstance(self.clients_per_round, int):
+            auto.add("min_clients")
+            object.__setattr__(self, "min_clients", min(2, self.clients_per_round))
+        object.__setattr__(self, "_auto", frozenset(auto))
         self.validate()
 
     def validate(self) -> None:
@@ -142,7 +153,7 @@ class FederatedConfig:
         if self.clients_per_round > self.num_clients:
             raise ConfigError("clients_per_round", f"must be <= num_clients ({self.num_clients}), "
                                                    f"got {self.clients_per_round}")
-        if self.min_clients > self.clients_per_round:
+        if self.min_clients > self.clients_per_round:  # type: ignore[operator]
             raise ConfigError("min_clients", f"must be <= clients_per_round ({self.clients_per_round}), "
                                              f"got {self.min_clients}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
@@ -164,9 +175,14 @@ class FederatedConfig:
         self.training.validate()
         self.broker.validate()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (the form stored in the round store and written as YAML)."""
-        return dataclasses.asdict(self)
+    def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
+        """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``
+        (the form to store or show: every value as it is in force)."""
+        data = dataclasses.asdict(self)
+        if not resolved:
+            for name in getattr(self, "_auto", ()):
+                data[name] = None
+        return data
 
 
 @dataclass(frozen=True)

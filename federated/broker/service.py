@@ -56,7 +56,7 @@ def serve(
     try:
         if store.list_rounds():
             raise StoreError(f"store {config.broker.store} already holds a run; use a new --store path")
-        store.set_meta("config", config.to_dict())
+        store.set_meta("config", config.to_dict(resolved=True))
         store.save_initial({k: np.asarray(v, np.float32) for k, v in initial_weights.items()})
         coordinator = Coordinator(config, initial_weights, store=store, evaluate=evaluate,
                                   on_round=on_round, task_config=task_config)

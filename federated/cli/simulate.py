@@ -129,7 +129,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, v
     run_dir = Path(config.broker.store).parent
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    config_path.write_text(yaml.safe_dump(config.to_dict(resolved=True), sort_keys=False), encoding="utf-8")
     address = config.broker.bind.removeprefix("tcp://")
     started = time.perf_counter()
     vflag = ["-v"] * verbose

@@ -153,7 +153,7 @@ def _split(
     test_parts = []
     for label in np.unique(y):
         members = np.flatnonzero(y == label)
-        n_test = int(round(len(members) * test_fraction))
+        n_test = round(len(members) * test_fraction)
         test_parts.append(rng.permutation(members)[:n_test])
     test_idx = np.sort(np.concatenate(test_parts))
     train_mask = np.ones(len(y), dtype=bool)

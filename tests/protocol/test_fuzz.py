@@ -207,3 +207,31 @@ def edited_headers(draw: st.DrawFn) -> list[bytes]:
 @given(edited_headers())
 def test_edited_header_fields(frames: list[bytes]) -> None:
     check(frames)
+
+
+SHAPE_EDGES = [[0, 2**62], [0, 2**63], [0, 2**70], [2**70, 0], [0, -1], [1] * 100, [2**40], [2**20] * 3]
+
+
+def test_every_field_with_every_edge_value() -> None:
+    """Exhaustive, not random: each header field and each tensor-descriptor field of each valid message,
+    replaced by each edge value (random search finds the rare combinations only sometimes)."""
+    for frames in VALID:
+        head = json.loads(frames[2])
+        for key in [*head, "metrics"]:
+            for value in [*EDGES, {"m": 10**400}, {"m": -(10**400)}, {"m": 1e308}, {"m": True}]:
+                edited = dict(head, **{key: value})
+                check([*frames[:2], json.dumps(edited).encode(), *frames[3:]])
+        for i, desc in enumerate(head["tensors"]):
+            for key in ("name", "dtype", "shape", "chunks"):
+                for value in [*EDGES, *SHAPE_EDGES]:
+                    tensors = [dict(d) for d in head["tensors"]]
+                    tensors[i][key] = value
+                    edited = dict(head, tensors=tensors)
+                    check([*frames[:2], json.dumps(edited).encode(), *frames[3:]])
+            # Zero-sized tensors with absurd dimensions, with frames that match their (zero) size.
+            for shape in SHAPE_EDGES:
+                tensors = [dict(d) for d in head["tensors"]]
+                tensors[i] = dict(desc, shape=shape, chunks=1)
+                rest = [*frames[3:3 + sum(d["chunks"] for d in head["tensors"][:i])], b"",
+                        *frames[3 + sum(d["chunks"] for d in head["tensors"][:i + 1]):]]
+                check([*frames[:2], json.dumps(dict(head, tensors=tensors)).encode(), *rest])

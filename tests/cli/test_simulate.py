@@ -1,0 +1,92 @@
+"""``fl simulate`` and ``fl baseline`` end to end: real processes, JSON contract, clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from federated.broker.store import RoundStore
+from federated.cli.main import fl
+
+ROUND_KEYS = {"round", "accuracy", "loss", "participants", "dropped", "bytes_up", "bytes_down", "duration_s",
+              "overhead_s", "epsilon"}
+
+
+def _fl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "federated.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _last_json(stdout: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.network
+def test_simulate_json_contract_and_store(tmp_path: Path) -> None:
+    store = tmp_path / "run" / "store.db"
+    proc = _fl("simulate", "--num-clients", "4", "--num-rounds", "3", "--json", "--store", str(store))
+    assert proc.returncode == 0, proc.stderr
+    result = _last_json(proc.stdout)
+    assert {"num_rounds", "final_accuracy", "final_loss", "wall_s", "rounds", "store"} <= result.keys()
+    assert result["num_rounds"] == 3 and len(result["rounds"]) == 3
+    assert all(ROUND_KEYS <= r.keys() for r in result["rounds"])
+    assert all(r["participants"] == 4 and r["dropped"] == 0 and r["bytes_up"] > 0 for r in result["rounds"])
+    assert result["final_accuracy"] > 0.5
+    with RoundStore(store, readonly=True) as s:
+        assert [r.accuracy for r in s.list_rounds()] == [r["accuracy"] for r in result["rounds"]]
+    listed = CliRunner().invoke(fl, ["rounds", "list", "--store", str(store), "--json"])
+    assert listed.exit_code == 0 and len(_last_json(listed.output)["rounds"]) == 3
+
+
+@pytest.mark.network
+def test_simulate_dropout_drops_that_fraction_and_still_learns(tmp_path: Path) -> None:
+    proc = _fl("simulate", "--num-clients", "10", "--num-rounds", "3", "--dropout", "0.3", "--json",
+               "--store", str(tmp_path / "s.db"))
+    assert proc.returncode == 0, proc.stderr
+    rounds = _last_json(proc.stdout)["rounds"]
+    assert [r["dropped"] for r in rounds] == [3, 3, 3]
+    assert all(r["status"] == "complete" for r in rounds)
+
+
+@pytest.mark.parametrize(("flags", "field"), [
+    (["--partition", "zipf"], "partition"),
+    (["--clients-per-round", "50"], "clients_per_round"),
+    (["--optimizer", "rmsprop"], "training.optimizer"),
+    (["--dataset", "imagenet"], "dataset"),
+    (["--model", "resnet"], "model"),
+])
+def test_bad_settings_exit_2_naming_the_field(flags: list[str], field: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(fl, ["simulate", "--store", str(tmp_path / "s.db"), *flags])
+    assert result.exit_code == 2
+    assert field in result.output
+
+
+def test_bad_config_file_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("training:\n  learning_rte: 0.1\n")
+    result = CliRunner().invoke(fl, ["baseline", "--config", str(cfg)])
+    assert result.exit_code == 2
+    assert "training.learning_rte" in result.output and "learning_rate" in result.output
+
+
+def test_simulate_refuses_an_existing_store(tmp_path: Path) -> None:
+    store = tmp_path / "s.db"
+    store.write_bytes(b"")
+    result = CliRunner().invoke(fl, ["simulate", "--store", str(store)])
+    assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_baseline_json() -> None:
+    result = CliRunner().invoke(fl, ["baseline", "--num-rounds", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = _last_json(result.output)
+    assert {"final_accuracy", "final_loss", "wall_s"} <= out.keys()
+    # 2 rounds x 2 local epochs x 10/10 clients -> at least 4 passes over the union.
+    assert out["epochs"] >= 4 and out["final_accuracy"] > 0.8
