@@ -43,8 +43,17 @@ def _positive_int(name: str, value: Any) -> None:
         raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
+def _finite_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (YAML allows any number of digits)
+        return False
+
+
 def _number(name: str, value: Any, lo: float, hi: float = math.inf, *, open_lo: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = _finite_number(value)
     if not ok or value > hi or value < lo or (open_lo and value == lo):
         bound = f"({lo}, {hi}]" if open_lo else f"[{lo}, {hi}]"
         raise ConfigError(name, f"must be a number in {bound}, got {value!r}")
@@ -54,9 +63,9 @@ def _number(name: str, value: Any, lo: float, hi: float = math.inf, *, open_lo: 
 class TrainingConfig:
     """Local training that the broker asks of every worker (sent in each TASK)."""
 
-    local_epochs: int = 2
+    local_epochs: int = 10
     batch_size: int = 16
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     optimizer: str = "sgd"
     momentum: float = 0.9
     proximal_mu: float = 0.0
@@ -172,6 +181,10 @@ class FederatedConfig:
             raise ConfigError("selection", f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
         if self.privacy_budget is not None:
             _number("privacy_budget", self.privacy_budget, 0.0, 1e6, open_lo=True)
+        for name, cls in (("training", TrainingConfig), ("broker", BrokerConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, f"must be a {cls.__name__} (a mapping of its settings in YAML), "
+                                        f"got {type(getattr(self, name)).__name__}")
         self.training.validate()
         self.broker.validate()
 
@@ -206,10 +219,11 @@ class ClientConfig:
     model: str = "mlp"
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", self.client_id):
+        if not (isinstance(self.client_id, str) and re.fullmatch(r"[A-Za-z0-9_.:@-]{1,128}", self.client_id)):
             raise ConfigError("client_id", f"must be 1-128 characters of letters, digits and _.:@-, "
                                            f"got {self.client_id!r}")
-        if not re.fullmatch(r"[^\s:/]+:\d{1,5}", self.server_address):
+        address = self.server_address
+        if not (isinstance(address, str) and re.fullmatch(r"[^\s:/]+:\d{1,5}", address)):
             raise ConfigError("server_address", f"must be HOST:PORT, got {self.server_address!r}")
         self.training().validate("client")
 
@@ -236,8 +250,8 @@ def _from_mapping(cls: type[T], data: dict[str, Any], prefix: str) -> T:
             if not isinstance(value, dict):
                 raise ConfigError(name, "must be a mapping")
             value = _from_mapping(hint, value, f"{name}.")  # type: ignore[arg-type]
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        elif hint is float and isinstance(value, int) and _finite_number(value):
+            value = float(value)  # (_finite_number excludes bools and ints too large for a float)
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -257,8 +271,15 @@ def merge(config: FederatedConfig, overrides: dict[str, Any]) -> FederatedConfig
             continue
         node = data
         *path, leaf = key.split(".")
-        for part in path:
+        for depth, part in enumerate(path):
+            if not isinstance(node.get(part), dict):
+                name = ".".join(path[:depth + 1])
+                if part in node:
+                    raise ConfigError(name, "is a setting, not a section")
+                raise ConfigError(name, f"unknown setting; allowed: {', '.join(sorted(node))}")
             node = node[part]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            value = _deep(node[leaf], value)  # a partial section changes only the keys it names
         node[leaf] = value
     return _from_mapping(FederatedConfig, data, "")
 
@@ -274,6 +295,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"{path} is not UTF-8 text: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
         if raw is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,19 +25,25 @@ def weighted_mean(updates: Sequence[Mapping[str, np.ndarray]], weights: Sequence
     """Per-tensor mean of ``updates`` weighted by ``weights`` (e.g. sample counts), as float32.
 
     Accumulates in float64 so that the order of arrival does not change the result beyond float32
-    rounding. Raises ``ValueError`` for no updates, mismatched lengths or non-positive total weight.
+    rounding. Raises ``ValueError`` for no updates, mismatched lengths, updates whose tensor names or
+    shapes differ, a negative or non-finite weight, or a non-positive total weight.
     """
     if not updates:
         raise ValueError("cannot average zero updates")
     if len(updates) != len(weights):
         raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
-    total = float(sum(weights))
+    for update in updates[1:]:
+        check_compatible(updates[0], update)  # numpy would broadcast a (1, n) tensor silently
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise ValueError(f"weights must be finite and non-negative, got {list(weights)[:8]}")
+    total = math.fsum(weights)
     if not total > 0:
         raise ValueError(f"total weight must be positive, got {total}")
     out: dict[str, np.ndarray] = {}
     for name in updates[0]:
         acc = np.zeros(updates[0][name].shape, dtype=np.float64)
         for update, w in zip(updates, weights):
-            acc += (w / total) * update[name]
+            # float64 before multiplying: a Python float times a float32 array stays float32 (NEP 50).
+            acc += (w / total) * np.asarray(update[name], dtype=np.float64)
         out[name] = acc.astype(np.float32)
     return out

@@ -172,7 +172,14 @@ class Coordinator:
         return [Outbound(route, Error(code, message, round_id).to_frames())]
 
     def _on_hello(self, route: bytes, msg: Hello, now: float) -> list[Outbound]:
+        displaced = self.registry.id_of(route)
         previous = self.registry.register(msg.worker_id, route, msg.num_samples, now)
+        if displaced is not None and displaced != msg.worker_id:
+            # The registry unbinds an id whose connection now speaks for another one; that id can neither
+            # answer nor expire any more, so it is a dropout now rather than at the round's deadline.
+            log.warning("connection of worker %s now speaks for %s; %s removed", displaced, msg.worker_id,
+                        displaced)
+            self._drop(displaced, "displaced")
         if previous is not None:
             log.info("worker %s re-announced itself (new connection)", msg.worker_id)
             self._drop(msg.worker_id, "reconnected")

@@ -44,6 +44,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 _NAME_OF = {(v.kind, v.itemsize): k for k, v in DTYPES.items() if k != "bfloat16"}
 _FLOAT_WIRE = {"float32", "float16"}
+_BF16_EXPONENT = np.uint16(0x7F80)
 _KINDS = {k.value.encode("ascii"): k for k in Kind}
 _HEADER_TENSORS = "tensors"
 
@@ -211,7 +212,10 @@ def decode(frames: Sequence[Any], limits: Limits | None = None, *, allow_non_fin
             raise LimitExceeded(f"tensor {name!r}: a frame exceeds {limits.max_chunk_bytes} bytes")
         buf: Any = parts[0] if chunks == 1 else b"".join(parts)
         arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
-        if wire in _FLOAT_WIRE and not allow_non_finite and arr.size and not np.isfinite(arr).all():
+        if not allow_non_finite and arr.size and (
+                (wire in _FLOAT_WIRE and not np.isfinite(arr).all())
+                # bfloat16 travels as bits: all exponent bits set means Inf or NaN.
+                or (wire == "bfloat16" and (arr & _BF16_EXPONENT == _BF16_EXPONENT).any())):
             raise BadTensor(f"tensor {name!r} contains NaN or Inf")
         tensors[name] = arr
     return Envelope(kind, header, tensors)

@@ -64,7 +64,8 @@ EDGES = [0, 1, -1, 2**31, 2**62, 2**63, 2**64, 2**70, 10**400, -(10**400), 1e308
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.sampled_from(EDGES)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 

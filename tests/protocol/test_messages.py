@@ -164,7 +164,8 @@ INT_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("msg, field", INT_FIELDS, ids=lambda x: x if isinstance(x, str) else type(x).__name__)
+@pytest.mark.parametrize("msg, field", INT_FIELDS,
+                         ids=lambda x: x if isinstance(x, str) else type(x).__name__)
 @pytest.mark.parametrize("value", [True, False, 1.0, "1", None, [1], {"a": 1}])
 def test_integer_fields_refuse_bools_and_other_types(msg: Message, field: str, value: Any) -> None:
     with pytest.raises(MalformedMessage, match=f"'{field}' must be an integer"):
@@ -287,6 +288,17 @@ def test_metrics_must_be_an_object_with_few_entries() -> None:
     upd = decode_message(with_header(MESSAGES[7], metrics={"n": 3, "big": 1e300}))
     assert isinstance(upd, Update) and upd.metrics == {"n": 3.0, "big": 1e300}
     assert all(type(v) is float for v in upd.metrics.values())
+
+
+@pytest.mark.xfail(strict=True, reason="design question: HELLO/HEARTBEAT/BYE/ERROR/WELCOME accept and ignore "
+                   "tensor frames (up to max_message_bytes, even from a connection that never said HELLO); "
+                   "should kinds that carry no tensors refuse them?")
+@pytest.mark.parametrize("msg", [Hello("w", 1), Heartbeat("w"), Bye("w"), Error("c", "m"),
+                                 Welcome("w", 1.0, 5.0)], ids=lambda m: type(m).__name__)
+def test_kinds_without_tensors_refuse_tensor_frames(msg: Message) -> None:
+    head = header_of(msg)
+    with pytest.raises(ProtocolError):
+        decode_message(wire(encode(msg.KIND, head, {"junk": np.zeros(1000, np.float32)})))
 
 
 def test_update_with_non_finite_tensor_is_refused() -> None:

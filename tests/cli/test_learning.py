@@ -1,0 +1,34 @@
+"""The learning targets of the foundation, on digits with --seed 0, 10 clients and 20 rounds:
+
+IID within 1.0 accuracy point of ``fl baseline``; Dirichlet(0.5) within 3 points; 30% dropout within
+1 point of the same run without dropout. Real processes, real MLX training; about 20 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+
+def _accuracy(*args: str) -> float:
+    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", *args, "--seed", "0", "--num-clients", "10",
+                           "--num-rounds", "20", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["final_accuracy"])
+
+
+def test_federated_learning_matches_central_training(tmp_path: Path) -> None:
+    baseline = _accuracy("baseline")
+    iid = _accuracy("simulate", "--store", str(tmp_path / "iid.db"))
+    skewed = _accuracy("simulate", "--partition", "dirichlet:0.5", "--store", str(tmp_path / "dir.db"))
+    dropout = _accuracy("simulate", "--dropout", "0.3", "--store", str(tmp_path / "drop.db"))
+    print(f"baseline {baseline:.4f} iid {iid:.4f} dirichlet {skewed:.4f} dropout {dropout:.4f}")
+    assert iid >= baseline - 0.010
+    assert skewed >= baseline - 0.030
+    assert abs(dropout - iid) <= 0.010
