@@ -63,6 +63,12 @@ def _wire_dtype(arr: np.ndarray, override: str | None) -> tuple[str, np.ndarray]
     if override is not None:
         if override not in DTYPES:
             raise BadTensor(f"dtype {override!r} is not allowed; allowed: {sorted(DTYPES)}")
+        # A cast across kinds would send meaningless values (a float array "as bfloat16" would become
+        # integers): bfloat16 travels only as the uint16 bit patterns the caller already made.
+        wanted = np.dtype(np.uint16) if override == "bfloat16" else DTYPES[override]
+        if arr.dtype.kind != wanted.kind or (override == "bfloat16" and arr.dtype.itemsize != 2):
+            raise BadTensor(f"cannot send a {arr.dtype} array as {override}"
+                            + (" (pass its uint16 bit patterns)" if override == "bfloat16" else ""))
         return override, np.asarray(arr, dtype=DTYPES[override], order="C")
     name = _NAME_OF.get((arr.dtype.kind, arr.dtype.itemsize))
     if name is None:

@@ -275,12 +275,16 @@ class Bye:
 
 
 Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye]
+_TENSOR_KINDS = {Kind.TASK.value.encode(), Kind.UPDATE.value.encode()}
 _CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye)}
 
 
 def decode_message(frames: Sequence[Any], limits: Limits | None = None) -> Message:
     """Decode frames into a typed message. Raises ProtocolError (never anything else) if malformed."""
     limits = limits or Limits()
+    if len(frames) > 3 and bytes(getattr(frames[1], "buffer", frames[1])) not in _TENSOR_KINDS:
+        # Checked before decoding, so a kind that carries no tensors cannot make us join chunks.
+        raise MalformedMessage("only TASK and UPDATE messages carry tensor frames")
     env = decode(frames, limits)
     cls = _CLASSES.get(env.kind)
     if cls is None:

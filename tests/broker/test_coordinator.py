@@ -137,8 +137,8 @@ class Harness:
         c = self.coord
         rnd = c.round
         return (
-            {k: v.copy() for k, v in c.weights.items()}.keys(),
-            [v.tobytes() for v in c.weights.values()],
+            tuple(c.weights),
+            [(v.dtype.str, v.shape, v.tobytes()) for v in c.weights.values()],
             None if rnd is None else rnd.round_id,
             None if rnd is None else frozenset(rnd.pending),
             None if rnd is None else {w: id(u) for w, u in rnd.updates.items()},

@@ -446,8 +446,6 @@ def test_uint16_values_do_not_count_as_bfloat16_when_sent_as_integers() -> None:
     np.testing.assert_array_equal(decode(as_bytes(encode(Kind.UPDATE, {}, {"w": arr}))).tensors["w"], arr)
 
 
-@pytest.mark.xfail(strict=True, reason="design question: wire_dtypes casts values, so a float array sent as "
-                   "bfloat16 becomes integer-valued uint16 garbage; should encode refuse it (or convert)?")
 def test_float_array_sent_as_bfloat16_is_refused() -> None:
     with pytest.raises(BadTensor):
         encode(Kind.UPDATE, {}, {"w": np.array([1.5, 2.5], np.float32)}, wire_dtypes={"w": "bfloat16"})

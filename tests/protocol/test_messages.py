@@ -290,9 +290,6 @@ def test_metrics_must_be_an_object_with_few_entries() -> None:
     assert all(type(v) is float for v in upd.metrics.values())
 
 
-@pytest.mark.xfail(strict=True, reason="design question: HELLO/HEARTBEAT/BYE/ERROR/WELCOME accept and ignore "
-                   "tensor frames (up to max_message_bytes, even from a connection that never said HELLO); "
-                   "should kinds that carry no tensors refuse them?")
 @pytest.mark.parametrize("msg", [Hello("w", 1), Heartbeat("w"), Bye("w"), Error("c", "m"),
                                  Welcome("w", 1.0, 5.0)], ids=lambda m: type(m).__name__)
 def test_kinds_without_tensors_refuse_tensor_frames(msg: Message) -> None:
