@@ -28,10 +28,12 @@ def _worker(port: int, i: int, n: int = 3) -> Proc:
 
 def test_three_workers_complete_three_rounds_and_rounds_cli_reads_live_store(tmp_path: Path, procs: list[Proc]) -> None:
     port = free_port()
+    # Workers first, as happens on a LAN: they keep reconnecting until the broker is up.
+    workers = [_worker(port, i) for i in range(3)]
+    procs.extend(workers)
     broker = _broker(tmp_path, port, "--num-clients", "3", "--clients-per-round", "3", "--num-rounds", "3",
                      "--local-epochs", "40")
-    procs.append(broker)
-    procs.extend(_worker(port, i) for i in range(3))
+    procs.insert(0, broker)
     rounds = []
     live_listing = None
     for event in broker.events(timeout=120):
