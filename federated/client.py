@@ -77,4 +77,4 @@ class FederatedClient:
         finished training, 1 if stopped.
         """
         data = ClientData(self.config.client_id, self.x, self.y)
-        return WorkerLoop([data], self.config.server_address, self._runner.fit, prepare=self._runner.prepare).run()
+        return WorkerLoop([data], self.config.server_address, self._runner.fit).run()

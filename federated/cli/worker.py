@@ -44,7 +44,7 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
     from federated.worker.runner import ModelRunner
 
     runner = ModelRunner(trusted_spec=model)
-    loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, prepare=runner.prepare)
+    loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

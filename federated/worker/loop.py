@@ -2,9 +2,11 @@
 
 Each session is one worker identity with its own DEALER socket and data (``flworker`` runs one;
 ``fl simulate`` packs many virtual clients into a few processes). The main thread only moves messages
-and keeps time: it sends HELLO, heartbeats, and UPDATEs, and reconnects with exponential backoff and
-jitter when the broker falls silent. Training runs on a separate thread so heartbeats keep flowing
-while a model trains; that thread hands finished updates back through an inproc socket.
+and keeps time on an I/O thread: it sends HELLO, heartbeats and UPDATEs, and reconnects with exponential
+backoff and jitter when the broker falls silent. Training runs on the calling (main) thread, so
+heartbeats keep flowing while a model trains; finished updates go back to the I/O thread through a
+queue and an inproc wake-up socket. MLX stays on the main thread because it aborts at interpreter exit
+when another thread has used it (seen with random initialisation and compiled steps).
 """
 
 from __future__ import annotations
@@ -82,8 +84,6 @@ class _Session:
 class WorkerLoop:
     """Runs client sessions against ``server_address`` (``HOST:PORT``) until the broker says BYE.
 
-    ``prepare(task_config)``, if given, runs on the main thread before a task is queued for training
-    (model construction); it raises ``ValueError`` for a task it cannot serve.
     ``dropout_rate`` is for simulation only: a session whose position in a round's cohort is below
     ``round(dropout_rate * cohort_size)`` vanishes on receiving the TASK (closes its socket without a
     word) and comes back as a new connection, as a device that lost its network would.
@@ -100,14 +100,12 @@ class WorkerLoop:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
-        prepare: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a worker needs at least one client")
         self.sessions = [_Session(c) for c in clients]
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
-        self.prepare = prepare
         self.limits = limits or Limits()
         self.dropout_rate = dropout_rate
         self.reconnect_min_s = reconnect_min_s
@@ -126,21 +124,46 @@ class WorkerLoop:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> int:
-        """Serve until every session got BYE (returns 0) or ``stop()`` (returns 1)."""
+        """Serve until every session got BYE (returns 0) or ``stop()`` (returns 1).
+
+        Trains on the calling thread; sockets live on an I/O thread started here.
+        """
         wake_addr = f"inproc://worker-wake-{id(self)}"
-        wake_rx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
-        wake_rx.bind(wake_addr)
-        trainer = threading.Thread(target=self._train_forever, args=(wake_addr,), daemon=True)
-        trainer.start()
+        wake_tx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        wake_tx.bind(wake_addr)
+        codes: list[int] = []
+        io = threading.Thread(target=self._io_thread, args=(wake_addr, codes), name="worker-io", daemon=True)
+        io.start()
         try:
-            return self._serve(wake_rx)
+            while True:
+                try:
+                    job = self._jobs.get(timeout=0.25)  # a timeout, so signal handlers get to run
+                except queue.Empty:
+                    if not io.is_alive():
+                        break
+                    continue
+                if job is None:
+                    break
+                s, generation, task, queued_at = job
+                frames = self._train_one(s, task, time.perf_counter() - queued_at)
+                self._results.put((s, generation, frames))
+                wake_tx.send(b"", zmq.NOBLOCK)
         finally:
-            self._jobs.put(None)
-            # Join before returning: MLX must not be torn down under a thread that is still training.
-            trainer.join(timeout=60)
+            self._stopping = True
+            io.join(timeout=30)
+            wake_tx.close(linger=0)
+        return codes[0] if codes else 1
+
+    def _io_thread(self, wake_addr: str, codes: list[int]) -> None:
+        wake_rx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
+        wake_rx.connect(wake_addr)
+        try:
+            codes.append(self._serve(wake_rx))
+        finally:
             for s in self.sessions:
                 self._close(s)
             wake_rx.close(linger=0)
+            self._jobs.put(None)  # wake the training thread so run() returns
 
     def _serve(self, wake_rx: zmq.Socket[bytes]) -> int:
         while not self._stopping:
@@ -253,15 +276,6 @@ class WorkerLoop:
                 self._close(s)
                 s.reconnect_at = time.monotonic()
                 return
-            if self.prepare is not None:
-                try:
-                    # On this (main) thread: MLX aborts at exit if random numbers (model
-                    # initialisation) were ever drawn on another thread.
-                    self.prepare(msg.config)
-                except ValueError as exc:
-                    log.error("%s: cannot train round %d: %s", wid, msg.round_id, exc)
-                    self._send(s, Error("bad_task", str(exc), msg.round_id).to_frames())
-                    return
             self._jobs.put((s, s.generation, msg, time.perf_counter()))
         elif isinstance(msg, Bye):
             log.info("%s: broker said goodbye: %s", wid, msg.reason)
@@ -278,20 +292,7 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ training thread
 
-    def _train_forever(self, wake_addr: str) -> None:
-        wake_tx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
-        wake_tx.connect(wake_addr)
-        try:
-            while (job := self._jobs.get()) is not None:
-                s, generation, task, queued_at = job
-                frames = self._train_one(s, task, time.perf_counter() - queued_at)
-                if frames is not None:
-                    self._results.put((s, generation, frames))
-                    wake_tx.send(b"", zmq.NOBLOCK)
-        finally:
-            wake_tx.close(linger=0)
-
-    def _train_one(self, s: _Session, task: Task, wait_s: float) -> Sequence[bytes | memoryview] | None:
+    def _train_one(self, s: _Session, task: Task, wait_s: float) -> Sequence[bytes | memoryview]:
         """Train one task. ``wait_s`` is how long it queued behind other clients of this process for
         the shared trainer: reported so the broker can tell simulation queueing from its own overhead."""
         wid = s.data.worker_id
@@ -302,6 +303,9 @@ class WorkerLoop:
             # A bad TASK (unknown option, wrong model) is the broker's problem: tell it, keep serving.
             log.error("%s: cannot train round %d: %s", wid, task.round_id, exc)
             return Error("bad_task", str(exc), task.round_id).to_frames()
+        except Exception as exc:  # noqa: BLE001 - a training failure must not take the other clients down
+            log.exception("%s: training failed in round %d", wid, task.round_id)
+            return Error("train_failed", f"{type(exc).__name__}: {exc}", task.round_id).to_frames()
         metrics = {**metrics, "wait_s": wait_s}
         return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, update).to_frames()
 
@@ -311,7 +315,7 @@ class WorkerLoop:
                 s, generation, frames = self._results.get_nowait()
             except queue.Empty:
                 return
-            if generation != s.generation or s.done:
+            if generation != s.generation or s.done or s.sock is None:
                 continue  # the session reconnected since: the broker already counted it as dropped
             self._send(s, frames)
             self.updates_sent += 1

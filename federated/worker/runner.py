@@ -80,13 +80,6 @@ class ModelRunner:
             self._trainers[key] = LocalTrainer(build_model(spec, input_shape=key[1], num_classes=classes))
         return self._trainers[key]
 
-    def prepare(self, config: Mapping[str, Any]) -> None:
-        """Build (once) the model a TASK config names. Call on the main thread (see WorkerLoop)."""
-        model = config.get("model")
-        if not isinstance(model, dict):
-            raise ValueError("task config needs a 'model' section")
-        self.trainer(model)
-
     def fit(self, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
             seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Train locally from ``weights``; return (update, metrics) for an UPDATE message."""
