@@ -277,7 +277,8 @@ class Coordinator:
         if rnd is not None and wid in rnd.pending:
             rnd.pending.discard(wid)
             rnd.dropped[wid] = reason
-            log.warning("round %d: worker %s dropped (%s)", rnd.round_id, wid, reason)
+            # Dropouts are routine in federated learning: INFO. Their causes are logged where seen.
+            log.info("round %d: worker %s dropped (%s)", rnd.round_id, wid, reason)
 
     def _maybe_finish(self, now: float) -> list[Outbound]:
         rnd = self.round

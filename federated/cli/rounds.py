@@ -24,7 +24,7 @@ from rich.text import Text
 from federated.broker.errors import RoundNotFoundError, StoreError, StoreNotFoundError
 from federated.broker.store import RoundRecord, RoundStore
 
-__all__ = ["DEFAULT_STORE", "rounds"]
+__all__ = ["DEFAULT_STORE", "print_rounds_table", "rounds"]
 
 DEFAULT_STORE = Path("runs/latest/store.db")
 _MISSING = "-"
@@ -103,13 +103,18 @@ def list_command(store_path: Path, as_json: bool) -> None:
     if as_json:
         _echo_json({"store": str(store_path), "rounds": [r.to_dict() for r in records]})
         return
+    print_rounds_table(records, str(store_path))
+
+
+def print_rounds_table(records: list[RoundRecord], title: str) -> None:
+    """The ``fl rounds list`` table (also printed at the end of ``fl simulate``)."""
     console = Console()
     if not records:
-        console.print(f"No rounds recorded yet in {store_path}.", markup=False, highlight=False)
+        console.print(f"No rounds recorded yet in {title}.", markup=False, highlight=False)
         return
     # Compact enough for an 80-column terminal: rich would otherwise squeeze whole columns away.
     table = Table(
-        title=str(store_path),
+        title=title,
         box=box.SIMPLE_HEAD,
         title_justify="left",
         padding=0,

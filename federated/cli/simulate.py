@@ -93,34 +93,16 @@ class _Progress:
             self.bar.stop()
 
 
-def _print_table(rounds: list[dict[str, Any]], result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _print_summary(result: dict[str, Any]) -> None:
+    """The ``fl rounds list`` table of this run's store, then one line of totals."""
+    from federated.broker.store import RoundStore
+    from federated.cli.rounds import print_rounds_table
 
-    table = Table(title="fl simulate")
-    for col in ("round", "status", "accuracy", "loss", "clients", "dropped", "up", "down", "time", "overhead"):
-        table.add_column(col, justify="right")
-    for r in rounds:
-        table.add_row(str(r["round"]), r["status"], _fmt(r["accuracy"], ".4f"), _fmt(r["loss"], ".4f"),
-                      str(r["participants"]), str(r["dropped"]), _bytes(r["bytes_up"]), _bytes(r["bytes_down"]),
-                      _fmt(r["duration_s"], ".3f", "s"),
-                      _fmt(None if r["overhead_s"] is None else r["overhead_s"] * 1000, ".1f", "ms"))
-    console = Console()
-    console.print(table)
-    console.print(f"final accuracy {_fmt(result['final_accuracy'], '.4f')}, loss {_fmt(result['final_loss'], '.4f')}, "
-                  f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s; store: {result['store']}")
-
-
-def _fmt(value: float | None, spec: str, unit: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{unit}"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    with RoundStore(result["store"], readonly=True) as store:
+        print_rounds_table(store.list_rounds(), f"fl simulate: {result['store']}")
+    acc, loss = result["final_accuracy"], result["final_loss"]
+    click.echo(f"final accuracy {'-' if acc is None else f'{acc:.4f}'}, loss {'-' if loss is None else f'{loss:.4f}'}, "
+               f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
 
 
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, verbose: int,
@@ -223,7 +205,8 @@ def simulate_command(dropout: float, processes: int | None, as_json: bool, verbo
     _point_latest(Path(store))
     if code == CONFIG_ERROR:
         sys.exit(code)
-    _print_table(rounds, result) if not as_json else None
     if as_json:
         emit_json(result)
+    elif Path(store).exists():
+        _print_summary(result)
     sys.exit(code if code != OK or result["num_rounds"] == config.num_rounds else TRAINING_FAILED)
