@@ -12,6 +12,17 @@ from federated.protocol.errors import (
 )
 from federated.protocol.kinds import Kind
 from federated.protocol.limits import CHUNK_BYTES, Limits
+from federated.protocol.secagg import (
+    CIPHERTEXT_BYTES,
+    SHARE_BYTES,
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareKeys,
+    Shares,
+    UnmaskRequest,
+    UnmaskShares,
+)
 from federated.protocol.messages import (
     Bye,
     Error,
@@ -27,8 +38,11 @@ from federated.protocol.messages import (
 
 __all__ = [
     "CHUNK_BYTES",
+    "CIPHERTEXT_BYTES",
     "DTYPES",
+    "SHARE_BYTES",
     "VERSION",
+    "AdvertiseKeys",
     "BadTensor",
     "Bye",
     "Envelope",
@@ -39,10 +53,16 @@ __all__ = [
     "LimitExceeded",
     "Limits",
     "MalformedMessage",
+    "MaskedInput",
     "Message",
     "ProtocolError",
+    "Roster",
+    "ShareKeys",
+    "Shares",
     "Task",
     "UnknownKind",
+    "UnmaskRequest",
+    "UnmaskShares",
     "UnsupportedVersion",
     "Update",
     "Welcome",

@@ -8,18 +8,26 @@ peer add optional fields without breaking an older one.
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import numpy as np
 
 from federated.protocol.codec import Envelope, decode, encode
-from federated.protocol.errors import LimitExceeded, MalformedMessage, UnknownKind
+from federated.protocol.errors import MalformedMessage, UnknownKind
+from federated.protocol.fields import STAGE, Fields, validate_worker_id
 from federated.protocol.kinds import Kind
 from federated.protocol.limits import Limits
+from federated.protocol.secagg import (
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareKeys,
+    Shares,
+    UnmaskRequest,
+    UnmaskShares,
+)
 
 __all__ = [
     "Bye",
@@ -33,98 +41,6 @@ __all__ = [
     "decode_message",
     "validate_worker_id",
 ]
-
-_WORKER_ID = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
-_STAGE = re.compile(r"[a-z_]{1,32}")
-
-
-def validate_worker_id(worker_id: object) -> str:
-    """Return ``worker_id`` if it is 1-128 characters of ``[A-Za-z0-9_.:@-]``, else raise MalformedMessage."""
-    if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
-        raise MalformedMessage(
-            f"worker_id must be 1-128 characters of letters, digits and _.:@-, got {str(worker_id)[:40]!r}")
-    return worker_id
-
-
-def _finite(value: object) -> float | None:
-    """``value`` as a finite float, or None if it is not a JSON number that fits one (bools excluded)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)  # a JSON integer may have thousands of digits: OverflowError
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-class _Fields:
-    """Typed, bounded access to one header's fields; every failure names the field."""
-
-    def __init__(self, header: Mapping[str, Any], kind: Kind, limits: Limits) -> None:
-        self.h, self.kind, self.limits = header, kind, limits
-
-    def _get(self, key: str) -> Any:
-        if key not in self.h:
-            raise MalformedMessage(f"{self.kind.value}: missing header field {key!r}")
-        return self.h[key]
-
-    def str(self, key: str, pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
-        if default is not None and key not in self.h:
-            return default
-        value = self._get(key)
-        if not isinstance(value, str):
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a string")
-        if len(value) > self.limits.max_string_length:
-            raise LimitExceeded(f"{self.kind.value}: field {key!r} is longer than "
-                                f"{self.limits.max_string_length} characters")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} has an invalid value {value[:40]!r}")
-        return value
-
-    def int(self, key: str, lo: int = 0, hi: int = 2**62, default: int | None = None) -> int:
-        if default is not None and key not in self.h:
-            return default
-        value = self._get(key)
-        # bool is an int in Python; a JSON true must not pass as 1.
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be an integer in [{lo}, {hi}]")
-        return value
-
-    def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-        value = _finite(self._get(key))
-        if value is None or not lo <= value <= hi:
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a number in [{lo}, {hi}]")
-        return value
-
-    def obj(self, key: str, default: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        if default is not None and key not in self.h:
-            return dict(default)
-        value = self._get(key)
-        if not isinstance(value, dict):
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be an object")
-        return value
-
-    def metrics(self, key: str) -> dict[str, float]:
-        value = self.obj(key, {})
-        if len(value) > 64:
-            raise LimitExceeded(f"{self.kind.value}: field {key!r} has more than 64 entries")
-        out: dict[str, float] = {}
-        for name, v in value.items():
-            number = _finite(v)
-            if len(name) > self.limits.max_string_length or number is None:
-                raise MalformedMessage(f"{self.kind.value}: {key}[{name[:40]!r}] must be a finite number")
-            out[name] = number
-        return out
-
-    def str_list(self, key: str) -> tuple[str, ...]:
-        value = self.h.get(key, [])
-        if not isinstance(value, list) or len(value) > self.limits.max_list_length:
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a list of at most "
-                                   f"{self.limits.max_list_length} strings")
-        if not all(isinstance(v, str) and len(v) <= self.limits.max_string_length for v in value):
-            raise MalformedMessage(f"{self.kind.value}: field {key!r} must contain short strings")
-        return tuple(value)
-
 
 @dataclass(frozen=True)
 class Hello:
@@ -141,7 +57,7 @@ class Hello:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Hello:
-        f = _Fields(env.header, env.kind, limits)
+        f = Fields(env.header, env.kind, limits)
         return cls(validate_worker_id(f.str("worker_id")), f.int("num_samples", 0, 2**40),
                    f.str_list("capabilities"))
 
@@ -162,7 +78,7 @@ class Welcome:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Welcome:
-        f = _Fields(env.header, env.kind, limits)
+        f = Fields(env.header, env.kind, limits)
         return cls(validate_worker_id(f.str("worker_id")), f.float("heartbeat_interval_s", 1e-3, 3600),
                    f.float("heartbeat_timeout_s", 1e-3, 86400))
 
@@ -179,7 +95,7 @@ class Heartbeat:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Heartbeat:
-        return cls(validate_worker_id(_Fields(env.header, env.kind, limits).str("worker_id")))
+        return cls(validate_worker_id(Fields(env.header, env.kind, limits).str("worker_id")))
 
 
 @dataclass(frozen=True)
@@ -207,9 +123,9 @@ class Task:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Task:
-        f = _Fields(env.header, env.kind, limits)
+        f = Fields(env.header, env.kind, limits)
         size = f.int("cohort_size", 1, limits.max_list_length)
-        return cls(f.int("round_id"), f.str("stage", _STAGE), f.obj("config"), env.tensors,
+        return cls(f.int("round_id"), f.str("stage", STAGE), f.obj("config"), env.tensors,
                    f.int("cohort_index", 0, size - 1), size, f.float("deadline_s", 0.0, 86400 * 7))
 
 
@@ -232,8 +148,8 @@ class Update:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Update:
-        f = _Fields(env.header, env.kind, limits)
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), f.str("stage", _STAGE),
+        f = Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), f.str("stage", STAGE),
                    f.int("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors)
 
 
@@ -252,7 +168,7 @@ class Error:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Error:
-        f = _Fields(env.header, env.kind, limits)
+        f = Fields(env.header, env.kind, limits)
         return cls(f.str("code"), f.str("message"), f.int("round_id", -1, 2**62, default=-1))
 
 
@@ -269,14 +185,19 @@ class Bye:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Bye:
-        f = _Fields(env.header, env.kind, limits)
+        f = Fields(env.header, env.kind, limits)
         wid = f.str("worker_id", default="")
         return cls(validate_worker_id(wid) if wid else "", f.str("reason", default=""))
 
 
-Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye]
-_TENSOR_KINDS = {Kind.TASK.value.encode(), Kind.UPDATE.value.encode()}
-_CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye)}
+Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye, AdvertiseKeys, Roster, ShareKeys, Shares,
+                MaskedInput, UnmaskRequest, UnmaskShares]
+_CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye,
+                                                 AdvertiseKeys, Roster, ShareKeys, Shares, MaskedInput,
+                                                 UnmaskRequest, UnmaskShares)}
+_TENSOR_KINDS = {k.value.encode() for k in (Kind.TASK, Kind.UPDATE, Kind.ADVERTISE_KEYS, Kind.ROSTER,
+                                            Kind.SHARE_KEYS, Kind.SHARES, Kind.MASKED_INPUT,
+                                            Kind.UNMASK_SHARES)}
 
 
 def decode_message(frames: Sequence[Any], limits: Limits | None = None) -> Message:
@@ -284,7 +205,8 @@ def decode_message(frames: Sequence[Any], limits: Limits | None = None) -> Messa
     limits = limits or Limits()
     if len(frames) > 3 and bytes(getattr(frames[1], "buffer", frames[1])) not in _TENSOR_KINDS:
         # Checked before decoding, so a kind that carries no tensors cannot make us join chunks.
-        raise MalformedMessage("only TASK and UPDATE messages carry tensor frames")
+        raise MalformedMessage(f"a {bytes(getattr(frames[1], 'buffer', frames[1]))[:32]!r} message carries no "
+                               "tensor frames")
     env = decode(frames, limits)
     cls = _CLASSES.get(env.kind)
     if cls is None:

@@ -97,8 +97,8 @@ def test_update_with_bfloat16_and_chunked_tensors_decodes() -> None:
 
 @pytest.mark.parametrize("kind", ["ADVERTISE_KEYS", "ROSTER", "SHARE_KEYS", "SHARES", "MASKED_INPUT",
                                   "UNMASK_REQUEST", "UNMASK_SHARES"])
-def test_secure_aggregation_kinds_are_not_training_messages(kind: str) -> None:
-    with pytest.raises(UnknownKind):
+def test_secure_aggregation_kinds_with_empty_headers_are_refused(kind: str) -> None:
+    with pytest.raises(ProtocolError):
         decode_message([VERSION, kind.encode(), b"{}"])
 
 

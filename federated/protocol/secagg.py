@@ -1,0 +1,223 @@
+"""Typed messages of the secure-aggregation stages (DESIGN §5). The message kind is the stage.
+
+Binary values (public keys, signatures, ciphertexts, Shamir shares, masked vectors) travel as uint8 or
+uint32 tensor frames, so a roster of a thousand workers never crowds the 64 KiB JSON header; the header
+carries only ids and the round number. Shapes and dtypes are checked exactly here, so the state machines
+in :mod:`federated.crypto` only ever see well-formed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from federated.protocol.codec import Envelope, encode
+from federated.protocol.errors import MalformedMessage
+from federated.protocol.fields import Fields, validate_worker_id
+from federated.protocol.kinds import Kind
+from federated.protocol.limits import Limits
+
+__all__ = [
+    "CIPHERTEXT_BYTES",
+    "SHARE_BYTES",
+    "AdvertiseKeys",
+    "MaskedInput",
+    "Roster",
+    "ShareKeys",
+    "Shares",
+    "UnmaskRequest",
+    "UnmaskShares",
+]
+
+#: A Shamir share: one element of GF(2^521 - 1), big-endian.
+SHARE_BYTES = 66
+#: AES-256-GCM of two shares: 12-byte nonce + 2 * 66 + 16-byte tag.
+CIPHERTEXT_BYTES = 12 + 2 * SHARE_BYTES + 16
+
+
+def _blob(env: Envelope, name: str, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+    arr = env.tensors.get(name)
+    if arr is None:
+        raise MalformedMessage(f"{env.kind.value}: missing tensor {name!r}")
+    if arr.dtype != np.dtype(dtype) or arr.shape != shape:
+        raise MalformedMessage(f"{env.kind.value}: tensor {name!r} must be {np.dtype(dtype).name} of shape "
+                               f"{shape}, got {arr.dtype.name} {arr.shape}")
+    return arr
+
+
+def _ids(f: Fields, key: str) -> tuple[str, ...]:
+    ids = f.str_list(key)
+    for wid in ids:
+        validate_worker_id(wid)
+    if len(set(ids)) != len(ids):
+        raise MalformedMessage(f"{f.kind.value}: field {key!r} repeats an id")
+    return ids
+
+
+def _u8(data: bytes | np.ndarray) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Worker -> broker: this round's two X25519 public keys, signed with the worker's identity key."""
+
+    KIND: ClassVar[Kind] = Kind.ADVERTISE_KEYS
+    worker_id: str
+    round_id: int
+    c_pk: bytes
+    s_pk: bytes
+    signature: bytes
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id},
+                      {"c_pk": _u8(self.c_pk), "s_pk": _u8(self.s_pk), "signature": _u8(self.signature)})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> AdvertiseKeys:
+        f = Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"),
+                   _blob(env, "c_pk", (32,)).tobytes(), _blob(env, "s_pk", (32,)).tobytes(),
+                   _blob(env, "signature", (64,)).tobytes())
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Broker -> workers: everyone who advertised keys, with identity keys and signatures to check."""
+
+    KIND: ClassVar[Kind] = Kind.ROSTER
+    round_id: int
+    ids: tuple[str, ...]
+    c_pk: np.ndarray  # (n, 32) uint8
+    s_pk: np.ndarray  # (n, 32) uint8
+    identity: np.ndarray  # (n, 32) uint8
+    signature: np.ndarray  # (n, 64) uint8
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"round_id": self.round_id, "ids": list(self.ids)},
+                      {"c_pk": self.c_pk, "s_pk": self.s_pk, "identity": self.identity,
+                       "signature": self.signature})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Roster:
+        f = Fields(env.header, env.kind, limits)
+        ids = _ids(f, "ids")
+        n = len(ids)
+        return cls(f.int("round_id"), ids, _blob(env, "c_pk", (n, 32)), _blob(env, "s_pk", (n, 32)),
+                   _blob(env, "identity", (n, 32)), _blob(env, "signature", (n, 64)))
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Worker -> broker: encrypted Shamir shares of its mask key and self-mask seed, one per neighbour."""
+
+    KIND: ClassVar[Kind] = Kind.SHARE_KEYS
+    worker_id: str
+    round_id: int
+    recipients: tuple[str, ...]
+    ciphertexts: np.ndarray  # (m, CIPHERTEXT_BYTES) uint8
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id,
+                                  "recipients": list(self.recipients)}, {"ciphertexts": self.ciphertexts})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> ShareKeys:
+        f = Fields(env.header, env.kind, limits)
+        recipients = _ids(f, "recipients")
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), recipients,
+                   _blob(env, "ciphertexts", (len(recipients), CIPHERTEXT_BYTES)))
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Broker -> worker: the ciphertexts addressed to it, by sender (its neighbours that shared keys)."""
+
+    KIND: ClassVar[Kind] = Kind.SHARES
+    round_id: int
+    senders: tuple[str, ...]
+    ciphertexts: np.ndarray  # (m, CIPHERTEXT_BYTES) uint8
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"round_id": self.round_id, "senders": list(self.senders)},
+                      {"ciphertexts": self.ciphertexts})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> Shares:
+        f = Fields(env.header, env.kind, limits)
+        senders = _ids(f, "senders")
+        return cls(f.int("round_id"), senders, _blob(env, "ciphertexts", (len(senders), CIPHERTEXT_BYTES)))
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Worker -> broker: its encoded input plus all its masks (uint32, mod 2^32), and its compute time."""
+
+    KIND: ClassVar[Kind] = Kind.MASKED_INPUT
+    worker_id: str
+    round_id: int
+    masked: np.ndarray  # (length,) uint32
+    train_s: float
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id,
+                                  "train_s": self.train_s}, {"masked": self.masked})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> MaskedInput:
+        f = Fields(env.header, env.kind, limits)
+        masked = env.tensors.get("masked")
+        if masked is None or masked.dtype != np.uint32 or masked.ndim != 1:
+            raise MalformedMessage("MASKED_INPUT: tensor 'masked' must be a uint32 vector")
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), masked,
+                   f.float("train_s", 0.0, 86400.0))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Broker -> survivors: who survived (reveal their self-mask shares) and who dropped (reveal their
+    mask-key shares). A worker refuses a request whose two sets overlap."""
+
+    KIND: ClassVar[Kind] = Kind.UNMASK_REQUEST
+    round_id: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"round_id": self.round_id, "survivors": list(self.survivors),
+                                  "dropped": list(self.dropped)})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> UnmaskRequest:
+        f = Fields(env.header, env.kind, limits)
+        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"))
+
+
+@dataclass(frozen=True)
+class UnmaskShares:
+    """Survivor -> broker: its shares of survivors' self-mask seeds and of dropped workers' mask keys."""
+
+    KIND: ClassVar[Kind] = Kind.UNMASK_SHARES
+    worker_id: str
+    round_id: int
+    b_owners: tuple[str, ...]
+    b_shares: np.ndarray  # (len(b_owners), SHARE_BYTES) uint8
+    s_owners: tuple[str, ...]
+    s_shares: np.ndarray  # (len(s_owners), SHARE_BYTES) uint8
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id,
+                                  "b_owners": list(self.b_owners), "s_owners": list(self.s_owners)},
+                      {"b_shares": self.b_shares, "s_shares": self.s_shares})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> UnmaskShares:
+        f = Fields(env.header, env.kind, limits)
+        b_owners, s_owners = _ids(f, "b_owners"), _ids(f, "s_owners")
+        if set(b_owners) & set(s_owners):
+            raise MalformedMessage("UNMASK_SHARES: an owner appears in both share lists")
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"),
+                   b_owners, _blob(env, "b_shares", (len(b_owners), SHARE_BYTES)),
+                   s_owners, _blob(env, "s_shares", (len(s_owners), SHARE_BYTES)))
