@@ -18,6 +18,7 @@ import yaml
 
 __all__ = [
     "BrokerConfig",
+    "SecureConfig",
     "ClientConfig",
     "ConfigError",
     "FederatedConfig",
@@ -119,6 +120,69 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True)
+class SecureConfig:
+    """Secure aggregation (DESIGN §5): the broker learns only the sum of the surviving updates.
+
+    ``threshold`` (t): shares needed to rebuild a worker's secrets; a broker colluding with fewer than t
+    of a worker's neighbours learns nothing about it. ``None``: a majority of the neighbours.
+    ``neighbors`` (k): degree of the SecAgg+ neighbour graph; ``None``: the complete graph up to 30
+    workers, about 3 log2(n) beyond. ``clip``: L2 bound applied to each update before encoding.
+    ``weight_cap``: a worker's FedAvg weight is ``min(num_samples, weight_cap)``. ``frac_bits``: the
+    fixed-point scale 2^frac_bits; ``None``: the largest that cannot wrap. ``stage_timeout_s``: how long
+    each key-exchange/unmasking stage waits (the masked-input stage waits ``broker.round_timeout_s``).
+    """
+
+    enabled: bool = False
+    threshold: int | None = None
+    neighbors: int | None = None
+    clip: float = 100.0
+    weight_cap: int = 1024
+    frac_bits: int | None = None
+    stage_timeout_s: float = 30.0
+
+    def validate(self, cohort: int, prefix: str = "secure") -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"{prefix}.enabled", f"must be true or false, got {self.enabled!r}")
+        _number(f"{prefix}.clip", self.clip, 0.0, 1e9, open_lo=True)
+        _positive_int(f"{prefix}.weight_cap", self.weight_cap)
+        _number(f"{prefix}.stage_timeout_s", self.stage_timeout_s, 0.0, 86400, open_lo=True)
+        for name in ("threshold", "neighbors", "frac_bits"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{prefix}.{name}", f"must be a non-negative integer or null, got {value!r}")
+        if not self.enabled:
+            return
+        if cohort < 3:
+            raise ConfigError("clients_per_round", f"secure aggregation needs at least 3 workers per round "
+                                                   f"(with 2, each learns the other's update), got {cohort}")
+        try:
+            self.round_params(cohort, vector_length=1)
+        except ValueError as exc:  # ParameterError is a ValueError
+            raise ConfigError(prefix, str(exc)) from None
+
+    def round_params(self, cohort: int, vector_length: int) -> Any:
+        """The :class:`~federated.crypto.params.SecAggParams` for a round of ``cohort`` workers.
+
+        Raises ParameterError (a ValueError) if the settings cannot work for that cohort: a threshold
+        larger than the neighbours, an odd degree below n - 1, or a fixed-point scale whose sum could wrap.
+        """
+        from federated.crypto.fixedpoint import max_frac_bits
+        from federated.crypto.graph import default_degree, default_threshold
+        from federated.crypto.params import SecAggParams
+
+        degree = min(self.neighbors if self.neighbors is not None else default_degree(cohort), cohort - 1)
+        if degree < cohort - 1 and degree % 2:
+            raise ValueError(f"neighbors must be even below the complete graph ({cohort - 1}), got {degree}")
+        threshold = self.threshold if self.threshold is not None else default_threshold(degree)
+        if not 1 <= threshold <= degree:
+            raise ValueError(f"threshold must be in [1, {degree}] (the neighbours per worker), got {threshold}")
+        frac_bits = self.frac_bits if self.frac_bits is not None else max_frac_bits(cohort, self.clip, self.weight_cap)
+        params = SecAggParams(threshold, degree, float(self.clip), self.weight_cap, frac_bits, cohort, vector_length)
+        params.validate()
+        return params
+
+
+@dataclass(frozen=True)
 class FederatedConfig:
     """A whole federated run: who takes part, what is trained, and how the broker runs it.
 
@@ -141,6 +205,7 @@ class FederatedConfig:
     privacy_budget: float | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
 
     def __post_init__(self) -> None:
         auto = set()
@@ -187,6 +252,9 @@ class FederatedConfig:
                                         f"got {type(getattr(self, name)).__name__}")
         self.training.validate()
         self.broker.validate()
+        if not isinstance(self.secure, SecureConfig):
+            raise ConfigError("secure", "must be a mapping of secure-aggregation settings")
+        self.secure.validate(self.clients_per_round)
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

@@ -17,23 +17,30 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from federated.aggregation import FedAvgServer, ServerOptimizer, check_compatible, weighted_mean
 from federated.broker.registry import WorkerRegistry
+from federated.broker.secure_round import DecodedSum, decode_round, vector_length
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
+from federated.crypto.errors import CryptoError
+from federated.crypto.secagg_broker import SecAggBroker
 from federated.protocol import (
+    AdvertiseKeys,
     Bye,
     Error,
     Heartbeat,
     Hello,
     Limits,
+    MaskedInput,
     ProtocolError,
+    ShareKeys,
     Task,
+    UnmaskShares,
     Update,
     Welcome,
     decode_message,
@@ -44,6 +51,8 @@ __all__ = ["STAGE_TRAIN", "Coordinator", "Evaluator", "Outbound"]
 log = logging.getLogger("federated.broker")
 
 STAGE_TRAIN = "train"
+_SECAGG_INBOUND = (AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares)
+_SECAGG_ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")
 
 #: ``evaluate(weights) -> (loss, accuracy)`` on the broker's held-out split.
 Evaluator = Callable[[Mapping[str, np.ndarray]], tuple[float, float]]
@@ -69,6 +78,7 @@ class _Round:
     dropped: dict[str, str] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
+    secagg: SecAggBroker | None = None
 
 
 class Coordinator:
@@ -117,6 +127,8 @@ class Coordinator:
         self.refused = 0
         self._waiting_since: float | None = None
         self._next_heartbeat = 0.0
+        #: Ed25519 identity keys pinned at each worker's first HELLO (they sign secure-aggregation keys).
+        self.identities: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ inbound
 
@@ -139,12 +151,14 @@ class Coordinator:
         if claimed and claimed != wid:
             return self._refuse(route, "wrong_worker", f"worker_id {claimed!r} does not match this connection")
         self.registry.touch(wid, now)
-        if self.round is not None and wid in self.round.pending:
+        if self.round is not None and wid in self.round.cohort:
             self.round.bytes_up += nbytes
         if isinstance(msg, Heartbeat):
             return []
         if isinstance(msg, Update):
             return self._on_update(route, wid, msg, now)
+        if isinstance(msg, _SECAGG_INBOUND):
+            return self._on_secagg(route, wid, msg, now)
         if isinstance(msg, Bye):
             log.info("worker %s left: %s", wid, msg.reason or "no reason given")
             self.registry.remove(wid)
@@ -172,6 +186,13 @@ class Coordinator:
         return [Outbound(route, Error(code, message, round_id).to_frames())]
 
     def _on_hello(self, route: bytes, msg: Hello, now: float) -> list[Outbound]:
+        if msg.identity:
+            pinned = self.identities.get(msg.worker_id)
+            identity = bytes.fromhex(msg.identity)
+            if pinned is not None and pinned != identity:
+                return self._refuse(route, "identity_mismatch",
+                                    f"{msg.worker_id} announced a different identity key than at its first HELLO")
+            self.identities[msg.worker_id] = identity
         displaced = self.registry.id_of(route)
         previous = self.registry.register(msg.worker_id, route, msg.num_samples, now)
         if displaced is not None and displaced != msg.worker_id:
@@ -195,6 +216,8 @@ class Coordinator:
 
     def _on_update(self, route: bytes, wid: str, msg: Update, now: float) -> list[Outbound]:
         rnd = self.round
+        if rnd is not None and rnd.secagg is not None:
+            return self._refuse(route, "wrong_stage", "this is a secure round: plain updates are not accepted")
         if rnd is None or msg.round_id != rnd.round_id or msg.stage != STAGE_TRAIN:
             current = "none" if rnd is None else f"{rnd.round_id}/{STAGE_TRAIN}"
             return self._refuse(route, "wrong_stage",
@@ -209,6 +232,18 @@ class Coordinator:
             return self._refuse(route, "bad_tensor", "update tensors must be float32")
         rnd.updates[wid] = msg
         rnd.pending.discard(wid)
+        return self._maybe_finish(now)
+
+    def _on_secagg(self, route: bytes, wid: str, msg: Any, now: float) -> list[Outbound]:
+        rnd = self.round
+        if rnd is None or rnd.secagg is None or msg.round_id != rnd.round_id:
+            current = "none" if rnd is None else str(rnd.round_id)
+            return self._refuse(route, "wrong_stage", f"{type(msg).__name__} for round {msg.round_id}; "
+                                                      f"current secure round is {current}")
+        try:
+            rnd.secagg.receive(wid, msg)
+        except CryptoError as exc:
+            return self._refuse(route, "secagg", str(exc))
         return self._maybe_finish(now)
 
     # ------------------------------------------------------------------ time
@@ -252,13 +287,26 @@ class Coordinator:
             waited = now - self._waiting_since >= cfg.broker.start_timeout_s
             if len(live) < cfg.min_clients or not waited:
                 return []
+        if cfg.secure.enabled:
+            # Only workers that announced an identity key can sign secure-aggregation keys.
+            live = [w for w in live if w in self.identities]
+            if len(live) < max(cfg.min_clients, 3):
+                return []
         cohort = self.rng.sample(live, min(cfg.clients_per_round, len(live)))
         self._waiting_since = None
         rid = self.next_round_id
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
-        self.round = rnd
         task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
+        if cfg.secure.enabled:
+            params = cfg.secure.round_params(cfg.clients_per_round, vector_length(self.weights))
+            # The cohort may be smaller than clients_per_round; the graph degree must fit it.
+            params = replace(params, degree=min(params.degree, len(cohort) - 1),
+                             threshold=min(params.threshold, len(cohort) - 1))
+            rnd.secagg = SecAggBroker(rid, cohort, params, self.identities)
+            rnd.deadline = now + cfg.secure.stage_timeout_s
+            task_config["secagg"] = params.to_dict()
+        self.round = rnd
         out = []
         for index, wid in enumerate(cohort):
             rec = self.registry.get(wid)
@@ -274,6 +322,11 @@ class Coordinator:
 
     def _drop(self, wid: str, reason: str) -> None:
         rnd = self.round
+        if rnd is not None and rnd.secagg is not None and wid in rnd.cohort:
+            if wid in rnd.secagg.pending:
+                log.info("round %d: worker %s dropped at %s (%s)", rnd.round_id, wid, rnd.secagg.stage, reason)
+            rnd.secagg.drop(wid, reason)
+            return
         if rnd is not None and wid in rnd.pending:
             rnd.pending.discard(wid)
             rnd.dropped[wid] = reason
@@ -282,6 +335,8 @@ class Coordinator:
 
     def _maybe_finish(self, now: float) -> list[Outbound]:
         rnd = self.round
+        if rnd is not None and rnd.secagg is not None:
+            return self._secure_progress(rnd, now)
         if rnd is None or (rnd.pending and now < rnd.deadline):
             return []
         for wid in sorted(rnd.pending):
@@ -293,9 +348,42 @@ class Coordinator:
             return self._fail(rnd, survivors)
         return self._complete(rnd, survivors)
 
-    def _fail(self, rnd: _Round, survivors: list[str]) -> list[Outbound]:
-        error = (f"only {len(survivors)} of {len(rnd.cohort)} workers answered; "
-                 f"min_clients is {self.config.min_clients}; model unchanged")
+    def _secure_progress(self, rnd: _Round, now: float) -> list[Outbound]:
+        """Close secure-aggregation stages that are complete or past their deadline; finish the round
+        when the protocol is done or aborted."""
+        sa = rnd.secagg
+        assert sa is not None
+        out: list[Outbound] = []
+        while sa.stage in _SECAGG_ACTIVE and (sa.ready or now >= rnd.deadline):
+            for wid, msg in sa.advance():
+                rec = self.registry.get(wid)
+                if rec is None:
+                    sa.drop(wid, "gone")
+                    continue
+                frames = msg.to_frames()
+                rnd.bytes_down += sum(len(f) for f in frames)
+                out.append(Outbound(rec.route, frames))
+            wait = self.config.broker.round_timeout_s if sa.stage == "masked_input" else \
+                self.config.secure.stage_timeout_s
+            rnd.deadline = now + wait
+            log.info("round %d: secure aggregation at %s with %d workers", rnd.round_id, sa.stage, len(sa.pending))
+        if sa.stage in _SECAGG_ACTIVE:
+            return out
+        self.round = None
+        self._waiting_since = now
+        rnd.dropped = {w: sa.dropped.get(w, "no result") for w in rnd.cohort
+                       if sa.result is None or w not in sa.result.survivors}
+        if sa.stage == "aborted" or sa.result is None:
+            return out + self._fail(rnd, [], error=f"secure aggregation aborted: {sa.error}; model unchanged")
+        survivors = list(sa.result.survivors)
+        if len(survivors) < self.config.min_clients:
+            return out + self._fail(rnd, survivors)
+        decoded = decode_round(sa.result.total, sa.params, self.weights)
+        return out + self._complete(rnd, survivors, decoded=decoded, local_s=sa.result.train_s)
+
+    def _fail(self, rnd: _Round, survivors: list[str], error: str | None = None) -> list[Outbound]:
+        error = error or (f"only {len(survivors)} of {len(rnd.cohort)} workers answered; "
+                          f"min_clients is {self.config.min_clients}; model unchanged")
         log.error("round %d failed: %s", rnd.round_id, error)
         self._record(rnd, survivors, "failed", error=error)
         self.consecutive_failures += 1
@@ -304,14 +392,19 @@ class Coordinator:
             return self._finish_training(f"{self.consecutive_failures} rounds in a row failed")
         return []
 
-    def _complete(self, rnd: _Round, survivors: list[str]) -> list[Outbound]:
-        updates = [rnd.updates[w] for w in survivors]
-        mean = weighted_mean([u.update for u in updates], [u.num_samples for u in updates])
+    def _complete(self, rnd: _Round, survivors: list[str], *, decoded: DecodedSum | None = None,
+                  local_s: Mapping[str, float] | None = None) -> list[Outbound]:
+        if decoded is None:
+            updates = [rnd.updates[w] for w in survivors]
+            mean = weighted_mean([u.update for u in updates], [u.num_samples for u in updates])
+        else:
+            mean = decoded.mean_update
         new_weights = self.server_optimizer.step(self.weights, mean)
         loss = accuracy = None
         if self.evaluate is not None:
             loss, accuracy = self.evaluate(new_weights)
-        self._record(rnd, survivors, "complete", weights=new_weights, loss=loss, accuracy=accuracy)
+        self._record(rnd, survivors, "complete", weights=new_weights, loss=loss, accuracy=accuracy,
+                     decoded=decoded, local_s=local_s)
         self.weights = new_weights
         self.completed += 1
         self.consecutive_failures = 0
@@ -323,19 +416,25 @@ class Coordinator:
         return []
 
     def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
-                loss: float | None = None, accuracy: float | None = None, error: str | None = None) -> None:
-        updates = [rnd.updates[w] for w in survivors]
+                loss: float | None = None, accuracy: float | None = None, error: str | None = None,
+                decoded: DecodedSum | None = None, local_s: Mapping[str, float] | None = None) -> None:
+        updates = [rnd.updates[w] for w in survivors if w in rnd.updates]
         samples = sum(u.num_samples for u in updates)
 
         def mean_metric(key: str) -> float | None:
+            if decoded is not None:  # secure round: only the weighted sums are known
+                return decoded.train_loss if key == "loss" else decoded.train_accuracy
             vals = [(u.metrics[key], u.num_samples) for u in updates if key in u.metrics]
             return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
 
         duration = self.clock() - rnd.started
         # A participant's local time is its compute plus, in simulation, the time it queued for a CPU
         # shared with other virtual clients; neither is orchestration overhead (DESIGN §3).
-        slowest = max((u.metrics.get("train_s", 0.0) + u.metrics.get("wait_s", 0.0) for u in updates),
-                      default=None)
+        times = [u.metrics.get("train_s", 0.0) + u.metrics.get("wait_s", 0.0) for u in updates]
+        if local_s is not None:
+            times = [local_s[w] for w in survivors if w in local_s]
+            samples = round(decoded.weight) if decoded is not None else samples
+        slowest = max(times, default=None)
         record = RoundRecord(
             round=rnd.round_id, status=status, started_at=rnd.started_wall, duration_s=duration,
             overhead_s=None if slowest is None else max(0.0, duration - slowest),

@@ -38,6 +38,10 @@ FLAG_TO_KEY = {
     "momentum": "training.momentum",
     "proximal_mu": "training.proximal_mu",
     "round_timeout": "broker.round_timeout_s",
+    "secure": "secure.enabled",
+    "secure_threshold": "secure.threshold",
+    "secure_neighbors": "secure.neighbors",
+    "secure_clip": "secure.clip",
     "store": "broker.store",
 }
 
@@ -59,6 +63,10 @@ _OPTIONS = [
     click.option("--proximal-mu", type=float, help="FedProx proximal term mu (0: plain FedAvg)."),
     click.option("--privacy-budget", type=float, help="Total epsilon allowed (differential privacy)."),
     click.option("--round-timeout", type=float, help="Seconds the broker waits for a round's updates."),
+    click.option("--secure/--no-secure", default=None, help="Secure aggregation: the broker learns only sums."),
+    click.option("--secure-threshold", type=int, help="Shares needed to rebuild a secret (default: majority)."),
+    click.option("--secure-neighbors", type=int, help="Neighbours per worker in the SecAgg+ graph."),
+    click.option("--secure-clip", type=float, help="L2 bound on each update under secure aggregation."),
     click.option("--store", help="Round store (SQLite file; checkpoints go beside it)."),
     click.option("--json", "as_json", is_flag=True, help="Last line of stdout: one JSON object of results."),
     click.option("-v", "--verbose", count=True, help="More log output (repeat for debug)."),

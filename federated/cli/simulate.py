@@ -105,7 +105,7 @@ def _print_summary(result: dict[str, Any]) -> None:
                f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
 
 
-def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, verbose: int,
+def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str, verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
     run_dir = Path(config.broker.store).parent
@@ -121,7 +121,8 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, v
     workers = [_spawn(["federated.cli.simworker", "--server-address", address, "--dataset", config.dataset,
                        "--partition", config.partition, "--num-shards", str(config.num_clients),
                        "--shards", ",".join(map(str, s)), "--seed", str(config.seed), "--model", config.model,
-                       "--dropout", str(dropout), *vflag], stdout=subprocess.DEVNULL)
+                       "--dropout", str(dropout), "--dropout-stage", dropout_stage, *vflag],
+                      stdout=subprocess.DEVNULL)
                for s in shards if s]
     bar = _Progress(config.num_rounds, progress)
     rounds: list[dict[str, Any]] = []
@@ -186,10 +187,12 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, v
 @click.command("simulate")
 @click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.0, show_default=True,
               help="Fraction of each round's cohort that vanishes mid-round.")
+@click.option("--dropout-stage", type=click.Choice(["task", "roster", "shares", "unmask"]), default="task",
+              show_default=True, help="When dropouts vanish: on the TASK, or at a secure round's later stage.")
 @click.option("--processes", type=click.IntRange(1, 256), help="Worker processes to pack clients into "
               "(default: one per CPU core).")
 @run_options
-def simulate_command(dropout: float, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
+def simulate_command(dropout: float, dropout_stage: str, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
     """Simulate a federation on this machine: real broker and worker processes over loopback TCP."""
     setup_logging(verbose)
     store = params.get("store") or _default_store()
@@ -200,7 +203,10 @@ def simulate_command(dropout: float, processes: int | None, as_json: bool, verbo
     if Path(store).exists():
         raise click.UsageError(f"--store {store} already exists; give a new path (resuming is not supported yet)")
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
-    code, result, rounds = run_simulation(config, processes=procs, dropout=dropout, verbose=verbose,
+    if dropout_stage != "task" and not config.secure.enabled:
+        raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
+    code, result, rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
+                                          verbose=verbose,
                                           progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))
     if code == CONFIG_ERROR:

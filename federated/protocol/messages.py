@@ -8,6 +8,7 @@ peer add optional fields without breaking an older one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
@@ -29,6 +30,8 @@ from federated.protocol.secagg import (
     UnmaskShares,
 )
 
+_IDENTITY = re.compile(r"[0-9a-f]{64}")
+
 __all__ = [
     "Bye",
     "Error",
@@ -44,22 +47,28 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Hello:
-    """Worker -> broker: announce (or re-announce after a reconnect) with its training-set size."""
+    """Worker -> broker: announce (or re-announce after a reconnect) with its training-set size.
+
+    ``identity`` is the hex of the worker's Ed25519 public key, which signs its secure-aggregation keys
+    (empty if the worker cannot take part in secure rounds). The broker pins it at the first HELLO.
+    """
 
     KIND: ClassVar[Kind] = Kind.HELLO
     worker_id: str
     num_samples: int
     capabilities: tuple[str, ...] = ()
+    identity: str = ""
 
     def to_frames(self) -> list[bytes | memoryview]:
         return encode(self.KIND, {"worker_id": self.worker_id, "num_samples": self.num_samples,
-                                  "capabilities": list(self.capabilities)})
+                                  "capabilities": list(self.capabilities), "identity": self.identity})
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Hello:
         f = Fields(env.header, env.kind, limits)
+        identity = f.str("identity", _IDENTITY, default="") if env.header.get("identity") else ""
         return cls(validate_worker_id(f.str("worker_id")), f.int("num_samples", 0, 2**40),
-                   f.str_list("capabilities"))
+                   f.str_list("capabilities"), identity)
 
 
 @dataclass(frozen=True)

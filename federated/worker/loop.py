@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from federated.transport import configure_socket
+from federated.crypto.errors import CryptoError
+from federated.crypto.params import SecAggParams
+from federated.crypto.primitives import generate_identity
+from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import (
     Bye,
     Error,
@@ -33,15 +36,25 @@ from federated.protocol import (
     Hello,
     Limits,
     ProtocolError,
+    Roster,
+    Shares,
     Task,
+    UnmaskRequest,
     Update,
     Welcome,
     decode_message,
 )
+from federated.transport import configure_socket
+from federated.worker.secure import SecureRound, encode_input
 
-__all__ = ["ClientData", "FitFunction", "WorkerLoop", "task_seed"]
+__all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "WorkerLoop", "task_seed"]
+
+#: Where a simulated dropout can happen: on receiving the TASK, or a secure round's later stages.
+DROPOUT_STAGES = ("task", "roster", "shares", "unmask")
 
 log = logging.getLogger("federated.worker")
+
+_SECAGG_STAGES = (Roster, Shares, UnmaskRequest)
 
 #: ``fit(global_weights, x, y, task_config, seed) -> (update, metrics)``; metrics include loss, accuracy,
 #: train_s. Provided by :mod:`federated.worker.runner` over the MLX trainer.
@@ -79,14 +92,31 @@ class _Session:
         self.backoff = 0.0
         self.interval = 1.0
         self.timeout = 5.0
+        # Signs this client's secure-aggregation keys; the broker pins its public half at HELLO.
+        self.identity, public = generate_identity()
+        self.identity_hex = public.hex()
+        self.secure: SecureRound | None = None
+
+    def hello(self) -> Hello:
+        return Hello(self.data.worker_id, len(self.data.y), ("train", "secagg"), self.identity_hex)
+
+
+@dataclass(frozen=True)
+class _SecureInput:
+    """A trained and fixed-point encoded input, waiting for the masking stage."""
+
+    round_id: int
+    encoded: np.ndarray
+    local_s: float
 
 
 class WorkerLoop:
     """Runs client sessions against ``server_address`` (``HOST:PORT``) until the broker says BYE.
 
     ``dropout_rate`` is for simulation only: a session whose position in a round's cohort is below
-    ``round(dropout_rate * cohort_size)`` vanishes on receiving the TASK (closes its socket without a
-    word) and comes back as a new connection, as a device that lost its network would.
+    ``round(dropout_rate * cohort_size)`` vanishes on receiving the message of ``dropout_stage`` (the
+    TASK, or in a secure round the ROSTER, SHARES or UNMASK_REQUEST): it closes its socket without a
+    word and comes back as a new connection, as a device that lost its network would.
     """
 
     def __init__(
@@ -97,6 +127,7 @@ class WorkerLoop:
         *,
         limits: Limits | None = None,
         dropout_rate: float = 0.0,
+        dropout_stage: str = "task",
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
@@ -107,12 +138,15 @@ class WorkerLoop:
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
         self.limits = limits or Limits()
+        if dropout_stage not in DROPOUT_STAGES:
+            raise ValueError(f"dropout_stage must be one of {', '.join(DROPOUT_STAGES)}, got {dropout_stage!r}")
         self.dropout_rate = dropout_rate
+        self.dropout_stage = dropout_stage
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
         self.context = context or zmq.Context.instance()
         self._jobs: queue.Queue[tuple[_Session, int, Task, float] | None] = queue.Queue()
-        self._results: queue.Queue[tuple[_Session, int, Sequence[bytes | memoryview]]] = queue.Queue()
+        self._results: queue.Queue[tuple[_Session, int, Sequence[bytes | memoryview] | _SecureInput]] = queue.Queue()
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
@@ -227,7 +261,7 @@ class WorkerLoop:
         s.reconnect_at = None
         s.last_heard = now
         s.next_heartbeat = now + s.interval
-        self._send(s, Hello(s.data.worker_id, len(s.data.y), ("train",)).to_frames())
+        self._send(s, s.hello().to_frames())
 
     def _close(self, s: _Session) -> None:
         if s.sock is not None:
@@ -270,13 +304,21 @@ class WorkerLoop:
             s.welcomed, s.backoff = True, 0.0
             s.interval, s.timeout = msg.heartbeat_interval_s, msg.heartbeat_timeout_s
         elif isinstance(msg, Task):
-            cut = round(self.dropout_rate * msg.cohort_size)
-            if msg.cohort_index < cut:
-                log.info("%s: simulated dropout in round %d", wid, msg.round_id)
-                self._close(s)
-                s.reconnect_at = time.monotonic()
+            s.secure = None
+            if self._vanish(s, "task", msg.cohort_index, msg.cohort_size, msg.round_id):
                 return
+            if "secagg" in msg.config:
+                try:
+                    params = SecAggParams.from_dict(msg.config["secagg"])
+                except ValueError as exc:
+                    self._send(s, Error("bad_task", str(exc), msg.round_id).to_frames())
+                    return
+                machine = SecAggWorker(wid, s.identity, msg.round_id, params)
+                s.secure = SecureRound(machine, s.generation, msg.cohort_index, msg.cohort_size)
+                self._send(s, machine.advertise().to_frames())
             self._jobs.put((s, s.generation, msg, time.perf_counter()))
+        elif isinstance(msg, _SECAGG_STAGES):
+            self._on_secagg(s, msg)
         elif isinstance(msg, Bye):
             log.info("%s: broker said goodbye: %s", wid, msg.reason)
             s.done = True
@@ -284,15 +326,57 @@ class WorkerLoop:
         elif isinstance(msg, Error):
             if msg.code == "unknown_worker":
                 # The broker forgot us (it restarted, or expired us): announce again on this connection.
-                self._send(s, Hello(wid, len(s.data.y), ("train",)).to_frames())
+                self._send(s, s.hello().to_frames())
             else:
                 log.warning("%s: broker refused a message: %s: %s", wid, msg.code, msg.message)
         elif not isinstance(msg, Heartbeat):
             log.warning("%s: unexpected %s from the broker", wid, type(msg).__name__)
 
+    def _vanish(self, s: _Session, stage: str, index: int, size: int, round_id: int) -> bool:
+        """Simulated dropout: vanish (close without a word, come back as a new connection) if this is the
+        configured stage and our cohort position is below the cut."""
+        if stage != self.dropout_stage or index >= round(self.dropout_rate * size):
+            return False
+        log.info("%s: simulated dropout at %s in round %d", s.data.worker_id, stage, round_id)
+        self._close(s)
+        s.secure = None
+        s.reconnect_at = time.monotonic()
+        return True
+
+    def _on_secagg(self, s: _Session, msg: Any) -> None:
+        sec = s.secure
+        if sec is None or msg.round_id != sec.machine.round_id:
+            log.info("%s: ignoring %s for a round this client is not in", s.data.worker_id, type(msg).__name__)
+            return
+        stage = {Roster: "roster", Shares: "shares", UnmaskRequest: "unmask"}[type(msg)]
+        if self._vanish(s, stage, sec.cohort_index, sec.cohort_size, msg.round_id):
+            return
+        try:
+            if isinstance(msg, Roster):
+                self._send(s, sec.machine.on_roster(msg).to_frames())
+            elif isinstance(msg, Shares):
+                sec.machine.on_shares(msg)
+                self._send_masked(s)
+            else:
+                self._send(s, sec.machine.on_unmask(msg).to_frames())
+                s.secure = None
+        except CryptoError as exc:
+            # Refuse, reveal nothing, and leave the round: the broker will count us as dropped.
+            log.error("%s: refusing secure-aggregation step in round %d: %s", s.data.worker_id, msg.round_id, exc)
+            self._send(s, Error("secagg_refused", str(exc), msg.round_id).to_frames())
+            s.secure = None
+
+    def _send_masked(self, s: _Session) -> None:
+        """Send our masked input once both the shares and the trained input are there."""
+        sec = s.secure
+        if sec is None or sec.encoded is None or sec.sent_input or sec.machine.stage != "masked_input":
+            return
+        sec.sent_input = True
+        self._send(s, sec.machine.masked_input(sec.encoded, sec.local_s).to_frames())
+
     # ------------------------------------------------------------------ training thread
 
-    def _train_one(self, s: _Session, task: Task, wait_s: float) -> Sequence[bytes | memoryview]:
+    def _train_one(self, s: _Session, task: Task, wait_s: float) -> Sequence[bytes | memoryview] | _SecureInput:
         """Train one task. ``wait_s`` is how long it queued behind other clients of this process for
         the shared trainer: reported so the broker can tell simulation queueing from its own overhead."""
         wid = s.data.worker_id
@@ -303,10 +387,18 @@ class WorkerLoop:
             # A bad TASK (unknown option, wrong model) is the broker's problem: tell it, keep serving.
             log.error("%s: cannot train round %d: %s", wid, task.round_id, exc)
             return Error("bad_task", str(exc), task.round_id).to_frames()
-        except Exception as exc:  # noqa: BLE001 - a training failure must not take the other clients down
+        except Exception as exc:
             log.exception("%s: training failed in round %d", wid, task.round_id)
             return Error("train_failed", f"{type(exc).__name__}: {exc}", task.round_id).to_frames()
         metrics = {**metrics, "wait_s": wait_s}
+        if "secagg" in task.config:
+            # Encode here, on the training thread; masking waits for the shares on the I/O thread.
+            try:
+                params = SecAggParams.from_dict(task.config["secagg"])
+                encoded = encode_input(update, metrics, len(s.data.y), params)
+            except ValueError as exc:
+                return Error("bad_task", str(exc), task.round_id).to_frames()
+            return _SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + wait_s)
         return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, update).to_frames()
 
     def _send_results(self) -> None:
@@ -317,5 +409,10 @@ class WorkerLoop:
                 return
             if generation != s.generation or s.done or s.sock is None:
                 continue  # the session reconnected since: the broker already counted it as dropped
+            if isinstance(frames, _SecureInput):
+                if s.secure is not None and s.secure.machine.round_id == frames.round_id:
+                    s.secure.encoded, s.secure.local_s = frames.encoded, frames.local_s
+                    self._send_masked(s)
+                continue
             self._send(s, frames)
             self.updates_sent += 1

@@ -634,7 +634,7 @@ def test_broker_to_worker_messages_sent_to_the_broker_are_refused(msg: Message) 
     ([b"garbage"], "malformed"),
     ([b"FL9", b"HEARTBEAT", b"{}"], "version"),
     ([VERSION, b"NOPE", b"{}"], "unknown_kind"),
-    ([VERSION, b"ROSTER", b"{}"], "unknown_kind"),
+    ([VERSION, b"ROSTER", b"{}"], "malformed"),
     ([VERSION, b"HEARTBEAT", b"[" * 70_000], "limit"),
     ([VERSION, b"HEARTBEAT", b'{"worker_id": "bad id"}'], "malformed"),
     ([VERSION, b"HEARTBEAT", b'{"worker_id": NaN}'], "malformed"),

@@ -1,0 +1,81 @@
+"""Cryptography for secure aggregation (Bonawitz et al. 2017 with the SecAgg+ graph of Bell et al. 2020).
+
+One module per concept, all pure functions:
+
+- ``primitives``: X25519, HKDF-SHA256, AES-256-GCM, Ed25519 (wrappers over `cryptography`)
+- ``prg``: the mask PRG, AES-256-CTR read as little-endian uint32
+- ``shamir``: t-of-n sharing of 32-byte secrets over GF(2^521 - 1)
+- ``fixedpoint``: updates into Z_2^32 and back, and the no-wrap check
+- ``graph``: the k-regular neighbour graph
+- ``errors``: the exception tree
+
+Names that only make sense with their module (``shamir.split``, ``shamir.to_bytes``,
+``fixedpoint.encode``, ``fixedpoint.decode_sum``) are reached through the module, not re-exported flat.
+"""
+
+from __future__ import annotations
+
+from federated.crypto import fixedpoint, graph, prg, primitives, shamir
+from federated.crypto.errors import (
+    CryptoError,
+    DecryptionError,
+    ParameterError,
+    ProtocolViolation,
+    ReconstructionError,
+    SignatureError,
+)
+from federated.crypto.fixedpoint import check_no_wrap, clip_l2, max_abs, max_frac_bits
+from federated.crypto.graph import default_degree, default_threshold, neighbours
+from federated.crypto.prg import add_mask, keystream_u32, uniform01
+from federated.crypto.primitives import (
+    aead_decrypt,
+    aead_encrypt,
+    generate_identity,
+    generate_x25519,
+    hkdf,
+    public_bytes,
+    sign,
+    verify,
+    x25519_shared,
+)
+from federated.crypto.shamir import PRIME, SHARE_BYTES, lagrange_at_zero
+
+# ---- secure-aggregation state machines (the lead adds imports here) ----------------------------------
+
+# -------------------------------------------------------------------------------------------------------
+
+__all__ = [
+    "PRIME",
+    "SHARE_BYTES",
+    "CryptoError",
+    "DecryptionError",
+    "ParameterError",
+    "ProtocolViolation",
+    "ReconstructionError",
+    "SignatureError",
+    "add_mask",
+    "aead_decrypt",
+    "aead_encrypt",
+    "check_no_wrap",
+    "clip_l2",
+    "default_degree",
+    "default_threshold",
+    "fixedpoint",
+    "generate_identity",
+    "generate_x25519",
+    "graph",
+    "hkdf",
+    "keystream_u32",
+    "lagrange_at_zero",
+    "max_abs",
+    "max_frac_bits",
+    "neighbours",
+    "prg",
+    "primitives",
+    "shamir",
+    "sign",
+    "uniform01",
+    "verify",
+    "x25519_shared",
+    # ---- secure-aggregation state machines (the lead adds names here, keeping the list sorted) ----
+]

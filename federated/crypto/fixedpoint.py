@@ -1,0 +1,168 @@
+"""Fixed-point encoding of weighted model updates into Z_2^32, the group the masks live in.
+
+A worker with update ``x`` (flat floats) and weight ``w`` (its sample count, capped by the caller at
+``weight_cap``) sends ``encode(x, w)``: ``x`` is L2-clipped to ``clip``, multiplied by ``w``, scaled by
+``2^f``, stochastically rounded to an integer and stored as two's complement uint32; ``w * 2^f`` (exact)
+is appended as one last coordinate so the broker can form a weighted mean. Summing encodings mod 2^32
+and ``decode_sum`` give the true weighted sum as long as no partial sum leaves [-2^31, 2^31), which
+``check_no_wrap`` guarantees at configuration time:
+
+    n_max * (weight_cap * max(clip, 1) * 2^f + 1) < 2^31
+
+(each coordinate before rounding is at most ``weight_cap * clip * 2^f`` for data and ``weight_cap * 2^f``
+for the weight; rounding adds at most 1).
+
+Error: each encoded coordinate is within one unit (2^-f after decoding) of ``w * clip_l2(x)``, and the
+rounding is unbiased, so a decoded sum of n encodings is within ``n * 2^-f`` of the exact weighted sum per
+coordinate (typically ``sqrt(n) * 2^-f``); the weight sum is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from federated.crypto import prg
+from federated.crypto.errors import ParameterError
+
+__all__ = ["MAX_FRAC_BITS", "check_no_wrap", "clip_l2", "decode_sum", "encode", "max_abs", "max_frac_bits"]
+
+#: ``max_frac_bits`` never goes above this: float32 updates carry 24 significant bits, so finer
+#: fixed-point steps would only spend headroom that a larger cohort could use.
+MAX_FRAC_BITS = 24
+_WRAP_LIMIT = 2**31
+
+
+def max_abs(clip: float, weight_cap: int) -> float:
+    """The largest |coordinate| of an encoding before scaling by 2^f: ``weight_cap * max(clip, 1)``
+    (data coordinates reach ``weight_cap * clip``, the weight coordinate ``weight_cap``)."""
+    return weight_cap * max(clip, 1.0)
+
+
+def _validate(n_max: int, clip: float, weight_cap: int) -> None:
+    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
+        raise ParameterError(f"n_max must be an integer >= 1, got {n_max!r}")
+    if not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+        raise ParameterError(f"clip must be a finite number > 0, got {clip!r}")
+    if isinstance(weight_cap, bool) or not isinstance(weight_cap, int) or weight_cap < 1:
+        raise ParameterError(f"weight_cap must be an integer >= 1, got {weight_cap!r}")
+
+
+def _fits(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> bool:
+    # Exact rational arithmetic: a float product could round a just-too-large bound below 2^31.
+    bound = weight_cap * max(Fraction(clip), Fraction(1)) * 2**frac_bits
+    return n_max * (bound + 1) < _WRAP_LIMIT
+
+
+def _largest_safe(n_max: int, clip: float, weight_cap: int) -> int | None:
+    best = None
+    for frac_bits in range(MAX_FRAC_BITS + 1):
+        if not _fits(n_max, clip, weight_cap, frac_bits):
+            break
+        best = frac_bits
+    return best
+
+
+def _wrap_error(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> ParameterError:
+    safe = _largest_safe(n_max, clip, weight_cap)
+    advice = (f"the largest safe frac_bits is {safe}" if safe is not None
+              else "no frac_bits is safe; lower n_max, clip or weight_cap")
+    return ParameterError(
+        f"secure-aggregation sum could wrap: n_max={n_max}, clip={clip}, weight_cap={weight_cap}, "
+        f"frac_bits={frac_bits} give n_max * (weight_cap * max(clip, 1) * 2^frac_bits + 1) = "
+        f"{float(n_max * (max_abs(clip, weight_cap) * 2**frac_bits + 1)):.4g} >= 2^31; {advice}")
+
+
+def check_no_wrap(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> None:
+    """Raise ``ParameterError`` unless the sum of ``n_max`` encodings can never wrap mod 2^32, i.e.
+    ``n_max * (max_abs(clip, weight_cap) * 2^frac_bits + 1) < 2^31``.
+
+    The message names every parameter and the largest safe ``frac_bits`` (or says that none is).
+    """
+    _validate(n_max, clip, weight_cap)
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or frac_bits < 0:
+        raise ParameterError(f"frac_bits must be an integer >= 0, got {frac_bits!r}")
+    if not _fits(n_max, clip, weight_cap, frac_bits):
+        raise _wrap_error(n_max, clip, weight_cap, frac_bits)
+
+
+def max_frac_bits(n_max: int, clip: float, weight_cap: int) -> int:
+    """The largest ``frac_bits`` in [0, 24] that passes ``check_no_wrap``.
+
+    Raises ``ParameterError`` if even ``frac_bits = 0`` could wrap.
+    """
+    _validate(n_max, clip, weight_cap)
+    safe = _largest_safe(n_max, clip, weight_cap)
+    if safe is None:
+        raise _wrap_error(n_max, clip, weight_cap, 0)
+    return safe
+
+
+def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
+    """A float64 copy of ``update``, scaled down to L2 norm ``bound`` if it is longer.
+
+    Raises ``ValueError`` if ``bound`` is not a finite positive number or ``update`` is not finite.
+    """
+    if not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound <= 0:
+        raise ValueError(f"clip bound must be a finite number > 0, got {bound!r}")
+    out = np.array(update, dtype=np.float64, copy=True).reshape(-1)
+    if not np.isfinite(out).all():
+        raise ValueError("update has non-finite values")
+    norm = float(np.linalg.norm(out))
+    if norm > bound:
+        out *= bound / norm
+    return out
+
+
+def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed: bytes) -> np.ndarray:
+    """The uint32 encoding of ``weight * clip_l2(update, clip)`` at scale 2^frac_bits, plus ``weight *
+    2^frac_bits`` as the last coordinate (length ``len(update) + 1``).
+
+    ``seed`` (32 bytes, fresh per encoding) drives the stochastic rounding through ``prg.uniform01``.
+    ``weight`` must be an integer >= 1 that the caller has already capped at ``weight_cap``.
+    Raises ``ValueError`` for a non-1-D or non-finite update, a bad weight, clip, frac_bits or seed.
+    """
+    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
+        raise ValueError(f"weight must be an integer >= 1, got {weight!r}")
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or not 0 <= frac_bits <= 30:
+        raise ValueError(f"frac_bits must be an integer in [0, 30], got {frac_bits!r}")
+    array = np.asarray(update)
+    if array.ndim != 1:
+        raise ValueError(f"update must be a flat vector, got shape {array.shape}")
+    weight = int(weight)
+    unit = weight * 2**frac_bits  # exact: an integer well below 2^53
+    if unit >= _WRAP_LIMIT:
+        raise ValueError(f"weight * 2^frac_bits = {unit} does not fit in an int32")
+    scaled = clip_l2(array, clip)
+    scaled *= unit
+    floor = np.floor(scaled)
+    # floor(v) + [u < frac(v)] has the distribution of floor(v + u) but is exact: v + u would round away
+    # the low bits of u once |v| > 2^21, biasing the rounding.
+    up = prg.uniform01(seed, scaled.shape[0]) < (scaled - floor)
+    rounded = floor.astype(np.int64) + up
+    # |v| <= w * clip * 2^f by construction; the clamp only absorbs float rounding in clip_l2 and the
+    # scaling, so the wrap guarantee of check_no_wrap holds exactly.
+    limit = int(math.floor(Fraction(clip) * unit)) + 1
+    np.clip(rounded, -limit, limit, out=rounded)
+    out = np.empty(scaled.shape[0] + 1, dtype=np.uint32)
+    out[:-1] = rounded & 0xFFFFFFFF  # two's complement in Z_2^32
+    out[-1] = unit
+    return out
+
+
+def decode_sum(total: np.ndarray, frac_bits: int) -> tuple[np.ndarray, float]:
+    """Decode a sum of encodings: ``(float64 data sum, weight sum)``, both scaled back by 2^-frac_bits.
+
+    Reads each uint32 as two's complement int32, which is the true sum while ``check_no_wrap`` holds.
+    Raises ``ValueError`` if ``total`` is not a non-empty 1-D uint32 array.
+    """
+    array = np.asarray(total)
+    if array.dtype != np.uint32 or array.ndim != 1 or array.shape[0] < 1:
+        raise ValueError(f"total must be a non-empty 1-D uint32 array, got {array.dtype} {array.shape}")
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or frac_bits < 0:
+        raise ValueError(f"frac_bits must be an integer >= 0, got {frac_bits!r}")
+    signed = np.ascontiguousarray(array).view(np.int32)
+    scale = 2.0**-frac_bits
+    return signed[:-1].astype(np.float64) * scale, float(signed[-1]) * scale

@@ -1,0 +1,214 @@
+"""The worker side of secure aggregation: a state machine with no I/O (DESIGN §5).
+
+Stages, each driven by one broker message::
+
+    advertise()        -> AdvertiseKeys   fresh X25519 pairs c (share encryption) and s (masking), signed
+    on_roster(R)       -> ShareKeys       verify R, compute the session and neighbour graph, Shamir-share
+                                          s and a fresh self-mask seed b among the neighbours, encrypted
+    on_shares(S)       -> None            decrypt the neighbours' shares addressed to us
+    masked_input(x)    -> MaskedInput     y = x + PRG(b) + sum_v sign(u,v) PRG(s_uv)  (mod 2^32)
+    on_unmask(Q)       -> UnmaskShares    b-shares of survivors, s-shares of dropped, never both; once
+
+Each method refuses (raises) anything out of order or against the rules, and a refused request never
+reveals a share. All secrets come from the OS CSPRNG (``os.urandom`` / ``cryptography``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from federated.crypto import shamir
+from federated.crypto.errors import DecryptionError, ProtocolViolation, SignatureError
+from federated.crypto.graph import neighbours
+from federated.crypto.params import SecAggParams, advertise_message, session_id, sign_of
+from federated.crypto.prg import add_mask
+from federated.crypto.primitives import (
+    aead_decrypt,
+    aead_encrypt,
+    generate_x25519,
+    hkdf,
+    sign,
+    verify,
+    x25519_shared,
+)
+from federated.protocol.secagg import (
+    CIPHERTEXT_BYTES,
+    SHARE_BYTES,
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareKeys,
+    Shares,
+    UnmaskRequest,
+    UnmaskShares,
+)
+
+__all__ = ["SecAggWorker", "mask_seed", "share_aad", "share_key"]
+
+
+def share_key(own: X25519PrivateKey, peer_c_pk: bytes, session: bytes) -> bytes:
+    """AES-256-GCM key for shares between two workers (same key both ways; nonces are random)."""
+    return hkdf(x25519_shared(own, peer_c_pk), salt=session, info=b"fl-secagg share")
+
+
+def share_aad(session: bytes, sender: str, recipient: str) -> bytes:
+    """Associated data binding a share ciphertext to its session, sender and recipient."""
+    return session + b"|" + sender.encode() + b"|" + recipient.encode()
+
+
+def mask_seed(own_s: X25519PrivateKey, peer_s_pk: bytes, session: bytes) -> bytes:
+    """The pairwise mask seed s_uv (32 bytes); symmetric in u and v."""
+    return hkdf(x25519_shared(own_s, peer_s_pk), salt=session, info=b"fl-secagg mask")
+
+
+def _raw_private(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+class SecAggWorker:
+    """One worker's part in one secure-aggregation round."""
+
+    def __init__(self, worker_id: str, identity: Ed25519PrivateKey, round_id: int, params: SecAggParams) -> None:
+        params.validate()
+        self.worker_id = worker_id
+        self.round_id = round_id
+        self.params = params
+        self._identity = identity
+        self._c_sk, self.c_pk = generate_x25519()
+        self._s_sk, self.s_pk = generate_x25519()
+        self._b = os.urandom(32)
+        self.stage = "advertise"
+        self.session = b""
+        self.ids: tuple[str, ...] = ()
+        self.neighbours: tuple[str, ...] = ()
+        self._s_pk_of: dict[str, bytes] = {}
+        self._shares_from: dict[str, tuple[int, int]] = {}  # u -> (share of s_u, share of b_u)
+        self.mask_peers: tuple[str, ...] = ()
+
+    def _expect(self, stage: str, round_id: int) -> None:
+        if round_id != self.round_id:
+            raise ProtocolViolation(f"message for round {round_id}; this session is round {self.round_id}")
+        if self.stage != stage:
+            raise ProtocolViolation(f"expected stage {stage!r}, this session is at {self.stage!r}")
+
+    def advertise(self) -> AdvertiseKeys:
+        """Stage 0: our two public keys, signed with the identity key."""
+        if self.stage != "advertise":
+            raise ProtocolViolation("keys were already advertised")
+        self.stage = "roster"
+        signature = sign(self._identity, advertise_message(self.round_id, self.worker_id, self.c_pk, self.s_pk))
+        return AdvertiseKeys(self.worker_id, self.round_id, self.c_pk, self.s_pk, signature)
+
+    def on_roster(self, roster: Roster) -> ShareKeys:
+        """Stage 1: check the roster, then send encrypted shares of s and b to each neighbour.
+
+        Raises SignatureError if any entry's signature fails, ProtocolViolation if we are missing or
+        misrepresented, or the roster is too small for the threshold.
+        """
+        self._expect("roster", roster.round_id)
+        ids = roster.ids
+        if list(ids) != sorted(ids):
+            raise ProtocolViolation("roster ids must be sorted")
+        if self.worker_id not in ids:
+            raise ProtocolViolation("this worker is not in the roster")
+        c_pks = [bytes(r) for r in roster.c_pk]
+        s_pks = [bytes(r) for r in roster.s_pk]
+        idents = [bytes(r) for r in roster.identity]
+        me = ids.index(self.worker_id)
+        if c_pks[me] != self.c_pk or s_pks[me] != self.s_pk:
+            raise ProtocolViolation("the roster misrepresents this worker's keys")
+        if len(set(c_pks)) != len(c_pks) or len(set(s_pks)) != len(s_pks):
+            raise ProtocolViolation("the roster repeats a public key")
+        for wid, c, s, ident, sig in zip(ids, c_pks, s_pks, idents, roster.signature, strict=True):
+            try:
+                verify(ident, bytes(sig), advertise_message(self.round_id, wid, c, s))
+            except SignatureError as exc:
+                raise SignatureError(f"roster entry for {wid!r} is not signed by its identity key") from exc
+        self.session = session_id(self.round_id, self.params, ids, c_pks, s_pks, idents)
+        self.ids = ids
+        self._s_pk_of = dict(zip(ids, s_pks))
+        graph = neighbours(ids, self.params.degree, self.session)
+        self.neighbours = graph[self.worker_id]
+        if len(self.neighbours) < self.params.threshold:
+            raise ProtocolViolation(f"{len(self.neighbours)} neighbours cannot hold shares with threshold "
+                                    f"{self.params.threshold}")
+        xs = [ids.index(v) + 1 for v in self.neighbours]
+        s_shares = shamir.split(_raw_private(self._s_sk), xs, self.params.threshold)
+        b_shares = shamir.split(self._b, xs, self.params.threshold)
+        c_pk_of = dict(zip(ids, c_pks))
+        out = np.empty((len(self.neighbours), CIPHERTEXT_BYTES), dtype=np.uint8)
+        for row, (v, s_sh, b_sh) in enumerate(zip(self.neighbours, s_shares, b_shares, strict=True)):
+            key = share_key(self._c_sk, c_pk_of[v], self.session)
+            blob = aead_encrypt(key, shamir.to_bytes(s_sh) + shamir.to_bytes(b_sh),
+                                share_aad(self.session, self.worker_id, v))
+            out[row] = np.frombuffer(blob, dtype=np.uint8)
+        self._c_pk_of = c_pk_of
+        self.stage = "shares"
+        return ShareKeys(self.worker_id, self.round_id, self.neighbours, out)
+
+    def on_shares(self, shares: Shares) -> None:
+        """Stage 2: decrypt the shares our neighbours sent us. Raises DecryptionError or ProtocolViolation."""
+        self._expect("shares", shares.round_id)
+        stray = set(shares.senders) - set(self.neighbours)
+        if stray:
+            raise ProtocolViolation(f"shares from non-neighbours: {sorted(stray)[:3]}")
+        received: dict[str, tuple[int, int]] = {}
+        for u, blob in zip(shares.senders, shares.ciphertexts, strict=True):
+            key = share_key(self._c_sk, self._c_pk_of[u], self.session)
+            plain = aead_decrypt(key, bytes(blob), share_aad(self.session, u, self.worker_id))
+            if len(plain) != 2 * SHARE_BYTES:
+                raise DecryptionError(f"share from {u!r} has the wrong length")
+            received[u] = (shamir.from_bytes(plain[:SHARE_BYTES]), shamir.from_bytes(plain[SHARE_BYTES:]))
+        self._shares_from = received
+        self.mask_peers = tuple(sorted(received))
+        self.stage = "masked_input"
+
+    def masked_input(self, encoded: np.ndarray, train_s: float = 0.0) -> MaskedInput:
+        """Stage 3: mask our fixed-point input with b and with every neighbour that shared keys."""
+        self._expect("masked_input", self.round_id)
+        if encoded.dtype != np.uint32 or encoded.shape != (self.params.vector_length,):
+            raise ValueError(f"encoded input must be uint32 of length {self.params.vector_length}")
+        y = encoded.copy()
+        add_mask(y, self._b, +1)
+        for v in self.mask_peers:
+            add_mask(y, mask_seed(self._s_sk, self._s_pk_of[v], self.session), sign_of(self.worker_id, v))
+        self.stage = "unmask"
+        return MaskedInput(self.worker_id, self.round_id, y, train_s)
+
+    def on_unmask(self, request: UnmaskRequest) -> UnmaskShares:
+        """Stage 4, answered once: reveal b-shares of survivors and s-shares of dropped neighbours.
+
+        Raises ProtocolViolation, revealing nothing, if the sets overlap, survivors are fewer than the
+        threshold, we are not a survivor, a listed worker was not in the roster, or this was already
+        answered.
+        """
+        self._expect("unmask", request.round_id)
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if survivors & dropped:
+            raise ProtocolViolation("survivor and dropped sets overlap")
+        if len(survivors) < self.params.threshold:
+            raise ProtocolViolation(f"{len(survivors)} survivors is below the threshold {self.params.threshold}")
+        if self.worker_id not in survivors:
+            raise ProtocolViolation("this worker is listed as dropped")
+        unknown = (survivors | dropped) - set(self.ids)
+        if unknown:
+            raise ProtocolViolation(f"workers not in the roster: {sorted(unknown)[:3]}")
+        self.stage = "done"  # before building the answer: a second request must never be served
+        b_owners = tuple(u for u in self.mask_peers if u in survivors)
+        s_owners = tuple(u for u in self.mask_peers if u in dropped)
+        return UnmaskShares(self.worker_id, self.round_id,
+                            b_owners, _share_rows([self._shares_from[u][1] for u in b_owners]),
+                            s_owners, _share_rows([self._shares_from[u][0] for u in s_owners]))
+
+
+def _share_rows(values: Sequence[int]) -> np.ndarray:
+    out = np.empty((len(values), SHARE_BYTES), dtype=np.uint8)
+    for i, value in enumerate(values):
+        out[i] = np.frombuffer(shamir.to_bytes(value), dtype=np.uint8)
+    return out

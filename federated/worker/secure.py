@@ -1,0 +1,57 @@
+"""The worker's side of a secure round: encoding its update and driving :class:`SecAggWorker`.
+
+``encode_input`` runs on the training (main) thread right after local training; the protocol steps run
+on the I/O thread as the broker's stage messages arrive. Layout of the encoded vector: see
+:mod:`federated.broker.secure_round`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from federated.broker.secure_round import flatten
+from federated.crypto.fixedpoint import clip_l2, encode
+from federated.crypto.params import SecAggParams
+from federated.crypto.secagg_worker import SecAggWorker
+
+__all__ = ["SecureRound", "encode_input"]
+
+
+def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float], num_samples: int,
+                 params: SecAggParams) -> np.ndarray:
+    """Fixed-point encoding of this worker's contribution (uint32, ``params.vector_length``).
+
+    The update is L2-clipped to ``params.clip``; the loss is capped at ``max(clip, 1)`` and the accuracy is
+    in [0, 1], so every coordinate stays within the bound the wrap check assumed.
+    """
+    bound = max(float(params.clip), 1.0)
+    clipped = clip_l2(flatten(update), float(params.clip))
+    loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
+    accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
+    vector = np.concatenate([clipped, [loss, accuracy]])
+    if vector.size + 1 != params.vector_length:
+        raise ValueError(f"the model has {vector.size - 2} parameters; the round expects "
+                         f"{params.vector_length - 3}")
+    # Each coordinate is already within the bound, so encode() must not clip again: give it an L2 bound
+    # the vector cannot exceed.
+    no_clip = math.sqrt(float(params.clip) ** 2 + bound**2 + 1.0) * 2.0
+    weight = max(1, min(num_samples, params.weight_cap))
+    return encode(vector, weight, clip=no_clip, frac_bits=params.frac_bits, seed=os.urandom(32))
+
+
+@dataclass
+class SecureRound:
+    """One session's state for a secure round: the protocol machine and, once trained, its input."""
+
+    machine: SecAggWorker
+    generation: int
+    cohort_index: int
+    cohort_size: int
+    encoded: np.ndarray | None = None
+    local_s: float = 0.0
+    sent_input: bool = field(default=False)
