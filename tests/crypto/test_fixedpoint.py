@@ -1,0 +1,160 @@
+"""Fixed-point encoding into Z_2^32: exact weights, bounded error, unbiased rounding, no wrap."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federated.crypto import fixedpoint, prg
+from federated.crypto.errors import ParameterError
+
+
+def _vector(length: int, scale: float) -> np.ndarray:
+    """Test data in [-scale, scale) from the PRG: no numpy generators near the crypto code."""
+    return (prg.uniform01(os.urandom(32), length) * 2.0 - 1.0) * scale
+
+
+def _sum(encodings: list[np.ndarray]) -> np.ndarray:
+    return np.sum(np.stack(encodings), axis=0, dtype=np.uint32)  # wraps mod 2^32, as the masks do
+
+
+def test_round_trip_error_is_below_n_units() -> None:
+    # Each encoding is within one unit (2^-f) of weight * clipped update, so a sum of n is within n units.
+    clip, frac_bits, n, d = 3.0, 16, 25, 400
+    updates = [_vector(d, 1.0) for _ in range(n)]
+    weights = [1 + i * 7 for i in range(n)]
+    total = _sum([fixedpoint.encode(u, w, clip=clip, frac_bits=frac_bits, seed=os.urandom(32))
+                  for u, w in zip(updates, weights, strict=True)])
+    data, weight = fixedpoint.decode_sum(total, frac_bits)
+    exact = sum(w * fixedpoint.clip_l2(u, clip) for u, w in zip(updates, weights, strict=True))
+    assert weight == sum(weights)  # exact
+    assert np.max(np.abs(data - exact)) < n * 2.0**-frac_bits
+
+
+def test_each_coordinate_rounds_to_a_neighbouring_integer() -> None:
+    update, weight, frac_bits = _vector(1000, 0.01), 5, 12
+    encoded = fixedpoint.encode(update, weight, clip=1.0, frac_bits=frac_bits, seed=os.urandom(32))
+    assert encoded.dtype == np.uint32 and encoded.shape == (1001,)
+    data, w = fixedpoint.decode_sum(encoded, frac_bits)
+    assert w == weight
+    scaled = weight * update * 2**frac_bits
+    units = data * 2**frac_bits
+    assert np.all((units == np.floor(scaled)) | (units == np.floor(scaled) + 1))
+
+
+@pytest.mark.parametrize(("value", "frac_bits", "weight"), [
+    (0.3 / 2**8, 8, 1),               # 0.3 of a unit
+    (-(5 + 0.7) / 2**10, 10, 1),      # negative, 0.3 of a unit above an integer
+    ((2**13 + 0.25) / 2**8, 8, 1),    # a large scaled value (|v| > 2^21 units is where v + u loses bits)
+    (0.01, 6, 3),                     # weight > 1
+])
+def test_stochastic_rounding_is_unbiased(value: float, frac_bits: int, weight: int) -> None:
+    # 200 encodings with independent seeds, 1,000 equal coordinates each: 200,000 roundings. The standard
+    # error of the mean is below 0.5 / sqrt(200,000) ~ 0.0011 units; allow 6 of them.
+    d, trials = 1000, 200
+    update = np.full(d, value)
+    clip = float(np.linalg.norm(update)) * 2
+    means = []
+    for _ in range(trials):
+        encoded = fixedpoint.encode(update, weight, clip=clip, frac_bits=frac_bits, seed=os.urandom(32))
+        means.append(fixedpoint.decode_sum(encoded, frac_bits)[0].mean())
+    error_in_units = (np.mean(means) - weight * value) * 2**frac_bits
+    assert abs(error_in_units) < 6 * 0.5 / np.sqrt(d * trials)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_max=st.integers(1, 10**6), clip=st.floats(1e-3, 1e3), weight_cap=st.integers(1, 10**4))
+def test_largest_safe_frac_bits_passes_and_the_next_fails(n_max: int, clip: float, weight_cap: int) -> None:
+    try:
+        best = fixedpoint.max_frac_bits(n_max, clip, weight_cap)
+    except ParameterError:
+        with pytest.raises(ParameterError, match="no frac_bits is safe"):
+            fixedpoint.check_no_wrap(n_max, clip, weight_cap, 0)
+        assert n_max * (fixedpoint.max_abs(clip, weight_cap) + 1) >= 2**31
+        return
+    fixedpoint.check_no_wrap(n_max, clip, weight_cap, best)
+    assert n_max * (fixedpoint.max_abs(clip, weight_cap) * 2**best + 1) < 2**31
+    if best < fixedpoint.MAX_FRAC_BITS:
+        with pytest.raises(ParameterError) as info:
+            fixedpoint.check_no_wrap(n_max, clip, weight_cap, best + 1)
+        message = str(info.value)
+        for part in (f"n_max={n_max}", f"clip={clip}", f"weight_cap={weight_cap}", f"frac_bits={best + 1}",
+                     f"largest safe frac_bits is {best}"):
+            assert part in message
+
+
+def test_max_frac_bits_examples() -> None:
+    assert fixedpoint.max_frac_bits(10, 1.0, 1) == 24  # capped
+    # 100 * (1000 * 2^14 + 1) < 2^31 <= 100 * (1000 * 2^15 + 1)
+    assert fixedpoint.max_frac_bits(100, 1.0, 1000) == 14
+    assert fixedpoint.max_abs(0.5, 10) == 10.0 and fixedpoint.max_abs(4.0, 10) == 40.0
+    with pytest.raises(ParameterError, match="n_max=2048"):
+        fixedpoint.max_frac_bits(2048, 1.0, 2**20)
+    for bad in [(0, 1.0, 1, 0), (1, 0.0, 1, 0), (1, float("inf"), 1, 0), (1, 1.0, 0, 0), (1, 1.0, 1, -1)]:
+        with pytest.raises(ParameterError):
+            fixedpoint.check_no_wrap(*bad)
+
+
+@pytest.mark.parametrize(("clip", "weight_cap", "frac_bits"), [(1.5, 1, 24), (1.0, 1000, 10), (0.25, 7, 20),
+                                                               (1.0 + 2**-30, 1, 24)])
+def test_n_max_encodings_at_the_bound_do_not_wrap(clip: float, weight_cap: int, frac_bits: int) -> None:
+    # The largest cohort that passes the check, every worker at the extreme (full weight, the whole norm in
+    # one coordinate, both signs): the decoded sums have the right sign and are within n units.
+    n_max = 1
+    while True:
+        try:
+            fixedpoint.check_no_wrap(n_max + 1, clip, weight_cap, frac_bits)
+        except ParameterError:
+            break
+        n_max += 1
+    for sign in (1.0, -1.0):
+        update = np.array([sign * clip, 0.0])
+        encodings = [fixedpoint.encode(update, weight_cap, clip=clip, frac_bits=frac_bits,
+                                       seed=os.urandom(32)) for _ in range(n_max)]
+        signed = np.stack(encodings).view(np.int32).astype(np.int64).sum(axis=0)
+        assert np.all(signed < 2**31) and np.all(signed >= -(2**31))
+        data, weight = fixedpoint.decode_sum(_sum(encodings), frac_bits)
+        assert weight == n_max * weight_cap
+        assert np.max(np.abs(data - n_max * weight_cap * update)) <= n_max * 2.0**-frac_bits
+
+
+def test_clip_l2() -> None:
+    update = np.array([3.0, 4.0], dtype=np.float32)
+    clipped = fixedpoint.clip_l2(update, 1.0)
+    assert clipped.dtype == np.float64 and np.isclose(np.linalg.norm(clipped), 1.0)
+    assert np.allclose(clipped, [0.6, 0.8])
+    assert update.tolist() == [3.0, 4.0]  # a copy
+    short = np.array([0.1, 0.2])
+    kept = fixedpoint.clip_l2(short, 1.0)
+    assert kept.tolist() == short.tolist() and kept is not short
+    for bad in [0.0, -1.0, float("nan")]:
+        with pytest.raises(ValueError):
+            fixedpoint.clip_l2(short, bad)
+
+
+def test_encode_and_decode_refuse_bad_input() -> None:
+    seed = os.urandom(32)
+    good = np.zeros(4)
+    for update, weight in [(np.array([1.0, np.nan]), 1), (np.array([np.inf]), 1), (np.zeros((2, 2)), 1),
+                           (good, 0), (good, -3)]:
+        with pytest.raises(ValueError):
+            fixedpoint.encode(update, weight, clip=1.0, frac_bits=8, seed=seed)
+    with pytest.raises(ValueError):
+        fixedpoint.encode(good, 1, clip=1.0, frac_bits=8, seed=seed[:16])
+    with pytest.raises(ValueError):
+        fixedpoint.encode(good, 1, clip=1.0, frac_bits=31, seed=seed)
+    with pytest.raises(ValueError):
+        fixedpoint.decode_sum(np.zeros(3, dtype=np.int32), 8)
+    with pytest.raises(ValueError):
+        fixedpoint.decode_sum(np.zeros(0, dtype=np.uint32), 8)
+
+
+def test_same_seed_same_encoding() -> None:
+    # The rounding is a function of the seed, so a worker can reproduce (and a test can pin) an encoding.
+    update, seed = _vector(50, 0.1), os.urandom(32)
+    first = fixedpoint.encode(update, 2, clip=1.0, frac_bits=12, seed=seed)
+    assert np.array_equal(first, fixedpoint.encode(update, 2, clip=1.0, frac_bits=12, seed=seed))

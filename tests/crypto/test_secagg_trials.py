@@ -1,0 +1,200 @@
+"""The secure-aggregation state machines, worker and broker, driven in memory with real cryptography.
+
+Random trials over cohort size, graph degree, threshold and which workers drop at which stage: every
+trial must end with the bit-exact sum (mod 2^32) of the survivors' inputs, or with a clean abort exactly
+when too few workers remain to finish. Plus the instrumented check that the broker never holds an
+unmasked input, and the workers' refusals of bad requests.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from federated.crypto.errors import ProtocolViolation, SignatureError
+from federated.crypto.params import SecAggParams
+from federated.crypto.primitives import generate_identity
+from federated.crypto.secagg_broker import SecAggBroker
+from federated.crypto.secagg_worker import SecAggWorker
+from federated.protocol import Roster, UnmaskRequest, decode_message
+
+STAGES = ("advertise", "roster", "shares", "unmask")
+
+
+@dataclass
+class Trial:
+    n: int
+    degree: int
+    threshold: int
+    length: int
+    drops: dict[str, set[str]]
+    seen_by_broker: list[np.ndarray] = field(default_factory=list)
+
+
+def _wire(msg):  # type: ignore[no-untyped-def]
+    """Every message crosses the real codec, as it would the network."""
+    return decode_message([bytes(f) for f in msg.to_frames()])
+
+
+def run(trial: Trial, rng: random.Random) -> tuple[SecAggBroker, dict[str, np.ndarray], set[str]]:
+    ids = [f"w{i:02d}" for i in range(trial.n)]
+    params = SecAggParams(threshold=trial.threshold, degree=trial.degree, clip=1.0, weight_cap=1, frac_bits=0,
+                          n_max=trial.n, vector_length=trial.length)
+    keys = {w: generate_identity() for w in ids}
+    broker = SecAggBroker(7, ids, params, {w: pub for w, (_, pub) in keys.items()})
+    workers = {w: SecAggWorker(w, keys[w][0], 7, params) for w in ids}
+    inputs = {w: np.array([rng.getrandbits(32) for _ in range(trial.length)], dtype=np.uint32) for w in ids}
+
+    for w in ids:
+        if w in trial.drops["advertise"]:
+            broker.drop(w, "test")
+        else:
+            broker.receive(w, _wire(workers[w].advertise()))
+    for stage in STAGES[1:]:
+        out = broker.advance()
+        if broker.stage == "aborted":
+            return broker, inputs, set()
+        for w, msg in out:
+            msg = _wire(msg)
+            if w in trial.drops[stage]:
+                broker.drop(w, "test")
+            elif stage == "roster":
+                broker.receive(w, _wire(workers[w].on_roster(msg)))
+            elif stage == "shares":
+                workers[w].on_shares(msg)
+                masked = _wire(workers[w].masked_input(inputs[w]))
+                trial.seen_by_broker.append(masked.masked)
+                broker.receive(w, masked)
+            else:
+                broker.receive(w, _wire(workers[w].on_unmask(msg)))
+    broker.advance()
+    return broker, inputs, set()
+
+
+def feasible(trial: Trial, broker: SecAggBroker) -> bool:
+    """Oracle: can the protocol finish with these dropouts?"""
+    t = trial.threshold
+    u1 = {f"w{i:02d}" for i in range(trial.n)} - trial.drops["advertise"]
+    if len(u1) < t + 1:
+        return False
+    graph = broker.graph  # depends on the session, which only the run knows
+    if not graph or min(len(v) for v in graph.values()) < t:
+        return False
+    u2 = u1 - trial.drops["roster"]
+    if len(u2) < t + 1:
+        return False
+    u3 = u2 - trial.drops["shares"]
+    if len(u3) < t:
+        return False
+    u4 = u3 - trial.drops["unmask"]
+    return all(len(set(graph[u]) & u4) >= t for u in u2)
+
+
+def random_trial(rng: random.Random) -> Trial:
+    n = rng.randint(3, 10)
+    degree = n - 1 if rng.random() < 0.5 or n < 5 else rng.choice([d for d in range(2, n - 1, 2)] or [n - 1])
+    threshold = rng.randint(1, degree)
+    ids = [f"w{i:02d}" for i in range(n)]
+    rate = rng.choice([0.0, 0.1, 0.25, 0.4])
+    drops = {s: {w for w in ids if rng.random() < rate / 2} for s in STAGES}
+    return Trial(n, degree, threshold, rng.randint(1, 24), drops)
+
+
+@pytest.mark.slow
+def test_thousand_random_trials_give_the_exact_sum_or_a_clean_abort() -> None:
+    rng = random.Random(20261128)
+    outcomes = {"done": 0, "aborted": 0}
+    for _ in range(1000):
+        trial = random_trial(rng)
+        broker, inputs, _ = run(trial, rng)
+        outcomes[broker.stage] += 1
+        if broker.stage == "done":
+            assert broker.result is not None
+            survivors = set(broker.result.survivors)
+            expected = np.zeros(trial.length, dtype=np.uint32)
+            for w in survivors:
+                expected += inputs[w]
+            np.testing.assert_array_equal(broker.result.total, expected)
+            all_ids = {f"w{i:02d}" for i in range(trial.n)}
+            assert survivors == all_ids - trial.drops["advertise"] - trial.drops["roster"] - trial.drops["shares"]
+            assert feasible(trial, broker)
+        else:
+            assert broker.stage == "aborted" and broker.error
+            assert not feasible(trial, broker), f"aborted although feasible: {trial} {broker.error}"
+    assert outcomes["done"] > 500 and outcomes["aborted"] > 20, outcomes
+
+
+def test_broker_never_holds_an_unmasked_input() -> None:
+    rng = random.Random(1)
+    trial = Trial(6, 5, 3, 50_000, {s: set() for s in STAGES} | {"shares": {"w05"}})
+    broker, inputs, _ = run(trial, rng)
+    assert broker.stage == "done"
+    assert len(trial.seen_by_broker) == 5
+    for masked in trial.seen_by_broker:
+        for x in inputs.values():
+            # Equal coordinates happen only by chance (probability 2^-32 each).
+            assert np.count_nonzero(masked == x) <= 2
+        # Masked inputs look uniform: byte histogram passes a chi-square test (255 dof, p ~ 1e-6 bound).
+        counts = np.bincount(masked.view(np.uint8), minlength=256)
+        expected = masked.nbytes / 256
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 400, chi2
+        # ... and so does each bit position of the 32-bit words.
+        ones = np.unpackbits(masked.view(np.uint8)).reshape(-1, 32).mean(axis=0)
+        assert np.all(np.abs(ones - 0.5) < 0.02)
+
+
+def _ready_workers(n: int = 4, t: int = 2) -> tuple[SecAggBroker, dict[str, SecAggWorker], list]:
+    ids = [f"w{i}" for i in range(n)]
+    params = SecAggParams(t, n - 1, 1.0, 1, 0, n, 4)
+    keys = {w: generate_identity() for w in ids}
+    broker = SecAggBroker(1, ids, params, {w: pub for w, (_, pub) in keys.items()})
+    workers = {w: SecAggWorker(w, keys[w][0], 1, params) for w in ids}
+    for w in ids:
+        broker.receive(w, workers[w].advertise())
+    return broker, workers, broker.advance()
+
+
+def test_worker_refuses_a_roster_with_a_forged_signature() -> None:
+    _, workers, out = _ready_workers()
+    roster: Roster = out[0][1]
+    forged = roster.signature.copy()
+    forged[1, 0] ^= 1
+    bad = Roster(roster.round_id, roster.ids, roster.c_pk, roster.s_pk, roster.identity, forged)
+    with pytest.raises(SignatureError):
+        workers["w0"].on_roster(bad)
+
+
+def test_worker_refuses_overlapping_small_and_repeated_unmask_requests() -> None:
+    broker, workers, out = _ready_workers()
+    for w, msg in out:
+        broker.receive(w, workers[w].on_roster(msg))
+    for w, msg in broker.advance():
+        workers[w].on_shares(msg)
+        broker.receive(w, workers[w].masked_input(np.zeros(4, np.uint32)))
+    worker = workers["w0"]
+    for request in (UnmaskRequest(1, ("w0", "w1", "w2"), ("w2",)),   # overlap
+                    UnmaskRequest(1, ("w0",), ("w1", "w2", "w3")),   # fewer survivors than t
+                    UnmaskRequest(2, ("w0", "w1", "w2"), ("w3",)),   # another round
+                    UnmaskRequest(1, ("w1", "w2", "w3"), ("w0",))):  # we are listed as dropped
+        with pytest.raises(ProtocolViolation):
+            worker.on_unmask(request)
+    answer = worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w2"), ("w3",)))
+    assert set(answer.b_owners) == {"w1", "w2"} and answer.s_owners == ("w3",)
+    with pytest.raises(ProtocolViolation):  # a second request could reveal both shares of someone
+        worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w3"), ("w2",)))
+
+
+def test_broker_refuses_out_of_stage_and_foreign_messages() -> None:
+    broker, workers, out = _ready_workers()
+    with pytest.raises(ProtocolViolation):  # a second advert in the share-keys stage
+        broker.receive("w0", _wire(workers["w0"].advertise() if workers["w0"].stage == "advertise" else
+                                   SecAggWorker("w0", generate_identity()[0], 1, broker.params).advertise()))
+    with pytest.raises(ProtocolViolation):  # w1's shares presented as w0's: wrong recipients
+        broker.receive("w0", _wire(workers["w1"].on_roster(out[1][1])))
+    outsider = SecAggWorker("w9", generate_identity()[0], 1, broker.params)
+    with pytest.raises(ProtocolViolation):
+        broker.receive("w9", outsider.advertise())
