@@ -354,3 +354,29 @@ def test_default_yaml_matches_the_code_defaults() -> None:
     assert set(raw) == top
     assert set(raw["training"]) == {f.name for f in dataclasses.fields(TrainingConfig)}
     assert set(raw["broker"]) == {f.name for f in dataclasses.fields(BrokerConfig)}
+
+
+# ------------------------------------------------------------------------------------ secure aggregation
+
+
+def test_secure_needs_three_workers_per_round() -> None:
+    with pytest.raises(ConfigError, match="at least 3") as info:
+        load_config(None, {"secure.enabled": True, "num_clients": 2})
+    assert info.value.field == "clients_per_round"
+
+
+@pytest.mark.parametrize(("overrides", "text"), [
+    ({"secure.frac_bits": 24}, "frac_bits"),
+    ({"secure.threshold": 50}, "threshold"),
+    ({"secure.neighbors": 3, "num_clients": 40}, "even"),
+    ({"secure.clip": -1.0}, "secure.clip"),
+])
+def test_secure_settings_that_cannot_work_are_refused(overrides: dict, text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        load_config(None, {"secure.enabled": True, **overrides})
+
+
+def test_secure_defaults_are_valid_for_large_cohorts() -> None:
+    config = load_config(None, {"secure.enabled": True, "num_clients": 1000})
+    params = config.secure.round_params(1000, vector_length=10)
+    assert params.degree < 999 and params.degree % 2 == 0 and params.threshold > params.degree // 2

@@ -72,6 +72,7 @@ __all__ = [
     "neighbours",
     "prg",
     "primitives",
+    "public_bytes",
     "shamir",
     "sign",
     "uniform01",

@@ -53,7 +53,7 @@ def _validate(n_max: int, clip: float, weight_cap: int) -> None:
 def _fits(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> bool:
     # Exact rational arithmetic: a float product could round a just-too-large bound below 2^31.
     bound = weight_cap * max(Fraction(clip), Fraction(1)) * 2**frac_bits
-    return n_max * (bound + 1) < _WRAP_LIMIT
+    return bool(n_max * (bound + 1) < _WRAP_LIMIT)
 
 
 def _largest_safe(n_max: int, clip: float, weight_cap: int) -> int | None:
@@ -144,7 +144,7 @@ def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed
     rounded = floor.astype(np.int64) + up
     # |v| <= w * clip * 2^f by construction; the clamp only absorbs float rounding in clip_l2 and the
     # scaling, so the wrap guarantee of check_no_wrap holds exactly.
-    limit = int(math.floor(Fraction(clip) * unit)) + 1
+    limit = math.floor(Fraction(clip) * unit) + 1
     np.clip(rounded, -limit, limit, out=rounded)
     out = np.empty(scaled.shape[0] + 1, dtype=np.uint32)
     out[:-1] = rounded & 0xFFFFFFFF  # two's complement in Z_2^32

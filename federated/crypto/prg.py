@@ -59,10 +59,11 @@ def keystream_u32(seed: bytes, length: int) -> np.ndarray:
     _check_length(length)
     total = 4 * int(length)
     out = np.empty(total + _SLACK, dtype=np.uint8)
+    target = memoryview(out)  # writes go straight into the array, no copy
     for start in range(0, total, _CHUNK_BYTES):
         size = min(_CHUNK_BYTES, total - start)
         # CTR continues the counter across calls on one encryptor, so pieces concatenate seamlessly.
-        encryptor.update_into(_ZEROS[:size], out[start:start + size + _SLACK])
+        encryptor.update_into(_ZEROS[:size], target[start:start + size + _SLACK])
     words = out[:total].view(_LE_U32)
     return words.astype(np.uint32, copy=False)  # a no-op on little-endian hosts
 
@@ -83,12 +84,13 @@ def add_mask(acc: np.ndarray, seed: bytes, sign: int) -> None:
     encryptor = _encryptor(seed)
     op = np.add if sign == 1 else np.subtract
     scratch = np.empty(_CHUNK_BYTES + _SLACK, dtype=np.uint8)
+    target = memoryview(scratch)
     keystream = scratch[:_CHUNK_BYTES].view(_LE_U32)
     words_per_chunk = _CHUNK_BYTES // 4
     for start in range(0, acc.shape[0], words_per_chunk):
         piece = acc[start:start + words_per_chunk]
         size = 4 * piece.shape[0]
-        encryptor.update_into(_ZEROS[:size], scratch[:size + _SLACK])
+        encryptor.update_into(_ZEROS[:size], target[:size + _SLACK])
         op(piece, keystream[:piece.shape[0]], out=piece)
 
 

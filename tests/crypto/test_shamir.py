@@ -6,6 +6,7 @@ import itertools
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,12 @@ from federated.crypto.errors import ReconstructionError
 
 SECRETS = st.binary(min_size=32, max_size=32)
 PROPERTY = settings(max_examples=60, deadline=None)
+
+
+def _draws_from(values: list[int]) -> Callable[[int], int]:
+    """A stand-in for ``secrets.randbelow`` that returns the given coefficients in order."""
+    remaining = iter(values)
+    return lambda _bound: next(remaining)
 
 
 @st.composite
@@ -61,17 +68,15 @@ def test_t_minus_one_shares_are_uniform_whatever_the_secret() -> None:
     for secret in range(prime):
         seen: Counter[tuple[int, int]] = Counter()
         for a1, a2 in itertools.product(range(prime), repeat=2):
-            coefficients = iter((a1, a2))
-            shares = shamir._split_int(secret, xs, threshold, prime, lambda _p: next(coefficients))
+            shares = shamir._split_int(secret, xs, threshold, prime, _draws_from([a1, a2]))
             seen[(shares[0], shares[1])] += 1
             assert sum(c * y for c, y in zip(lagrange, shares, strict=True)) % prime == secret
         assert len(seen) == prime**2 and set(seen.values()) == {1}
 
 
 def test_split_then_lagrange_matches_explicit_polynomial() -> None:
-    coefficients = iter((3, 4))
     # f(x) = 9 + 3x + 4x^2 in the real field.
-    shares = shamir._split_int(9, [1, 2, 3], 3, shamir.PRIME, lambda _p: next(coefficients))
+    shares = shamir._split_int(9, [1, 2, 3], 3, shamir.PRIME, _draws_from([3, 4]))
     assert shares == [16, 31, 54]
     assert shamir.reconstruct([(1, 16), (2, 31), (3, 54)], 3) == (9).to_bytes(32, "big")
 
@@ -122,12 +127,12 @@ def test_reconstruct_refuses_bad_points(points: list[tuple[int, int]], threshold
 
 def test_split_refuses_bad_arguments() -> None:
     secret = bytes(32)
-    for bad in [dict(secret=bytes(31), xs=[1, 2], threshold=1),
-                dict(secret=secret, xs=[1, 2], threshold=0),
-                dict(secret=secret, xs=[1, 2], threshold=3),
-                dict(secret=secret, xs=[1, 1], threshold=1),
-                dict(secret=secret, xs=[0, 1], threshold=1),
-                dict(secret=secret, xs=[1, shamir.PRIME], threshold=1)]:
+    for bad in [{"secret": bytes(31), "xs": [1, 2], "threshold": 1},
+                {"secret": secret, "xs": [1, 2], "threshold": 0},
+                {"secret": secret, "xs": [1, 2], "threshold": 3},
+                {"secret": secret, "xs": [1, 1], "threshold": 1},
+                {"secret": secret, "xs": [0, 1], "threshold": 1},
+                {"secret": secret, "xs": [1, shamir.PRIME], "threshold": 1}]:
         with pytest.raises(ValueError):
             shamir.split(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
