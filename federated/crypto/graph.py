@@ -10,6 +10,7 @@ graph without talking, and a broker cannot choose it after seeing the keys.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 
@@ -81,19 +82,33 @@ def neighbours(ids: Sequence[str], degree: int, session: bytes) -> dict[str, tup
     return {u: adjacent[u] for u in members}
 
 
-def default_degree(n: int) -> int:
-    """The neighbour count for a cohort of ``n``: ``n - 1`` (complete graph) for ``n <= 30``, else the
-    even number ``2 * ceil(1.5 * log2(n))`` capped at ``n - 1``.
+#: The dropout rate per round the default degree is sized for, and the chance of an abort it accepts.
+DESIGN_DROPOUT = 0.2
+DESIGN_ABORT_PROBABILITY = 1e-3
 
-    This follows Bell et al.'s k = O(log n); the factor 1.5 is our choice of constant (k = 20 at n = 100,
-    30 at n = 1000), not derived from the paper's bounds for a given dropout rate and corruption
-    fraction. Raises ``ValueError`` for ``n < 1``.
+
+@functools.lru_cache(maxsize=256)
+def default_degree(n: int) -> int:
+    """The neighbour count for a cohort of ``n``: ``n - 1`` (complete graph) for ``n <= 30``; beyond, the
+    smallest even k for which the round survives ``DESIGN_DROPOUT`` (20%) independent dropouts with
+    probability at least 1 - ``DESIGN_ABORT_PROBABILITY``.
+
+    With the majority threshold t = k // 2 + 1, a worker's secret is lost when fewer than t of its k
+    neighbours survive: probability P(Binomial(k, 0.8) < t); over n workers (union bound) that must stay
+    below 1e-3. This gives k = O(log n) as in Bell et al. 2020 (k = 44 at n = 100, 54 at n = 1000). For
+    higher dropout, set a larger degree. Raises ``ValueError`` for ``n < 1``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cohort size must be an integer >= 1, got {n!r}")
     if n <= COMPLETE_GRAPH_MAX:
         return n - 1
-    return min(2 * math.ceil(1.5 * math.log2(n)), n - 1)
+    survive = 1.0 - DESIGN_DROPOUT
+    for k in range(2, n - 1, 2):
+        t = default_threshold(k)
+        lost = sum(math.comb(k, i) * survive**i * (1 - survive) ** (k - i) for i in range(t))
+        if n * lost <= DESIGN_ABORT_PROBABILITY:
+            return k
+    return n - 1
 
 
 def default_threshold(degree: int) -> int:

@@ -59,7 +59,7 @@ def keystream_u32(seed: bytes, length: int) -> np.ndarray:
     _check_length(length)
     total = 4 * int(length)
     out = np.empty(total + _SLACK, dtype=np.uint8)
-    target = memoryview(out)  # writes go straight into the array, no copy
+    target = out.data  # a memoryview: writes go straight into the array, no copy
     for start in range(0, total, _CHUNK_BYTES):
         size = min(_CHUNK_BYTES, total - start)
         # CTR continues the counter across calls on one encryptor, so pieces concatenate seamlessly.
@@ -84,7 +84,7 @@ def add_mask(acc: np.ndarray, seed: bytes, sign: int) -> None:
     encryptor = _encryptor(seed)
     op = np.add if sign == 1 else np.subtract
     scratch = np.empty(_CHUNK_BYTES + _SLACK, dtype=np.uint8)
-    target = memoryview(scratch)
+    target = scratch.data
     keystream = scratch[:_CHUNK_BYTES].view(_LE_U32)
     words_per_chunk = _CHUNK_BYTES // 4
     for start in range(0, acc.shape[0], words_per_chunk):
