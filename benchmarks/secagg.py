@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from federated.config import SecureConfig
+from federated.crypto.graph import degree_for
 from federated.crypto.prg import add_mask
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_broker import SecAggBroker
@@ -43,7 +44,8 @@ def prg_throughput(d: int = 1_000_000, repeats: int = 20) -> float:
 
 
 def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
-    params = SecureConfig(enabled=True).round_params(n, vector_length=d)
+    # The default degree is sized for 10% dropout; for higher rates use the degree sized for them.
+    params = SecureConfig(enabled=True, neighbors=degree_for(n, max(dropout, 0.1))).round_params(n, vector_length=d)
     ids = [f"w{i:03d}" for i in range(n)]
     keys = {w: generate_identity() for w in ids}
     broker = SecAggBroker(1, ids, params, {w: pub for w, (_, pub) in keys.items()})

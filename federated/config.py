@@ -18,10 +18,10 @@ import yaml
 
 __all__ = [
     "BrokerConfig",
-    "SecureConfig",
     "ClientConfig",
     "ConfigError",
     "FederatedConfig",
+    "SecureConfig",
     "TrainingConfig",
     "load_config",
     "merge",

@@ -190,8 +190,12 @@ class Coordinator:
             pinned = self.identities.get(msg.worker_id)
             identity = bytes.fromhex(msg.identity)
             if pinned is not None and pinned != identity:
-                return self._refuse(route, "identity_mismatch",
-                                    f"{msg.worker_id} announced a different identity key than at its first HELLO")
+                if msg.worker_id in self.registry:
+                    # A live worker's id cannot be taken over with another key.
+                    return self._refuse(route, "identity_mismatch",
+                                        f"{msg.worker_id} is connected with a different identity key")
+                # The old session is gone (a restarted worker makes a new key): pin the new one.
+                log.warning("worker %s came back with a new identity key", msg.worker_id)
             self.identities[msg.worker_id] = identity
         displaced = self.registry.id_of(route)
         previous = self.registry.register(msg.worker_id, route, msg.num_samples, now)

@@ -25,7 +25,7 @@ from federated.crypto.errors import (
     SignatureError,
 )
 from federated.crypto.fixedpoint import check_no_wrap, clip_l2, max_abs, max_frac_bits
-from federated.crypto.graph import default_degree, default_threshold, neighbours
+from federated.crypto.graph import default_degree, default_threshold, degree_for, neighbours
 from federated.crypto.prg import add_mask, keystream_u32, uniform01
 from federated.crypto.primitives import (
     aead_decrypt,
@@ -40,9 +40,10 @@ from federated.crypto.primitives import (
 )
 from federated.crypto.shamir import PRIME, SHARE_BYTES, lagrange_at_zero
 
-# ---- secure-aggregation state machines (the lead adds imports here) ----------------------------------
-
-# -------------------------------------------------------------------------------------------------------
+# Secure-aggregation state machines (no I/O): parameters, the worker side, the broker side.
+from federated.crypto.params import SecAggParams
+from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
+from federated.crypto.secagg_worker import SecAggWorker
 
 __all__ = [
     "PRIME",
@@ -52,6 +53,10 @@ __all__ = [
     "ParameterError",
     "ProtocolViolation",
     "ReconstructionError",
+    "SecAggBroker",
+    "SecAggParams",
+    "SecAggResult",
+    "SecAggWorker",
     "SignatureError",
     "add_mask",
     "aead_decrypt",
@@ -60,6 +65,7 @@ __all__ = [
     "clip_l2",
     "default_degree",
     "default_threshold",
+    "degree_for",
     "fixedpoint",
     "generate_identity",
     "generate_x25519",
@@ -78,5 +84,4 @@ __all__ = [
     "uniform01",
     "verify",
     "x25519_shared",
-    # ---- secure-aggregation state machines (the lead adds names here, keeping the list sorted) ----
 ]

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from federated.crypto import prg
 from federated.crypto.primitives import hkdf
 
-__all__ = ["default_degree", "default_threshold", "neighbours"]
+__all__ = ["default_degree", "default_threshold", "degree_for", "neighbours"]
 
 #: Cohorts up to this size use the complete graph: k = O(log n) only saves work for larger n.
 COMPLETE_GRAPH_MAX = 30
@@ -83,32 +83,47 @@ def neighbours(ids: Sequence[str], degree: int, session: bytes) -> dict[str, tup
 
 
 #: The dropout rate per round the default degree is sized for, and the chance of an abort it accepts.
-DESIGN_DROPOUT = 0.2
+DESIGN_DROPOUT = 0.1
 DESIGN_ABORT_PROBABILITY = 1e-3
 
 
 @functools.lru_cache(maxsize=256)
-def default_degree(n: int) -> int:
-    """The neighbour count for a cohort of ``n``: ``n - 1`` (complete graph) for ``n <= 30``; beyond, the
-    smallest even k for which the round survives ``DESIGN_DROPOUT`` (20%) independent dropouts with
-    probability at least 1 - ``DESIGN_ABORT_PROBABILITY``.
+def degree_for(n: int, dropout: float, abort_probability: float = DESIGN_ABORT_PROBABILITY) -> int:
+    """The smallest even degree k for which a cohort of ``n`` survives independent dropouts at rate
+    ``dropout`` with probability at least ``1 - abort_probability``; ``n - 1`` (complete) if none does.
 
-    With the majority threshold t = k // 2 + 1, a worker's secret is lost when fewer than t of its k
-    neighbours survive: probability P(Binomial(k, 0.8) < t); over n workers (union bound) that must stay
-    below 1e-3. This gives k = O(log n) as in Bell et al. 2020 (k = 44 at n = 100, 54 at n = 1000). For
-    higher dropout, set a larger degree. Raises ``ValueError`` for ``n < 1``.
+    With the majority threshold t = k // 2 + 1, a worker's secrets are lost when fewer than t of its k
+    neighbours survive: P(Binomial(k, 1 - dropout) < t). The union bound over n workers must stay below
+    ``abort_probability``. Raises ``ValueError`` for ``n < 1`` or a rate outside [0, 1).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cohort size must be an integer >= 1, got {n!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    survive = 1.0 - dropout
+    for k in range(2, n - 1, 2):
+        t = default_threshold(k)
+        lost = sum(math.comb(k, i) * survive**i * (1 - survive) ** (k - i) for i in range(t))
+        if n * lost <= abort_probability:
+            return k
+    return max(0, n - 1)
+
+
+def default_degree(n: int) -> int:
+    """The neighbour count for a cohort of ``n``: ``n - 1`` (complete graph) for ``n <= 30``; beyond,
+    ``degree_for(n, 0.1)``: the smallest even k that survives 10% dropout per round with an abort chance
+    of at most 1e-3.
+
+    This is k = O(log n) as in Bell et al. 2020: 20 at n = 100, 24 at n = 1000. Masking costs a PRG pass
+    per neighbour, so the degree is a trade-off: for rounds where more workers vanish, set a larger one
+    (``degree_for(100, 0.2)`` = 44, ``degree_for(100, 0.3)`` = the complete graph). Raises ``ValueError``
+    for ``n < 1``.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cohort size must be an integer >= 1, got {n!r}")
     if n <= COMPLETE_GRAPH_MAX:
         return n - 1
-    survive = 1.0 - DESIGN_DROPOUT
-    for k in range(2, n - 1, 2):
-        t = default_threshold(k)
-        lost = sum(math.comb(k, i) * survive**i * (1 - survive) ** (k - i) for i in range(t))
-        if n * lost <= DESIGN_ABORT_PROBABILITY:
-            return k
-    return n - 1
+    return degree_for(n, DESIGN_DROPOUT)
 
 
 def default_threshold(degree: int) -> int:

@@ -148,7 +148,8 @@ class SecAggBroker:
         self.pending = set()
         try:
             return getattr(self, f"_close_{self.stage}")()  # type: ignore[no-any-return]
-        except (ReconstructionError, ProtocolViolation, SignatureError) as exc:
+        except (ReconstructionError, ProtocolViolation, SignatureError, ValueError) as exc:
+            # ValueError: a share row that is not a field element (shamir.from_bytes).
             return self._abort(str(exc))
 
     def _abort(self, error: str) -> list[tuple[str, Any]]:

@@ -103,11 +103,12 @@ def lagrange_at_zero(xs: Sequence[int]) -> tuple[int, ...]:
     return _lagrange_cached(_check_xs(xs, PRIME))
 
 
-def reconstruct(points: Sequence[tuple[int, int]], threshold: int) -> bytes:
+def reconstruct(points: Sequence[tuple[int, int]], threshold: int, *, check_extra: int = 1) -> bytes:
     """The 32-byte secret from ``(x, share)`` points.
 
     Uses exactly the first ``threshold`` points by increasing x (deterministic whatever the arrival
-    order; extra points are not checked). Raises ``ReconstructionError`` for fewer than ``threshold``
+    order), and checks that up to ``check_extra`` further points lie on the same polynomial, so a single
+    altered share among ``threshold + 1`` is caught rather than silently shifting the secret. Raises ``ReconstructionError`` for fewer than ``threshold``
     points, duplicate or out-of-range x, a share outside the field, or a result that is not a 32-byte
     secret (inconsistent shares); ``ValueError`` for ``threshold < 1``.
 
@@ -131,6 +132,11 @@ def reconstruct(points: Sequence[tuple[int, int]], threshold: int) -> bytes:
     value = sum(c * y for c, (_, y) in zip(coefficients, used, strict=True)) % PRIME
     if value >= 1 << (8 * SECRET_BYTES):
         raise ReconstructionError("shares are inconsistent: the interpolated value is not a 32-byte secret")
+    for x_extra, y_extra in ordered[threshold:threshold + check_extra]:
+        # f(x_extra) is the value at 0 of the same points shifted by -x_extra.
+        shifted = _lagrange(tuple((x - x_extra) % PRIME for x, _ in used), PRIME)
+        if sum(c * y for c, (_, y) in zip(shifted, used, strict=True)) % PRIME != y_extra:
+            raise ReconstructionError(f"shares are inconsistent: the share at x={x_extra} does not fit the others")
     return value.to_bytes(SECRET_BYTES, "big")
 
 

@@ -360,7 +360,8 @@ class WorkerLoop:
             else:
                 self._send(s, sec.machine.on_unmask(msg).to_frames())
                 s.secure = None
-        except CryptoError as exc:
+        except (CryptoError, ValueError) as exc:
+            # (ValueError: a decrypted share that is not a field element.)
             # Refuse, reveal nothing, and leave the round: the broker will count us as dropped.
             log.error("%s: refusing secure-aggregation step in round %d: %s", s.data.worker_id, msg.round_id, exc)
             self._send(s, Error("secagg_refused", str(exc), msg.round_id).to_frames())

@@ -745,3 +745,18 @@ def test_random_schedules_keep_invariants(steps: list[tuple[str, str, float]]) -
         assert h.coord.completed + sum(r.status == "failed" for r in h.records) == len(h.records)
         assert [r.round for r in h.records] == list(range(1, len(h.records) + 1))
         assert h.coord.completed <= 3
+
+
+def test_identity_key_of_a_live_worker_cannot_be_replaced() -> None:
+    from federated.protocol import Hello as _Hello
+
+    config = FederatedConfig(num_clients=3, clients_per_round=3, num_rounds=1)
+    c = Coordinator(config, {"w": np.zeros(2, np.float32)})
+    first = c.handle(b"r1", _Hello("a", 5, (), "11" * 32).to_frames(), 0.0)
+    assert type(decode_message(first[0].frames)).__name__ == "Welcome"
+    refused = c.handle(b"r2", _Hello("a", 5, (), "22" * 32).to_frames(), 0.1)
+    assert decode_message(refused[0].frames).code == "identity_mismatch"
+    assert c.identities["a"] == bytes.fromhex("11" * 32)
+    c.registry.remove("a")  # the old session is gone: a restarted worker may bring a new key
+    c.handle(b"r3", _Hello("a", 5, (), "22" * 32).to_frames(), 0.2)
+    assert c.identities["a"] == bytes.fromhex("22" * 32)

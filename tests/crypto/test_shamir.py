@@ -173,3 +173,15 @@ def test_broker_scale_reconstruction_is_fast() -> None:
     for secret, shares in sharings:
         assert shamir.reconstruct(list(zip(holders, shares, strict=True)), 50) == secret
     assert time.perf_counter() - start < 1.0
+
+
+def test_an_extra_share_catches_a_small_change() -> None:
+    secret = (1000).to_bytes(32, "big")
+    xs = [1, 2, 3, 4, 5]
+    points = list(zip(xs, shamir.split(secret, xs, 4), strict=True))
+    assert shamir.reconstruct(points, 4) == secret
+    for i in range(5):  # whichever share is altered, the fifth point exposes it
+        bad = list(points)
+        bad[i] = (bad[i][0], (bad[i][1] + 1) % shamir.PRIME)
+        with pytest.raises(ReconstructionError, match="does not fit"):
+            shamir.reconstruct(bad, 4)
