@@ -160,8 +160,9 @@ class SecureConfig:
         except ValueError as exc:  # ParameterError is a ValueError
             raise ConfigError(prefix, str(exc)) from None
 
-    def round_params(self, cohort: int, vector_length: int) -> Any:
-        """The :class:`~federated.crypto.params.SecAggParams` for a round of ``cohort`` workers.
+    def round_params(self, cohort: int, vector_length: int, n_max: int | None = None) -> Any:
+        """The :class:`~federated.crypto.params.SecAggParams` for a round of ``cohort`` workers, whose
+        fixed-point scale is safe for sums of up to ``n_max`` inputs (default: ``cohort``).
 
         Raises ParameterError (a ValueError) if the settings cannot work for that cohort: a threshold
         larger than the neighbours, an odd degree below n - 1, or a fixed-point scale whose sum could wrap.
@@ -176,8 +177,9 @@ class SecureConfig:
         threshold = self.threshold if self.threshold is not None else default_threshold(degree)
         if not 1 <= threshold <= degree:
             raise ValueError(f"threshold must be in [1, {degree}] (the neighbours per worker), got {threshold}")
-        frac_bits = self.frac_bits if self.frac_bits is not None else max_frac_bits(cohort, self.clip, self.weight_cap)
-        params = SecAggParams(threshold, degree, float(self.clip), self.weight_cap, frac_bits, cohort, vector_length)
+        n_max = max(n_max or cohort, cohort)
+        frac_bits = self.frac_bits if self.frac_bits is not None else max_frac_bits(n_max, self.clip, self.weight_cap)
+        params = SecAggParams(threshold, degree, float(self.clip), self.weight_cap, frac_bits, n_max, vector_length)
         params.validate()
         return params
 

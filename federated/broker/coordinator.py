@@ -14,10 +14,11 @@ log line and changes no state.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,7 @@ class Coordinator:
         self._next_heartbeat = 0.0
         #: Ed25519 identity keys pinned at each worker's first HELLO (they sign secure-aggregation keys).
         self.identities: dict[str, bytes] = {}
+        self._last_size_warning = -math.inf
 
     # ------------------------------------------------------------------ inbound
 
@@ -296,17 +298,25 @@ class Coordinator:
             live = [w for w in live if w in self.identities]
             if len(live) < max(cfg.min_clients, 3):
                 return []
-        cohort = self.rng.sample(live, min(cfg.clients_per_round, len(live)))
+        size = min(cfg.clients_per_round, len(live))
+        params = None
+        if cfg.secure.enabled:
+            # Graph and threshold fit this cohort (it may be smaller than clients_per_round); the
+            # fixed-point scale stays the one validated for clients_per_round at configuration time.
+            try:
+                params = cfg.secure.round_params(size, vector_length(self.weights), n_max=cfg.clients_per_round)
+            except ValueError as exc:
+                if now - self._last_size_warning > 10.0:
+                    self._last_size_warning = now
+                    log.warning("waiting for more workers: a secure round of %d cannot run: %s", size, exc)
+                return []
+        cohort = self.rng.sample(live, size)
         self._waiting_since = None
         rid = self.next_round_id
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
         task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
-        if cfg.secure.enabled:
-            params = cfg.secure.round_params(cfg.clients_per_round, vector_length(self.weights))
-            # The cohort may be smaller than clients_per_round; the graph degree must fit it.
-            params = replace(params, degree=min(params.degree, len(cohort) - 1),
-                             threshold=min(params.threshold, len(cohort) - 1))
+        if params is not None:
             rnd.secagg = SecAggBroker(rid, cohort, params, self.identities)
             rnd.deadline = now + cfg.secure.stage_timeout_s
             task_config["secagg"] = params.to_dict()

@@ -1,0 +1,119 @@
+"""The coordinator running secure rounds, driven in memory by real secure-aggregation workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from federated.broker.coordinator import Coordinator, Outbound
+from federated.config import BrokerConfig, FederatedConfig, SecureConfig
+from federated.crypto.params import SecAggParams
+from federated.crypto.primitives import generate_identity
+from federated.crypto.secagg_worker import SecAggWorker
+from federated.protocol import Bye, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
+from federated.worker.secure import encode_input
+
+WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
+
+
+class FakeWorker:
+    def __init__(self, wid: str, samples: int, delta: float) -> None:
+        self.wid, self.samples = wid, samples
+        self.identity, public = generate_identity()
+        self.hello = Hello(wid, samples, ("train",), public.hex())
+        self.update = {k: np.full(v.shape, delta, np.float32) for k, v in WEIGHTS.items()}
+        self.machine: SecAggWorker | None = None
+        self.encoded: np.ndarray | None = None
+
+    def answer(self, msg: Any) -> Any:
+        if isinstance(msg, Task):
+            params = SecAggParams.from_dict(msg.config["secagg"])
+            self.machine = SecAggWorker(self.wid, self.identity, msg.round_id, params)
+            self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params)
+            return self.machine.advertise()
+        if not isinstance(msg, (Roster, Shares, UnmaskRequest)):
+            return None  # WELCOME, HEARTBEAT, BYE
+        assert self.machine is not None and self.encoded is not None
+        if isinstance(msg, Roster):
+            return self.machine.on_roster(msg)
+        if isinstance(msg, Shares):
+            self.machine.on_shares(msg)
+            return self.machine.masked_input(self.encoded, 0.01)
+        if isinstance(msg, UnmaskRequest):
+            return self.machine.on_unmask(msg)
+        return None
+
+
+def _config(n: int) -> FederatedConfig:
+    return FederatedConfig(num_clients=n, clients_per_round=n, num_rounds=1, min_clients=2,
+                           secure=SecureConfig(enabled=True),
+                           broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+
+
+def run_round(workers: list[FakeWorker], vanish_at: dict[str, type] | None = None) -> tuple[Coordinator, list[Any]]:
+    vanish_at = vanish_at or {}
+    coordinator = Coordinator(_config(len(workers)), WEIGHTS)
+    by_route = {w.wid.encode(): w for w in workers}
+    received: list[Any] = []
+    queue: list[Outbound] = []
+    for w in workers:
+        queue += coordinator.handle(w.wid.encode(), w.hello.to_frames(), 0.0)
+    queue += coordinator.tick(0.0)
+    now = 0.0
+    while queue:
+        out = queue.pop(0)
+        msg = decode_message([bytes(f) for f in out.frames])
+        worker = by_route[out.route]
+        if type(msg) is vanish_at.get(worker.wid):
+            queue += coordinator.handle(out.route, Bye(worker.wid, "vanished").to_frames(), now)
+            continue
+        answer = worker.answer(msg)
+        if answer is not None:
+            frames = [bytes(f) for f in answer.to_frames()]
+            received.append(answer)
+            queue += coordinator.handle(out.route, frames, now)
+        now += 0.001
+    return coordinator, received
+
+
+def test_secure_round_gives_the_weighted_mean_and_never_sees_an_input() -> None:
+    workers = [FakeWorker(f"w{i}", s, d) for i, (s, d) in enumerate([(10, 0.1), (30, -0.2), (20, 0.4), (40, 0.0)])]
+    coordinator, received = run_round(workers)
+    assert coordinator.completed == 1, coordinator.history
+    expected = sum(w.samples * w.update["w"][0, 0] for w in workers) / sum(w.samples for w in workers)
+    for name, value in coordinator.weights.items():
+        np.testing.assert_allclose(value, expected, atol=1e-2)
+    (record,) = coordinator.history
+    assert record.status == "complete" and record.num_samples == 100
+    assert record.train_loss == pytest.approx(1.0, abs=1e-2) and record.train_accuracy == pytest.approx(0.5, abs=1e-2)
+    masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
+    assert len(masked) == 4
+    for m in masked:
+        for w in workers:
+            assert w.encoded is not None and np.count_nonzero(m == w.encoded) <= 1
+    assert not any(isinstance(m, Update) for m in received)
+
+
+@pytest.mark.parametrize("stage", [Roster, Shares, UnmaskRequest])
+def test_a_worker_leaving_at_any_stage_leaves_an_exact_result(stage: type) -> None:
+    workers = [FakeWorker(f"w{i}", 10, 0.1 * (i + 1)) for i in range(5)]
+    coordinator, _ = run_round(workers, {"w2": stage})
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
+    included = [w for w in workers if w.wid != "w2" or stage is UnmaskRequest]
+    expected = np.mean([w.update["b"][0] for w in included])
+    np.testing.assert_allclose(coordinator.weights["b"], expected, atol=1e-2)
+    assert ("w2" in record.dropped) == (stage is not UnmaskRequest)
+
+
+def test_plain_updates_are_refused_in_a_secure_round() -> None:
+    workers = [FakeWorker(f"w{i}", 10, 0.1) for i in range(3)]
+    coordinator = Coordinator(_config(3), WEIGHTS)
+    for w in workers:
+        coordinator.handle(w.wid.encode(), w.hello.to_frames(), 0.0)
+    coordinator.tick(0.0)
+    assert coordinator.round is not None and coordinator.round.secagg is not None
+    out = coordinator.handle(b"w0", Update("w0", coordinator.round.round_id, "train", 10, {}, WEIGHTS).to_frames(), 0.1)
+    assert decode_message(out[0].frames).code == "wrong_stage"
