@@ -15,6 +15,7 @@ reveals a share. All secrets come from the OS CSPRNG (``os.urandom`` / ``cryptog
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -65,6 +66,15 @@ def share_aad(session: bytes, sender: str, recipient: str) -> bytes:
 def mask_seed(own_s: X25519PrivateKey, peer_s_pk: bytes, session: bytes) -> bytes:
     """The pairwise mask seed s_uv (32 bytes); symmetric in u and v."""
     return hkdf(x25519_shared(own_s, peer_s_pk), salt=session, info=b"fl-secagg mask")
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(public: bytes, signature: bytes, message: bytes) -> bool:
+    """``verify``, remembering successes: the virtual clients of one simulation process all check the
+    same roster. Failures raise and are never cached; the key is the exact bytes, so a hit proves the
+    same check passed before."""
+    verify(public, signature, message)
+    return True
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
@@ -127,7 +137,7 @@ class SecAggWorker:
             raise ProtocolViolation("the roster repeats a public key")
         for wid, c, s, ident, sig in zip(ids, c_pks, s_pks, idents, roster.signature, strict=True):
             try:
-                verify(ident, bytes(sig), advertise_message(self.round_id, wid, c, s))
+                _verified(ident, bytes(sig), advertise_message(self.round_id, wid, c, s))
             except SignatureError as exc:
                 raise SignatureError(f"roster entry for {wid!r} is not signed by its identity key") from exc
         self.session = session_id(self.round_id, self.params, ids, c_pks, s_pks, idents)

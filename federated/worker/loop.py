@@ -179,7 +179,10 @@ class WorkerLoop:
                 if job is None:
                     break
                 s, generation, task, queued_at = job
-                frames = self._train_one(s, task, time.perf_counter() - queued_at)
+                started = time.perf_counter()
+                frames = self._train_one(s, task, started - queued_at)
+                log.debug("%s: round %d trained in %.1f ms after %.1f ms queued", s.data.worker_id, task.round_id,
+                          (time.perf_counter() - started) * 1e3, (started - queued_at) * 1e3)
                 self._results.put((s, generation, frames))
                 wake_tx.send(b"", zmq.NOBLOCK)
         finally:
@@ -200,19 +203,25 @@ class WorkerLoop:
             self._jobs.put(None)  # wake the training thread so run() returns
 
     def _serve(self, wake_rx: zmq.Socket[bytes]) -> int:
+        polled: tuple[zmq.Socket[bytes] | None, ...] = ()
+        poller = zmq.Poller()
+        by_sock: dict[zmq.Socket[bytes], _Session] = {}
         while not self._stopping:
             now = time.monotonic()
             for s in self.sessions:
                 self._timers(s, now)
             if all(s.done for s in self.sessions):
                 return 0
-            poller = zmq.Poller()
-            poller.register(wake_rx, zmq.POLLIN)
-            by_sock = {}
-            for s in self.sessions:
-                if s.sock is not None:
-                    poller.register(s.sock, zmq.POLLIN)
-                    by_sock[s.sock] = s
+            sockets = tuple(s.sock for s in self.sessions)
+            if sockets != polled:
+                # Rebuilt only when a session (re)connects: with many virtual clients per process, a
+                # fresh poller per iteration costs more than the messages it waits for.
+                polled, poller, by_sock = sockets, zmq.Poller(), {}
+                poller.register(wake_rx, zmq.POLLIN)
+                for s in self.sessions:
+                    if s.sock is not None:
+                        poller.register(s.sock, zmq.POLLIN)
+                        by_sock[s.sock] = s
             events = dict(poller.poll(self._wait_ms(time.monotonic())))
             if wake_rx in events:
                 while wake_rx.poll(0):
@@ -351,6 +360,7 @@ class WorkerLoop:
         stage = {Roster: "roster", Shares: "shares", UnmaskRequest: "unmask"}[type(msg)]
         if self._vanish(s, stage, sec.cohort_index, sec.cohort_size, msg.round_id):
             return
+        log.debug("%s: %s for round %d", s.data.worker_id, type(msg).__name__, msg.round_id)
         try:
             if isinstance(msg, Roster):
                 self._send(s, sec.machine.on_roster(msg).to_frames())
@@ -373,7 +383,9 @@ class WorkerLoop:
         if sec is None or sec.encoded is None or sec.sent_input or sec.machine.stage != "masked_input":
             return
         sec.sent_input = True
+        started = time.perf_counter()
         self._send(s, sec.machine.masked_input(sec.encoded, sec.local_s).to_frames())
+        log.debug("%s: masked input sent (%.1f ms)", s.data.worker_id, (time.perf_counter() - started) * 1e3)
 
     # ------------------------------------------------------------------ training thread
 
