@@ -203,7 +203,7 @@ class SecAggBroker:
         if self._too_few(len(survivors), self.params.threshold, "too few masked inputs"):
             return []
         dropped = tuple(sorted(set(self._shares) - set(survivors)))
-        request = UnmaskRequest(self.round_id, survivors, dropped)
+        request = UnmaskRequest(self.round_id, survivors, dropped, self.session)
         self.stage = "unmask"
         self.pending = set(survivors)
         return [(w, request) for w in survivors]

@@ -194,11 +194,13 @@ class SecAggWorker:
     def on_unmask(self, request: UnmaskRequest) -> UnmaskShares:
         """Stage 4, answered once: reveal b-shares of survivors and s-shares of dropped neighbours.
 
-        Raises ProtocolViolation, revealing nothing, if the sets overlap, survivors are fewer than the
-        threshold, we are not a survivor, a listed worker was not in the roster, or this was already
+        Raises ProtocolViolation, revealing nothing, if it is for another session, the sets overlap,
+        survivors are fewer than the threshold, we are not a survivor, a listed worker was not in the roster, or this was already
         answered.
         """
         self._expect("unmask", request.round_id)
+        if request.session != self.session:
+            raise ProtocolViolation("the unmask request is for another session")
         survivors, dropped = set(request.survivors), set(request.dropped)
         if survivors & dropped:
             raise ProtocolViolation("survivor and dropped sets overlap")

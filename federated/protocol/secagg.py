@@ -8,6 +8,7 @@ in :mod:`federated.crypto` only ever see well-formed values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +31,8 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskShares",
 ]
+
+_SESSION = re.compile(r"[0-9a-f]{64}")
 
 #: A Shamir share: one element of GF(2^521 - 1), big-endian.
 SHARE_BYTES = 66
@@ -178,21 +181,24 @@ class MaskedInput:
 @dataclass(frozen=True)
 class UnmaskRequest:
     """Broker -> survivors: who survived (reveal their self-mask shares) and who dropped (reveal their
-    mask-key shares). A worker refuses a request whose two sets overlap."""
+    mask-key shares), for the session (32-byte id) the worker computed. A worker refuses a request whose
+    two sets overlap or whose session is not its own."""
 
     KIND: ClassVar[Kind] = Kind.UNMASK_REQUEST
     round_id: int
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    session: bytes = b""
 
     def to_frames(self) -> list[bytes | memoryview]:
         return encode(self.KIND, {"round_id": self.round_id, "survivors": list(self.survivors),
-                                  "dropped": list(self.dropped)})
+                                  "dropped": list(self.dropped), "session": self.session.hex()})
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> UnmaskRequest:
         f = Fields(env.header, env.kind, limits)
-        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"))
+        session = f.str("session", _SESSION)
+        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"), bytes.fromhex(session))
 
 
 @dataclass(frozen=True)

@@ -176,16 +176,18 @@ def test_worker_refuses_overlapping_small_and_repeated_unmask_requests() -> None
         workers[w].on_shares(msg)
         broker.receive(w, workers[w].masked_input(np.zeros(4, np.uint32)))
     worker = workers["w0"]
-    for request in (UnmaskRequest(1, ("w0", "w1", "w2"), ("w2",)),   # overlap
-                    UnmaskRequest(1, ("w0",), ("w1", "w2", "w3")),   # fewer survivors than t
-                    UnmaskRequest(2, ("w0", "w1", "w2"), ("w3",)),   # another round
-                    UnmaskRequest(1, ("w1", "w2", "w3"), ("w0",))):  # we are listed as dropped
+    session = worker.session
+    for request in (UnmaskRequest(1, ("w0", "w1", "w2"), ("w2",), session),   # overlap
+                    UnmaskRequest(1, ("w0",), ("w1", "w2", "w3"), session),   # fewer survivors than t
+                    UnmaskRequest(2, ("w0", "w1", "w2"), ("w3",), session),   # another round
+                    UnmaskRequest(1, ("w0", "w1", "w2"), ("w3",), bytes(32)),  # another session
+                    UnmaskRequest(1, ("w1", "w2", "w3"), ("w0",), session)):  # we are listed as dropped
         with pytest.raises(ProtocolViolation):
             worker.on_unmask(request)
-    answer = worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w2"), ("w3",)))
+    answer = worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w2"), ("w3",), session))
     assert set(answer.b_owners) == {"w1", "w2"} and answer.s_owners == ("w3",)
     with pytest.raises(ProtocolViolation):  # a second request could reveal both shares of someone
-        worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w3"), ("w2",)))
+        worker.on_unmask(UnmaskRequest(1, ("w0", "w1", "w3"), ("w2",), session))
 
 
 def test_broker_refuses_out_of_stage_and_foreign_messages() -> None:

@@ -37,7 +37,7 @@ def test_round_trips() -> None:
         ShareKeys("a", 3, ("b", "c"), u8(2, CIPHERTEXT_BYTES)),
         Shares(3, ("b",), u8(1, CIPHERTEXT_BYTES)),
         MaskedInput("a", 3, np.arange(10, dtype=np.uint32), 0.25),
-        UnmaskRequest(3, ("a", "b"), ("c",)),
+        UnmaskRequest(3, ("a", "b"), ("c",), bytes(range(32))),
         UnmaskShares("a", 3, ("b",), u8(1, SHARE_BYTES), ("c", "d"), u8(2, SHARE_BYTES)),
     ]
     for msg in msgs:
@@ -65,7 +65,9 @@ def test_round_trips() -> None:
                 {"masked": np.zeros(4, np.int32)})),
     wire(encode(UnmaskShares.KIND, {"worker_id": "a", "round_id": 1, "b_owners": ["b"], "s_owners": ["b"]},
                 {"b_shares": u8(1, SHARE_BYTES), "s_shares": u8(1, SHARE_BYTES)})),
-    wire(encode(UnmaskRequest.KIND, {"round_id": 1, "survivors": ["a", "bad id!"], "dropped": []})),
+    wire(encode(UnmaskRequest.KIND, {"round_id": 1, "survivors": ["a", "bad id!"], "dropped": [],
+                                      "session": "00" * 32})),
+    wire(encode(UnmaskRequest.KIND, {"round_id": 1, "survivors": ["a"], "dropped": [], "session": "zz"})),
 ])
 def test_malformed_stage_messages_are_refused(frames: list[bytes]) -> None:
     with pytest.raises(ProtocolError):
