@@ -17,6 +17,8 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 __all__ = [
+    "AGGREGATION_RULES",
+    "AggregationConfig",
     "BrokerConfig",
     "ClientConfig",
     "ConfigError",
@@ -119,6 +121,51 @@ class BrokerConfig:
         _number(f"{prefix}.server_learning_rate", self.server_learning_rate, 0.0, 100.0, open_lo=True)
 
 
+#: Aggregation rules (kept equal to ``federated.aggregation.RULES`` by a test).
+AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
+                     "centered_clipping", "norm_bounding")
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the broker combines updates. ``rule`` "mean" is weighted FedAvg; the others are robust rules
+    that tolerate Byzantine workers and need individual updates (or buckets, under secure aggregation).
+
+    ``byzantine_fraction``: the share of a cohort the rule must tolerate (f = floor(fraction * n));
+    ``trim_ratio``: trimmed mean's cut per side; ``bucket_size``: with it, updates (or, under
+    ``--secure``, securely summed groups) are first averaged in random buckets of this many workers
+    (Karimireddy et al. 2022) and the rule runs across bucket means; ``clip_tau``: centered clipping's
+    radius; ``norm_bound``: norm bounding's L2 bound; ``detect``: score every worker each plain round
+    and record the suspects; ``detect_threshold``: robust z-score above which a worker is suspected.
+    """
+
+    rule: str = "mean"
+    byzantine_fraction: float = 0.2
+    trim_ratio: float = 0.1
+    bucket_size: int | None = None
+    clip_tau: float = 10.0
+    norm_bound: float = 10.0
+    detect: bool = True
+    detect_threshold: float = 3.0
+
+    def validate(self, prefix: str = "aggregation") -> None:
+        if not isinstance(self.rule, str) or self.rule not in AGGREGATION_RULES:
+            raise ConfigError(f"{prefix}.rule", f"{self.rule!r} is not one of {', '.join(AGGREGATION_RULES)}")
+        _number(f"{prefix}.byzantine_fraction", self.byzantine_fraction, 0.0, 0.49)
+        _number(f"{prefix}.trim_ratio", self.trim_ratio, 0.0, 0.49)
+        if self.bucket_size is not None:
+            _positive_int(f"{prefix}.bucket_size", self.bucket_size)
+        _number(f"{prefix}.clip_tau", self.clip_tau, 0.0, 1e9, open_lo=True)
+        _number(f"{prefix}.norm_bound", self.norm_bound, 0.0, 1e9, open_lo=True)
+        if not isinstance(self.detect, bool):
+            raise ConfigError(f"{prefix}.detect", f"must be true or false, got {self.detect!r}")
+        _number(f"{prefix}.detect_threshold", self.detect_threshold, 0.0, 1e6, open_lo=True)
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return self.rule != "mean"
+
+
 @dataclass(frozen=True)
 class SecureConfig:
     """Secure aggregation (DESIGN §5): the broker learns only the sum of the surviving updates.
@@ -208,6 +255,7 @@ class FederatedConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
 
     def __post_init__(self) -> None:
         auto = set()
@@ -256,7 +304,23 @@ class FederatedConfig:
         self.broker.validate()
         if not isinstance(self.secure, SecureConfig):
             raise ConfigError("secure", "must be a mapping of secure-aggregation settings")
-        self.secure.validate(self.clients_per_round)
+        if not isinstance(self.aggregation, AggregationConfig):
+            raise ConfigError("aggregation", "must be a mapping of aggregation settings")
+        self.aggregation.validate()
+        agg = self.aggregation
+        if self.secure.enabled and agg.needs_individual_updates and agg.bucket_size is None:
+            raise ConfigError("aggregation.rule", (
+                f"{agg.rule!r} needs each worker's update, which secure aggregation hides from the broker; "
+                f"use the bucketed mode (aggregation.bucket_size / --buckets S): the broker securely sums "
+                f"random buckets of S workers and applies {agg.rule!r} across the bucket means"))
+        if self.secure.enabled and agg.bucket_size is not None:
+            if agg.bucket_size < 3:
+                raise ConfigError("aggregation.bucket_size", f"secure buckets need at least 3 workers (with 2, each "
+                                                             f"learns the other's update), got {agg.bucket_size}")
+            # A bucket holds s to 2s - 1 workers (a remainder joins the last full bucket).
+            self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round))
+        else:
+            self.secure.validate(self.clients_per_round)
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

@@ -1,6 +1,33 @@
-"""Aggregation of worker updates: FedAvg, server optimizers. numpy in, numpy out."""
+"""Aggregation of worker updates: FedAvg, server optimizers, Byzantine-robust rules and detection.
 
+numpy in, numpy out. Where things are:
+
+- ``fedavg``: weighted mean of per-tensor updates; ``server_opt``: the server step.
+- ``robust``: the :class:`Rule` interface, :data:`RULES` and :func:`make_rule`; the rules live in
+  ``coordinate`` (median, trimmed mean), ``distance`` (Krum, Multi-Krum, Bulyan), ``geomed``
+  (geometric median) and ``clipping`` (centered clipping, norm bounding); ``bucketing`` wraps any rule.
+- ``detection``: outlier scores that flag suspicious workers.
+- ``byzantine``: the seed README's :class:`ByzantineTolerantAggregator` façade over all of the above.
+"""
+
+from federated.aggregation.bucketing import Bucketing, bucket_means
+from federated.aggregation.byzantine import ByzantineTolerantAggregator
+from federated.aggregation.detection import Detection, detect_byzantine_clients
 from federated.aggregation.fedavg import check_compatible, weighted_mean
+from federated.aggregation.robust import RULES, Rule, make_rule
 from federated.aggregation.server_opt import FedAvgServer, ServerOptimizer
 
-__all__ = ["FedAvgServer", "ServerOptimizer", "check_compatible", "weighted_mean"]
+__all__ = [
+    "RULES",
+    "Bucketing",
+    "ByzantineTolerantAggregator",
+    "Detection",
+    "FedAvgServer",
+    "Rule",
+    "ServerOptimizer",
+    "bucket_means",
+    "check_compatible",
+    "detect_byzantine_clients",
+    "make_rule",
+    "weighted_mean",
+]

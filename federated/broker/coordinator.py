@@ -23,13 +23,29 @@ from typing import Any
 
 import numpy as np
 
-from federated.aggregation import FedAvgServer, ServerOptimizer, check_compatible, weighted_mean
+from federated.aggregation import (
+    FedAvgServer,
+    Rule,
+    ServerOptimizer,
+    check_compatible,
+    detect_byzantine_clients,
+    make_rule,
+    weighted_mean,
+)
 from federated.broker.registry import WorkerRegistry
-from federated.broker.secure_round import DecodedSum, decode_round, vector_length
+from federated.broker.secure_round import (
+    DecodedSum,
+    SecureRound,
+    assign_buckets,
+    combine,
+    decode_round,
+    vector_length,
+)
+from federated.aggregation.bucketing import bucket_means
+from federated.aggregation.vectors import flatten, unflatten
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
-from federated.crypto.secagg_broker import SecAggBroker
 from federated.protocol import (
     AdvertiseKeys,
     Bye,
@@ -79,7 +95,7 @@ class _Round:
     dropped: dict[str, str] = field(default_factory=dict)
     bytes_up: int = 0
     bytes_down: int = 0
-    secagg: SecAggBroker | None = None
+    secure: SecureRound | None = None
 
 
 class Coordinator:
@@ -222,7 +238,7 @@ class Coordinator:
 
     def _on_update(self, route: bytes, wid: str, msg: Update, now: float) -> list[Outbound]:
         rnd = self.round
-        if rnd is not None and rnd.secagg is not None:
+        if rnd is not None and rnd.secure is not None:
             return self._refuse(route, "wrong_stage", "this is a secure round: plain updates are not accepted")
         if rnd is None or msg.round_id != rnd.round_id or msg.stage != STAGE_TRAIN:
             current = "none" if rnd is None else f"{rnd.round_id}/{STAGE_TRAIN}"
@@ -242,12 +258,12 @@ class Coordinator:
 
     def _on_secagg(self, route: bytes, wid: str, msg: Any, now: float) -> list[Outbound]:
         rnd = self.round
-        if rnd is None or rnd.secagg is None or msg.round_id != rnd.round_id:
+        if rnd is None or rnd.secure is None or msg.round_id != rnd.round_id or wid not in rnd.secure.bucket_of:
             current = "none" if rnd is None else str(rnd.round_id)
             return self._refuse(route, "wrong_stage", f"{type(msg).__name__} for round {msg.round_id}; "
                                                       f"current secure round is {current}")
         try:
-            rnd.secagg.receive(wid, msg)
+            rnd.secure.machine_of(wid).receive(wid, msg)
         except CryptoError as exc:
             return self._refuse(route, "secagg", str(exc))
         return self._maybe_finish(now)
@@ -299,33 +315,36 @@ class Coordinator:
             if len(live) < max(cfg.min_clients, 3):
                 return []
         size = min(cfg.clients_per_round, len(live))
-        params = None
+        plan: tuple[list[list[str]], list[Any]] | None = None
         if cfg.secure.enabled:
-            # Graph and threshold fit this cohort (it may be smaller than clients_per_round); the
-            # fixed-point scale stays the one validated for clients_per_round at configuration time.
             try:
-                params = cfg.secure.round_params(size, vector_length(self.weights), n_max=cfg.clients_per_round)
+                plan = self._secure_plan(self.rng.sample(live, size))
             except ValueError as exc:
                 if now - self._last_size_warning > 10.0:
                     self._last_size_warning = now
                     log.warning("waiting for more workers: a secure round of %d cannot run: %s", size, exc)
                 return []
-        cohort = self.rng.sample(live, size)
+            cohort = [w for bucket in plan[0] for w in bucket]
+        else:
+            cohort = self.rng.sample(live, size)
         self._waiting_since = None
         rid = self.next_round_id
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
         task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
-        if params is not None:
-            rnd.secagg = SecAggBroker(rid, cohort, params, self.identities)
-            rnd.deadline = now + cfg.secure.stage_timeout_s
-            task_config["secagg"] = params.to_dict()
+        params_of: dict[str, Any] = {}
+        if plan is not None:
+            buckets, params = plan
+            rnd.secure = SecureRound(rid, buckets, params, self.identities, now, self._stage_wait)
+            rnd.deadline = rnd.secure.deadline
+            params_of = {w: p.to_dict() for bucket, p in zip(buckets, params, strict=True) for w in bucket}
         self.round = rnd
         out = []
         for index, wid in enumerate(cohort):
             rec = self.registry.get(wid)
             assert rec is not None  # cohort was drawn from the registry this instant
-            frames = Task(rid, STAGE_TRAIN, task_config, self.weights, index, len(cohort),
+            config = {**task_config, "secagg": params_of[wid]} if params_of else task_config
+            frames = Task(rid, STAGE_TRAIN, config, self.weights, index, len(cohort),
                           cfg.broker.round_timeout_s).to_frames()
             rnd.bytes_down += sum(len(f) for f in frames)
             out.append(Outbound(rec.route, frames))
@@ -334,12 +353,30 @@ class Coordinator:
         log.info("round %d started with %d workers", rid, len(cohort))
         return out
 
+    def _secure_plan(self, sample: list[str]) -> tuple[list[list[str]], list[Any]]:
+        """Buckets (one, without bucketing) and each bucket's secure-aggregation parameters.
+
+        Graph and threshold fit each bucket; the fixed-point scale is the one validated at configuration
+        time for the largest possible bucket. Raises ValueError if a bucket is too small for the settings.
+        """
+        cfg = self.config
+        size = cfg.aggregation.bucket_size
+        buckets = assign_buckets(sample, size)
+        n_max = cfg.clients_per_round if size is None else min(2 * size - 1, cfg.clients_per_round)
+        length = vector_length(self.weights)
+        return buckets, [cfg.secure.round_params(len(b), length, n_max=n_max) for b in buckets]
+
+    def _stage_wait(self, stage: str) -> float:
+        """Seconds a secure stage may take: masked inputs wait for training, the others are quick."""
+        return self.config.broker.round_timeout_s if stage == "masked_input" else self.config.secure.stage_timeout_s
+
     def _drop(self, wid: str, reason: str) -> None:
         rnd = self.round
-        if rnd is not None and rnd.secagg is not None and wid in rnd.cohort:
-            if wid in rnd.secagg.pending:
-                log.info("round %d: worker %s dropped at %s (%s)", rnd.round_id, wid, rnd.secagg.stage, reason)
-            rnd.secagg.drop(wid, reason)
+        if rnd is not None and rnd.secure is not None and wid in rnd.cohort:
+            if rnd.secure.is_pending(wid):
+                log.info("round %d: worker %s dropped at %s (%s)", rnd.round_id, wid,
+                         rnd.secure.machine_of(wid).stage, reason)
+            rnd.secure.drop(wid, reason)
             return
         if rnd is not None and wid in rnd.pending:
             rnd.pending.discard(wid)
@@ -349,7 +386,7 @@ class Coordinator:
 
     def _maybe_finish(self, now: float) -> list[Outbound]:
         rnd = self.round
-        if rnd is not None and rnd.secagg is not None:
+        if rnd is not None and rnd.secure is not None:
             return self._secure_progress(rnd, now)
         if rnd is None or (rnd.pending and now < rnd.deadline):
             return []
@@ -363,37 +400,59 @@ class Coordinator:
         return self._complete(rnd, survivors)
 
     def _secure_progress(self, rnd: _Round, now: float) -> list[Outbound]:
-        """Close secure-aggregation stages that are complete or past their deadline; finish the round
-        when the protocol is done or aborted."""
-        sa = rnd.secagg
-        assert sa is not None
+        """Close secure-aggregation stages that are complete or past their deadline (bucket by bucket);
+        finish the round when every bucket is done or aborted."""
+        sec = rnd.secure
+        assert sec is not None
         out: list[Outbound] = []
-        while sa.stage in _SECAGG_ACTIVE and (sa.ready or now >= rnd.deadline):
-            for wid, msg in sa.advance():
-                rec = self.registry.get(wid)
-                if rec is None:
-                    sa.drop(wid, "gone")
-                    continue
-                frames = msg.to_frames()
-                rnd.bytes_down += sum(len(f) for f in frames)
-                out.append(Outbound(rec.route, frames))
-            wait = self.config.broker.round_timeout_s if sa.stage == "masked_input" else \
-                self.config.secure.stage_timeout_s
-            rnd.deadline = now + wait
-            log.info("round %d: secure aggregation at %s with %d workers", rnd.round_id, sa.stage, len(sa.pending))
-        if sa.stage in _SECAGG_ACTIVE:
+        for wid, msg in sec.progress(now):
+            rec = self.registry.get(wid)
+            if rec is None:
+                sec.drop(wid, "gone")
+                continue
+            frames = msg.to_frames()
+            rnd.bytes_down += sum(len(f) for f in frames)
+            out.append(Outbound(rec.route, frames))
+        if out:
+            stages = sorted({m.stage for m in sec.machines})
+            log.info("round %d: secure aggregation at %s", rnd.round_id, "/".join(stages))
+        if not sec.finished:
+            rnd.deadline = sec.deadline
             return out
         self.round = None
         self._waiting_since = now
-        rnd.dropped = {w: sa.dropped.get(w, "no result") for w in rnd.cohort
-                       if sa.result is None or w not in sa.result.survivors}
-        if sa.stage == "aborted" or sa.result is None:
-            return out + self._fail(rnd, [], error=f"secure aggregation aborted: {sa.error}; model unchanged")
-        survivors = list(sa.result.survivors)
+        results = sec.results()
+        survivors = sorted(w for _, result in results for w in result.survivors)
+        reasons = sec.dropped()
+        rnd.dropped = {w: reasons.get(w, "bucket aborted") for w in rnd.cohort if w not in survivors}
+        if not results:
+            error = "; ".join(sorted(set(sec.errors()))) or "no bucket finished"
+            return out + self._fail(rnd, [], error=f"secure aggregation aborted: {error}; model unchanged")
         if len(survivors) < self.config.min_clients:
             return out + self._fail(rnd, survivors)
-        decoded = decode_round(sa.result.total, sa.params, self.weights)
-        return out + self._complete(rnd, survivors, decoded=decoded, local_s=sa.result.train_s)
+        decoded = [decode_round(result.total, machine.params, self.weights) for machine, result in results]
+        local_s = {w: t for _, result in results for w, t in result.train_s.items()}
+        try:
+            merged = self._across_buckets(decoded)
+        except ValueError as exc:
+            return out + self._fail(rnd, survivors, error=f"{exc}; model unchanged")
+        return out + self._complete(rnd, survivors, decoded=merged, local_s=local_s)
+
+    def _across_buckets(self, decoded: list[DecodedSum]) -> DecodedSum:
+        """One bucket, or the mean: the weighted mean. A robust rule: the rule across bucket means."""
+        agg = self.config.aggregation
+        merged = combine(decoded)
+        if not agg.needs_individual_updates:
+            return merged
+        rule = self._rule(len(decoded))
+        matrix = np.stack([flatten(d.mean_update) for d in decoded])
+        vector = rule(matrix, np.array([d.weight for d in decoded]))
+        return DecodedSum(unflatten(vector, self.weights), merged.weight, merged.train_loss, merged.train_accuracy)
+
+    def _rule(self, n: int) -> Rule:
+        agg = self.config.aggregation
+        return make_rule(agg.rule, f=math.floor(agg.byzantine_fraction * n), trim_ratio=agg.trim_ratio,
+                         clip_tau=agg.clip_tau, norm_bound=agg.norm_bound)
 
     def _fail(self, rnd: _Round, survivors: list[str], error: str | None = None) -> list[Outbound]:
         error = error or (f"only {len(survivors)} of {len(rnd.cohort)} workers answered; "
@@ -408,9 +467,13 @@ class Coordinator:
 
     def _complete(self, rnd: _Round, survivors: list[str], *, decoded: DecodedSum | None = None,
                   local_s: Mapping[str, float] | None = None) -> list[Outbound]:
+        suspects: tuple[str, ...] = ()
         if decoded is None:
             updates = [rnd.updates[w] for w in survivors]
-            mean = weighted_mean([u.update for u in updates], [u.num_samples for u in updates])
+            try:
+                mean, suspects = self._aggregate_plain(survivors, updates)
+            except ValueError as exc:  # a robust rule refusing a cohort too small for it
+                return self._fail(rnd, survivors, error=f"{exc}; model unchanged")
         else:
             mean = decoded.mean_update
         new_weights = self.server_optimizer.step(self.weights, mean)
@@ -418,7 +481,7 @@ class Coordinator:
         if self.evaluate is not None:
             loss, accuracy = self.evaluate(new_weights)
         self._record(rnd, survivors, "complete", weights=new_weights, loss=loss, accuracy=accuracy,
-                     decoded=decoded, local_s=local_s)
+                     decoded=decoded, local_s=local_s, suspects=suspects)
         self.weights = new_weights
         self.completed += 1
         self.consecutive_failures = 0
@@ -429,9 +492,32 @@ class Coordinator:
             return self._finish_training("training finished")
         return []
 
+    def _aggregate_plain(self, ids: list[str], updates: list[Update]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+        """The round's mean update under the configured rule, and the workers detection suspects."""
+        agg = self.config.aggregation
+        weights = [u.num_samples for u in updates]
+        if not agg.needs_individual_updates and agg.bucket_size is None and not agg.detect:
+            return weighted_mean([u.update for u in updates], weights), ()
+        matrix = np.stack([flatten(u.update, np.float32) for u in updates])
+        suspects: tuple[str, ...] = ()
+        if agg.detect and len(ids) >= 3:
+            detection = detect_byzantine_clients(matrix, ids, threshold=agg.detect_threshold)
+            suspects = detection.suspects
+            if suspects:
+                log.warning("suspected Byzantine workers: %s", ", ".join(suspects))
+        if not agg.needs_individual_updates and agg.bucket_size is None:
+            return weighted_mean([u.update for u in updates], weights), suspects
+        sample_weights: np.ndarray | None = np.asarray(weights, dtype=np.float64)
+        if agg.bucket_size is not None:
+            matrix = bucket_means(matrix, agg.bucket_size, np.random.default_rng(self.rng.getrandbits(64)))
+            sample_weights = None
+        vector = self._rule(len(matrix))(matrix, sample_weights)
+        return unflatten(vector, self.weights), suspects
+
     def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
                 loss: float | None = None, accuracy: float | None = None, error: str | None = None,
-                decoded: DecodedSum | None = None, local_s: Mapping[str, float] | None = None) -> None:
+                decoded: DecodedSum | None = None, local_s: Mapping[str, float] | None = None,
+                suspects: tuple[str, ...] = ()) -> None:
         updates = [rnd.updates[w] for w in survivors if w in rnd.updates]
         samples = sum(u.num_samples for u in updates)
 
@@ -455,7 +541,7 @@ class Coordinator:
             participants=tuple(rnd.cohort), survivors=tuple(survivors), dropped=tuple(sorted(rnd.dropped)),
             num_samples=samples, bytes_up=rnd.bytes_up, bytes_down=rnd.bytes_down,
             accuracy=accuracy, loss=loss, train_loss=mean_metric("loss"),
-            train_accuracy=mean_metric("accuracy"), epsilon=None, error=error,
+            train_accuracy=mean_metric("accuracy"), epsilon=None, error=error, suspects=suspects,
             metrics={"max_local_s": slowest or 0.0,
                      **{f"dropped_{r}": float(list(rnd.dropped.values()).count(r))
                         for r in set(rnd.dropped.values())}},

@@ -45,7 +45,7 @@ from federated.broker.errors import (
 
 __all__ = ["ROUND_STATUSES", "SCHEMA_VERSION", "WORKER_COUNTERS", "RoundRecord", "RoundStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROUND_STATUSES = ("complete", "failed")
 WORKER_COUNTERS = ("rounds_selected", "rounds_completed", "rounds_dropped")
 CHECKPOINT_DIR = "checkpoints"
@@ -72,7 +72,8 @@ _SCHEMA = (
         train_accuracy REAL,
         epsilon        REAL,
         error          TEXT,
-        metrics        TEXT    NOT NULL   -- JSON object
+        metrics        TEXT    NOT NULL,  -- JSON object
+        suspects       TEXT    NOT NULL   -- JSON list of worker ids suspected of being Byzantine
     )""",
     """CREATE TABLE workers (
         worker_id        TEXT    PRIMARY KEY,
@@ -126,6 +127,7 @@ class RoundRecord:
     epsilon: float | None = None
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict, hash=False)
+    suspects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in ROUND_STATUSES:
@@ -140,7 +142,7 @@ class RoundRecord:
         set_(self, "duration_s", float(self.duration_s))
         for name in ("overhead_s", "accuracy", "loss", "train_loss", "train_accuracy", "epsilon"):
             set_(self, name, _opt_float(getattr(self, name)))
-        for name in ("participants", "survivors", "dropped"):
+        for name in ("participants", "survivors", "dropped", "suspects"):
             set_(self, name, tuple(str(w) for w in getattr(self, name)))
         set_(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
 
@@ -155,7 +157,7 @@ class RoundRecord:
 
 
 _ROUND_COLUMNS = tuple(f.name for f in fields(RoundRecord))
-_JSON_COLUMNS = frozenset({"participants", "survivors", "dropped", "metrics"})
+_JSON_COLUMNS = frozenset({"participants", "survivors", "dropped", "metrics", "suspects"})
 _INSERT_ROUND = (
     f"INSERT INTO rounds ({', '.join(_ROUND_COLUMNS)}) VALUES ({', '.join('?' * len(_ROUND_COLUMNS))})"
 )

@@ -42,6 +42,8 @@ FLAG_TO_KEY = {
     "secure_threshold": "secure.threshold",
     "secure_neighbors": "secure.neighbors",
     "secure_clip": "secure.clip",
+    "aggregation": "aggregation.rule",
+    "buckets": "aggregation.bucket_size",
     "store": "broker.store",
 }
 
@@ -67,6 +69,10 @@ _OPTIONS = [
     click.option("--secure-threshold", type=int, help="Shares needed to rebuild a secret (default: majority)."),
     click.option("--secure-neighbors", type=int, help="Neighbours per worker in the SecAgg+ graph."),
     click.option("--secure-clip", type=float, help="L2 bound on each update under secure aggregation."),
+    click.option("--aggregation", help="mean | median | trimmed_mean | krum | multi_krum | bulyan | "
+                                       "geometric_median | centered_clipping | norm_bounding"),
+    click.option("--buckets", type=int, help="Average random buckets of this many workers before the rule "
+                                             "(needed for robust rules under --secure)."),
     click.option("--store", help="Round store (SQLite file; checkpoints go beside it)."),
     click.option("--json", "as_json", is_flag=True, help="Last line of stdout: one JSON object of results."),
     click.option("-v", "--verbose", count=True, help="More log output (repeat for debug)."),

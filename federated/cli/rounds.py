@@ -155,6 +155,7 @@ def _detail_rows(store: RoundStore, r: RoundRecord) -> list[tuple[str, str | Tex
         ("participants", _ids(r.participants)),
         ("survivors", _ids(r.survivors)),
         ("dropped", _ids(r.dropped)),
+        ("suspects", _ids(r.suspects)),
         ("num_samples", str(r.num_samples)),
         ("bytes_up", f"{r.bytes_up} ({human_bytes(r.bytes_up)})"),
         ("bytes_down", f"{r.bytes_down} ({human_bytes(r.bytes_down)})"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import selectors
 import socket
 import subprocess
@@ -60,7 +61,7 @@ def _round_summary(rec: dict[str, Any]) -> dict[str, Any]:
     return {"round": rec["round"], "status": rec["status"], "accuracy": rec["accuracy"], "loss": rec["loss"],
             "participants": len(rec["participants"]), "dropped": len(rec["dropped"]),
             "bytes_up": rec["bytes_up"], "bytes_down": rec["bytes_down"], "duration_s": rec["duration_s"],
-            "overhead_s": rec["overhead_s"], "epsilon": rec["epsilon"]}
+            "overhead_s": rec["overhead_s"], "epsilon": rec["epsilon"], "suspects": rec.get("suspects", [])}
 
 
 class _Progress:
@@ -105,7 +106,14 @@ def _print_summary(result: dict[str, Any]) -> None:
                f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
 
 
-def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str, verbose: int,
+def attacker_shards(num_clients: int, fraction: float, seed: int) -> list[int]:
+    """Which client indices are attackers: ``round(fraction * num_clients)`` of them, drawn from the seed."""
+    count = round(fraction * num_clients)
+    return sorted(random.Random(f"attackers/{seed}").sample(range(num_clients), count)) if count else []
+
+
+def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
+                   attack: str | None = None, attackers: list[int] | None = None, verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
     run_dir = Path(config.broker.store).parent
@@ -117,13 +125,20 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
     vflag = ["-v"] * verbose
     broker = _spawn(["federated.cli.main", "broker", "--config", str(config_path), "--events", *vflag],
                     stdout=subprocess.PIPE)
-    shards = [list(range(p, config.num_clients, processes)) for p in range(processes)]
+    bad = set(attackers or [])
+    honest = [i for i in range(config.num_clients) if i not in bad]
+    shards = [honest[p::processes] for p in range(processes)]
     workers = [_spawn(["federated.cli.simworker", "--server-address", address, "--dataset", config.dataset,
                        "--partition", config.partition, "--num-shards", str(config.num_clients),
                        "--shards", ",".join(map(str, s)), "--seed", str(config.seed), "--model", config.model,
                        "--dropout", str(dropout), "--dropout-stage", dropout_stage, *vflag],
                       stdout=subprocess.DEVNULL)
                for s in shards if s]
+    if bad:
+        workers.append(_spawn(["federated.cli.simattacker", "--server-address", address, "--dataset", config.dataset,
+                               "--partition", config.partition, "--num-shards", str(config.num_clients),
+                               "--shards", ",".join(map(str, sorted(bad))), "--seed", str(config.seed),
+                               "--model", config.model, "--attack", str(attack), *vflag], stdout=subprocess.DEVNULL))
     bar = _Progress(config.num_rounds, progress)
     rounds: list[dict[str, Any]] = []
     done: dict[str, Any] = {}
@@ -178,6 +193,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
         "rounds": rounds,
         "store": config.broker.store,
         "reason": done.get("reason", "broker exited without finishing"),
+        "attackers": [f"client_{i}" for i in sorted(bad)],
     }
     if not done:
         code = code or TRAINING_FAILED
@@ -189,14 +205,25 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
               help="Fraction of each round's cohort that vanishes mid-round.")
 @click.option("--dropout-stage", type=click.Choice(["task", "roster", "shares", "unmask"]), default="task",
               show_default=True, help="When dropouts vanish: on the TASK, or at a secure round's later stage.")
+@click.option("--byzantine-fraction", type=click.FloatRange(0.0, 0.49), default=0.0, show_default=True,
+              help="Fraction of the clients that are attackers (run in their own process).")
+@click.option("--attack", type=click.Choice(["sign_flip", "gaussian", "label_flip", "alie", "ipm", "minmax"]),
+              help="What the attackers do (needs --byzantine-fraction).")
 @click.option("--processes", type=click.IntRange(1, 256), help="Worker processes to pack clients into "
               "(default: one per CPU core).")
 @run_options
-def simulate_command(dropout: float, dropout_stage: str, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
+def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: float, attack: str | None,
+                     processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
     """Simulate a federation on this machine: real broker and worker processes over loopback TCP."""
     setup_logging(verbose)
     store = params.get("store") or _default_store()
-    config = build_config(params, {"broker.bind": f"tcp://127.0.0.1:{_free_port()}", "broker.store": store})
+    if (byzantine_fraction > 0) != (attack is not None):
+        raise click.UsageError("--attack and --byzantine-fraction go together")
+    extra: dict[str, Any] = {"broker.bind": f"tcp://127.0.0.1:{_free_port()}", "broker.store": store}
+    if byzantine_fraction > 0:
+        # The robust rule is told the true fraction, as in the papers' experiments.
+        extra["aggregation.byzantine_fraction"] = byzantine_fraction
+    config = build_config(params, extra)
     if config.privacy_budget is not None:
         raise click.UsageError("privacy_budget: differential privacy is not available in this build yet; "
                                "leave it unset (no epsilon would be computed, so none may be promised)")
@@ -205,8 +232,9 @@ def simulate_command(dropout: float, dropout_stage: str, processes: int | None, 
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
     if dropout_stage != "task" and not config.secure.enabled:
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
+    attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
     code, result, rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
-                                          verbose=verbose,
+                                          attack=attack, attackers=attackers, verbose=verbose,
                                           progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))
     if code == CONFIG_ERROR:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from federated.broker.secure_round import flatten
+from federated.aggregation.vectors import flatten
 from federated.crypto.fixedpoint import clip_l2, encode
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_worker import SecAggWorker

@@ -1,0 +1,227 @@
+"""Distance-based robust rules: Krum, Multi-Krum (Blanchard et al. 2017) and Bulyan (El Mhamdi et al. 2018).
+
+All three start from the (n, n) matrix of pairwise squared distances, computed with one matrix product
+as ``|a|^2 + |b|^2 - 2 a.b`` after subtracting a central row from every row. The subtraction matters:
+updates of one round share a large common component, and without it float32 cancellation in
+``|a|^2 + |b|^2 - 2 a.b`` reaches a few percent of the distances (measured: 2.7% for a common part
+100x the spread at d = 1M; 3e-6 after centering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from federated.aggregation.coordinate import median_of_sorted, sort_columns
+from federated.aggregation.robust import as_update_matrix, check_count, combine_rows, require_cohort
+
+__all__ = ["Bulyan", "Krum", "MultiKrum", "centered_gram", "krum_scores", "pairwise_sq_distances",
+           "sq_distances_from_gram"]
+
+# Bulyan's second stage runs over blocks of columns so that its per-window temporaries stay in cache.
+_BLOCK_COLUMNS = 16384
+
+
+def centered_gram(x: np.ndarray, center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(G, z, c)``: ``z = x - c`` and its Gram matrix ``G = z @ z.T`` as (n, n) float64.
+
+    ``c`` defaults to the row of median norm, which (with an honest majority) is an honest-scale row
+    near the others; pass ``center`` to choose it. A float32 ``x`` is multiplied in float32 (one BLAS
+    call); if a difference or product overflowed, ``z`` and ``G`` are redone in float64, where no
+    finite float32 input can overflow.
+    """
+    if center is None:
+        norms = np.einsum("ij,ij->i", x, x)  # float32 overflow gives inf, which still sorts last
+        center = x[np.argsort(norms, kind="stable")[(x.shape[0] - 1) // 2]]
+    center = np.asarray(center, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = center.astype(x.dtype)
+        z = x - c
+        g = np.asarray(z @ z.T, dtype=np.float64)
+    if not (np.isfinite(g).all() and np.isfinite(c).all()):
+        c = center
+        z = x.astype(np.float64) - c
+        g = z @ z.T
+    return g, z, c
+
+
+def sq_distances_from_gram(g: np.ndarray) -> np.ndarray:
+    """Pairwise squared distances (n, n) from a Gram matrix: ``|a|^2 + |b|^2 - 2 a.b``, clipped at 0.
+
+    Rounding can make the expression slightly negative for near-identical rows, hence the clip; the
+    diagonal is set to exactly 0.
+    """
+    sq = np.diag(g)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * g
+    np.maximum(d2, 0.0, out=d2)
+    np.fill_diagonal(d2, 0.0)
+    return d2
+
+
+def pairwise_sq_distances(updates: np.ndarray) -> np.ndarray:
+    """Squared L2 distances (n, n) float64 between the rows of ``updates`` (n, d), via one matrix product."""
+    x = as_update_matrix(updates, "pairwise_sq_distances")
+    return sq_distances_from_gram(centered_gram(x)[0])
+
+
+def krum_scores(d2: np.ndarray, f: int) -> np.ndarray:
+    """Krum score of each row: the sum of its squared distances to its ``n - f - 2`` nearest other rows.
+
+    At least one neighbour is always counted, so that scores stay informative in small sets (Bulyan's
+    last selection steps).
+    """
+    n = d2.shape[0]
+    if n == 1:
+        return np.zeros(1)
+    k = min(max(n - f - 2, 1), n - 1)
+    others = d2 + np.diag(np.full(n, np.inf))  # a row is not its own neighbour
+    return np.sort(others, axis=1)[:, :k].sum(axis=1)
+
+
+@dataclass
+class Krum:
+    """Krum: the single update with the lowest Krum score (sum of squared distances to its n - f - 2
+    nearest neighbours).
+
+    Tolerates f Byzantine workers when n >= 2f + 3 (fraction below (n - 3)/2n); the selected update is
+    then within a bounded distance of the honest mean. Unweighted: ``weights`` are ignored, since a
+    worker could overstate its sample count. Ties go to the lowest index. Raises ``ValueError`` for
+    n < 2f + 3 or bad input.
+    """
+
+    f: int = 0
+    name: str = field(default="krum", init=False)
+    needs_individual_updates: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        check_count("f", self.f, 0)
+
+    def min_clients(self) -> int:
+        return 2 * self.f + 3
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        x = as_update_matrix(updates, self.name)
+        require_cohort(self.name, x.shape[0], self.f, self.min_clients(), "2f + 3")
+        scores = krum_scores(sq_distances_from_gram(centered_gram(x)[0]), self.f)
+        return x[int(np.argmin(scores))].astype(np.float64)
+
+
+@dataclass
+class MultiKrum:
+    """Multi-Krum: the plain mean of the ``m`` updates with the lowest Krum scores (default m = n - f).
+
+    Tolerates f Byzantine workers when n >= 2f + 3, as Krum; needs 1 <= m <= n - f, so that the
+    average can consist of honest updates. ``weights`` are ignored (see :class:`Krum`). Raises
+    ``ValueError`` for n < 2f + 3, m > n - f or bad input.
+    """
+
+    f: int = 0
+    m: int | None = None
+    name: str = field(default="multi_krum", init=False)
+    needs_individual_updates: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        check_count("f", self.f, 0)
+        if self.m is not None:
+            check_count("multi_krum_m", self.m, 1)
+
+    def min_clients(self) -> int:
+        return max(2 * self.f + 3, (self.m or 0) + self.f)
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        x = as_update_matrix(updates, self.name)
+        n = x.shape[0]
+        require_cohort(self.name, n, self.f, self.min_clients(),
+                       "max(2f + 3, m + f)" if self.m is not None else "2f + 3")
+        m = n - self.f if self.m is None else self.m
+        scores = krum_scores(sq_distances_from_gram(centered_gram(x)[0]), self.f)
+        chosen = np.argsort(scores, kind="stable")[:m]
+        coefficients = np.zeros(n)
+        coefficients[chosen] = 1.0 / m
+        return combine_rows(coefficients, x)
+
+
+def bulyan_selection(d2: np.ndarray, f: int, count: int) -> np.ndarray:
+    """Indices of ``count`` rows chosen by Krum applied repeatedly, each time to the rows not yet chosen."""
+    remaining = list(range(d2.shape[0]))
+    chosen: list[int] = []
+    for _ in range(count):
+        sub = d2[np.ix_(remaining, remaining)]
+        best = remaining[int(np.argmin(krum_scores(sub, f)))]
+        chosen.append(best)
+        remaining.remove(best)
+    return np.asarray(chosen)
+
+
+def mean_closest_to_median(s: np.ndarray, beta: int) -> np.ndarray:
+    """Per column of a column-sorted ``s`` (t, d): the mean of the ``beta`` values closest to the median.
+
+    In sorted order those values are a window ``s[k:k + beta]``; the best start k minimises the larger
+    of its two end distances to the median m. Since ``s[k] + s[k + beta - 1]`` grows with k, the best k
+    is next to ``k0``, the number of windows whose left end is farther from m than their right end, so
+    it is found with one pass over the ``t - beta + 1`` windows and no per-column sort by distance.
+    """
+    t, d = s.shape
+    last_start = t - beta
+    out = np.empty(d, dtype=np.float64)
+    for start in range(0, d, _BLOCK_COLUMNS):
+        block = s[:, start:start + _BLOCK_COLUMNS]
+        med = median_of_sorted(block)
+        twice = (2.0 * med).astype(s.dtype)
+        k0 = np.zeros(block.shape[1], dtype=np.intp)
+        with np.errstate(over="ignore"):  # float32 ends near the maximum add to inf, which compares right
+            for k in range(last_start + 1):
+                k0 += block[k] + block[k + beta - 1] < twice
+        left = np.minimum(np.maximum(k0 - 1, 0), last_start)  # best start if the left end is closer
+        right = np.minimum(k0, last_start)
+        left_gap = med - np.take_along_axis(block, left[None, :], axis=0)[0]
+        right_gap = np.take_along_axis(block, (right + beta - 1)[None, :], axis=0)[0] - med
+        best = np.where(left_gap < right_gap, left, right)
+        # Rows inside every window (starts 0..last_start) are summed directly; each other row enters the
+        # columns whose chosen window holds it.
+        total = block[last_start:beta].sum(axis=0, dtype=np.float64)
+        for j in range(t):
+            if last_start <= j < beta:
+                continue
+            if j < last_start and j >= beta:
+                inside = (best <= j) & (best > j - beta)
+            elif j < last_start:
+                inside = best <= j
+            else:
+                inside = best > j - beta
+            total += np.where(inside, block[j], 0.0)
+        out[start:start + block.shape[1]] = total / beta
+    return out
+
+
+@dataclass
+class Bulyan:
+    """Bulyan: Krum applied repeatedly selects theta = n - 2f updates; then, per coordinate, the mean of
+    the beta = theta - 2f selected values closest to their median.
+
+    Tolerates f Byzantine workers when n >= 4f + 3 (fraction below about 1/4), which is enforced: the
+    output then stays within a bounded distance of the honest mean, and each coordinate within the
+    honest values' range widened by at most the honest spread (a Byzantine value can enter the window
+    around the median only if it is closer to the median than the honest values it displaces).
+    ``weights`` are ignored (see :class:`Krum`). Raises ``ValueError`` for n < 4f + 3 or bad input.
+    """
+
+    f: int = 0
+    name: str = field(default="bulyan", init=False)
+    needs_individual_updates: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        check_count("f", self.f, 0)
+
+    def min_clients(self) -> int:
+        return 4 * self.f + 3
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        x = as_update_matrix(updates, self.name)
+        n = x.shape[0]
+        require_cohort(self.name, n, self.f, self.min_clients(), "4f + 3")
+        theta = n - 2 * self.f
+        d2 = sq_distances_from_gram(centered_gram(x)[0])
+        selected = np.sort(bulyan_selection(d2, self.f, theta))
+        return mean_closest_to_median(sort_columns(x[selected]), theta - 2 * self.f)
