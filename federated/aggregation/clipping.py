@@ -105,9 +105,10 @@ class CenteredClipping:
                                  f"+-2**400, got shape {np.shape(self.start)}")
         # Centering on the start (rounded to the update dtype) keeps the Gram entries at the scale of the
         # distances that the clipping compares with tau.
-        g, z, c = centered_gram(x, center=start)
+        g, c = centered_gram(x, center=start)
         a = centered_clipping_coefficients(g, tau=self.tau, iterations=self.iterations)
-        return c.astype(np.float64) + combine_rows(a, z)
+        # v = c + sum_j a_j (x_j - c), combined from x so that no centered copy is made.
+        return (1.0 - a.sum()) * c + combine_rows(a, x)
 
 
 @dataclass

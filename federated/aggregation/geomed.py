@@ -6,7 +6,8 @@ the inverse of its distance to the current estimate, ``v <- sum_i b_i x_i / sum_
 update.
 
 Every iterate is an affine combination of the rows, so the iteration runs on the (n, n) Gram matrix
-of the centered updates: ``|v - x_i|^2 = G_ii - 2 (G a)_i + a.G.a`` for ``v = c + sum_j a_j z_j``.
+of the centered updates ``z_i = x_i - c``: ``|v - x_i|^2 = G_ii - 2 (G a)_i + a.G.a`` for
+``v = sum_j a_j x_j`` with ``sum_j a_j = 1``.
 One (n, d) @ (d, n) product and one final (n,) @ (n, d) combination are the only passes over the
 d-dimensional data, whatever the number of iterations.
 """
@@ -78,7 +79,7 @@ class GeometricMedian:
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         x = as_update_matrix(updates, self.name)
         require_cohort(self.name, x.shape[0], self.f, self.min_clients(), "2f + 1")
-        g, z, c = centered_gram(x)
+        g, _ = centered_gram(x)
         a = weiszfeld_coefficients(g, nu=self.nu, max_iterations=self.max_iterations,
                                    tolerance=self.tolerance)
-        return c.astype(np.float64) + combine_rows(a, z)
+        return combine_rows(a, x)  # an affine combination (sum(a) = 1) does not depend on the center

@@ -52,9 +52,10 @@ def _config(n: int) -> FederatedConfig:
                            broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
 
 
-def run_round(workers: list[FakeWorker], vanish_at: dict[str, type] | None = None) -> tuple[Coordinator, list[Any]]:
+def run_round(workers: list[FakeWorker], vanish_at: dict[str, type] | None = None,
+              config: FederatedConfig | None = None) -> tuple[Coordinator, list[Any]]:
     vanish_at = vanish_at or {}
-    coordinator = Coordinator(_config(len(workers)), WEIGHTS)
+    coordinator = Coordinator(config or _config(len(workers)), WEIGHTS)
     by_route = {w.wid.encode(): w for w in workers}
     received: list[Any] = []
     queue: list[Outbound] = []
@@ -114,6 +115,6 @@ def test_plain_updates_are_refused_in_a_secure_round() -> None:
     for w in workers:
         coordinator.handle(w.wid.encode(), w.hello.to_frames(), 0.0)
     coordinator.tick(0.0)
-    assert coordinator.round is not None and coordinator.round.secagg is not None
+    assert coordinator.round is not None and coordinator.round.secure is not None
     out = coordinator.handle(b"w0", Update("w0", coordinator.round.round_id, "train", 10, {}, WEIGHTS).to_frames(), 0.1)
     assert decode_message(out[0].frames).code == "wrong_stage"

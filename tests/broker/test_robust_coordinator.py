@@ -1,0 +1,94 @@
+"""The coordinator with robust rules: plain rounds, detection in the round record, refusals, and the
+bucketed secure mode driven by real secure-aggregation workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from federated.aggregation import RULES
+from federated.broker.coordinator import Coordinator
+from federated.config import AGGREGATION_RULES, AggregationConfig, BrokerConfig, ConfigError, FederatedConfig, \
+    SecureConfig, load_config
+from federated.protocol import Hello, Update
+
+from test_secure_coordinator import FakeWorker, run_round
+
+WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
+
+
+def _plain(rule: str, n: int, **agg: object) -> Coordinator:
+    config = FederatedConfig(num_clients=n, clients_per_round=n, num_rounds=1,
+                             aggregation=AggregationConfig(rule=rule, **agg),  # type: ignore[arg-type]
+                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+    return Coordinator(config, WEIGHTS)
+
+
+def _play(c: Coordinator, updates: dict[str, float]) -> None:
+    for wid in updates:
+        c.handle(wid.encode(), Hello(wid, 10).to_frames(), 0.0)
+    c.tick(0.0)
+    assert c.round is not None
+    rid = c.round.round_id
+    for wid, value in updates.items():
+        tensors = {k: np.full(v.shape, value, np.float32) for k, v in WEIGHTS.items()}
+        c.handle(wid.encode(), Update(wid, rid, "train", 10, {"loss": 1.0}, tensors).to_frames(), 0.1)
+
+
+def test_config_rules_match_the_aggregation_package() -> None:
+    assert AGGREGATION_RULES == RULES
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean", "geometric_median", "krum", "centered_clipping"])
+def test_robust_rule_ignores_an_outlier_and_detection_names_it(rule: str) -> None:
+    # Centered clipping's bias is bounded by tau times the attackers' share: tau must suit the spread.
+    c = _plain(rule, 7, clip_tau=0.05)
+    _play(c, {"h0": 0.10, "h1": 0.11, "h2": 0.09, "h3": 0.10, "h4": 0.12, "h5": 0.08, "evil": -500.0})
+    (record,) = c.history
+    assert record.status == "complete"
+    assert np.all(np.abs(c.weights["w"] - 0.10) < 0.05), c.weights
+    assert record.suspects == ("evil",)
+
+
+def test_mean_is_pulled_by_the_outlier_but_detection_still_reports_it() -> None:
+    c = _plain("mean", 5)
+    _play(c, {"h0": 0.1, "h1": 0.1, "h2": 0.1, "h3": 0.1, "evil": -50.0})
+    assert c.weights["w"][0, 0] < -5
+    assert c.history[0].suspects == ("evil",)
+
+
+def test_a_cohort_too_small_for_the_rule_fails_the_round_cleanly() -> None:
+    c = _plain("bulyan", 4, byzantine_fraction=0.25)  # f = 1 needs n >= 7
+    _play(c, {"a": 0.1, "b": 0.1, "c": 0.1, "d": 0.1})
+    (record,) = c.history
+    assert record.status == "failed" and "bulyan" in (record.error or "").lower()
+    assert np.all(c.weights["w"] == 0)
+
+
+def test_secure_with_a_robust_rule_needs_buckets() -> None:
+    with pytest.raises(ConfigError, match="bucketed mode") as info:
+        load_config(None, {"secure.enabled": True, "aggregation.rule": "median"})
+    assert info.value.field == "aggregation.rule"
+    assert load_config(None, {"secure.enabled": True, "aggregation.rule": "median",
+                              "aggregation.bucket_size": 3}).aggregation.bucket_size == 3
+    with pytest.raises(ConfigError, match="at least 3"):
+        load_config(None, {"secure.enabled": True, "aggregation.rule": "median", "aggregation.bucket_size": 2})
+
+
+def test_bucketed_secure_round_sees_only_bucket_sums_and_resists_an_attacker() -> None:
+    workers = [FakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [FakeWorker("evil", 10, -90.0)]
+    config = FederatedConfig(num_clients=9, clients_per_round=9, num_rounds=1, min_clients=2,
+                             secure=SecureConfig(enabled=True),
+                             aggregation=AggregationConfig(rule="median", bucket_size=3),
+                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+    coordinator, received = run_round(workers, config=config)
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
+    # Three buckets of three; the attacker poisons one bucket mean, the median of three ignores it.
+    assert np.all(np.abs(coordinator.weights["w"] - 0.1) < 0.02), coordinator.weights
+    assert len(coordinator.history[0].survivors) == 9
+    # The broker received only masked inputs, none equal to a worker's encoded input.
+    masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
+    assert len(masked) == 9 and not any(isinstance(m, Update) for m in received)
+    for m in masked:
+        assert all(np.count_nonzero(m == w.encoded) <= 1 for w in workers)
