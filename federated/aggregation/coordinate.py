@@ -1,59 +1,77 @@
 """Coordinate-wise robust rules: the median and the trimmed mean (Yin et al. 2018).
 
-Both treat each coordinate independently, over the ``n`` workers' values for it, so both are computed
-from one sort of the ``(n, d)`` matrix along axis 0. ``np.sort`` is used rather than ``np.partition`` or
-``np.median``: on float32 columns of ~50 values numpy's SIMD sort is about 5x faster than its
-introselect, and the sort is split over a few threads (numpy releases the GIL while sorting).
+Both treat each coordinate independently, over the ``n`` workers' values for it, so both come from
+sorting each column of the ``(n, d)`` matrix. How matters at d = 1M (measured, float32, n = 50):
+``np.median``/``np.partition`` along axis 0 take ~800 ms, ``np.sort(axis=0)`` ~150 ms. Faster still is
+to copy a block of 16k columns transposed (coordinates as rows, ~0.3 ms) and sort along the last axis
+(~1.5 ms), block by block on a few threads (numpy releases the GIL), reducing each sorted block while
+it is in cache: the matrix is never copied whole.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from federated.aggregation.robust import as_update_matrix, check_count, require_cohort
+from federated.aggregation.robust import (
+    as_update_matrix,
+    check_count,
+    map_column_blocks,
+    raise_non_finite,
+    require_cohort,
+)
 
-__all__ = ["CoordinateMedian", "TrimmedMean", "median_of_sorted", "sort_columns"]
+__all__ = ["CoordinateMedian", "TrimmedMean", "coordinate_median", "map_sorted_blocks", "median_of_rows"]
 
-# Below this many columns per thread, starting threads costs more than it saves.
-_MIN_COLUMNS_PER_THREAD = 65536
-_MAX_THREADS = 4
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no sched_getaffinity
-        return os.cpu_count() or 1
+T = TypeVar("T")
 
 
-def sort_columns(x: np.ndarray) -> np.ndarray:
-    """A copy of ``x`` (n, d) with each column sorted ascending (each coordinate across workers)."""
-    s = np.array(x, copy=True)
-    threads = min(_MAX_THREADS, _available_cpus(), s.shape[1] // _MIN_COLUMNS_PER_THREAD)
-    if threads <= 1:
-        s.sort(axis=0)
-        return s
-    bounds = np.linspace(0, s.shape[1], threads + 1).astype(int).tolist()
+def map_sorted_blocks(x: np.ndarray, work: Callable[[np.ndarray, slice], T], *, rule: str) -> list[T]:
+    """``work(s, columns)`` for consecutive column blocks of ``x`` (n, d), where ``s`` (w, n) holds the
+    block's coordinates as rows, each sorted ascending; results in block order.
 
-    def sort_block(i: int) -> None:
-        s[:, bounds[i]:bounds[i + 1]].sort(axis=0)  # in place on a view of disjoint columns
+    Raises ``ValueError`` naming ``rule`` if ``x`` holds NaN or inf: sorted, they sit in the first or
+    last column of ``s``, so checking those two columns checks everything.
+    """
+    n = x.shape[0]
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(sort_block, range(threads)))
-    return s
+    def sorted_block(columns: slice) -> T:
+        block = x[:, columns]
+        s = np.empty((block.shape[1], n), dtype=x.dtype)
+        np.copyto(s.T, block)
+        s.sort(axis=1)
+        if n and not (np.isfinite(s[:, 0]).all() and np.isfinite(s[:, -1]).all()):  # NaN sorts last
+            raise_non_finite(x, rule)
+        return work(s, columns)
+
+    return map_column_blocks(sorted_block, x.shape[1])
 
 
-def median_of_sorted(s: np.ndarray) -> np.ndarray:
-    """The per-column median (d,) float64 of a column-sorted ``s`` (n, d); even n averages the middle two."""
-    n = s.shape[0]
-    if n % 2:
-        return s[n // 2].astype(np.float64)
-    return 0.5 * (s[n // 2 - 1].astype(np.float64) + s[n // 2])
+def median_of_rows(s: np.ndarray) -> np.ndarray:
+    """The median (w,) float64 of each row of a row-sorted ``s`` (w, n); even n averages the middle two."""
+    n = s.shape[1]
+    median: np.ndarray = s[:, n // 2].astype(np.float64)
+    if n % 2 == 0:
+        median += s[:, n // 2 - 1]
+        median *= 0.5
+    return median
+
+
+def coordinate_median(x: np.ndarray, *, rule: str = "median") -> np.ndarray:
+    """The coordinate-wise median (d,) float64 of ``x`` (n, d), n >= 1. Raises ``ValueError`` naming
+    ``rule`` for NaN or inf."""
+    out = np.empty(x.shape[1], dtype=np.float64)
+
+    def median(s: np.ndarray, columns: slice) -> None:
+        out[columns] = median_of_rows(s)
+
+    map_sorted_blocks(x, median, rule=rule)
+    return out
 
 
 @dataclass
@@ -76,9 +94,9 @@ class CoordinateMedian:
         return 2 * self.f + 1
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        x = as_update_matrix(updates, self.name)
+        x = as_update_matrix(updates, self.name, check_finite=False)  # the sort checks
         require_cohort(self.name, x.shape[0], self.f, self.min_clients(), "2f + 1")
-        return median_of_sorted(sort_columns(x))
+        return coordinate_median(x, rule=self.name)
 
 
 @dataclass
@@ -99,7 +117,8 @@ class TrimmedMean:
 
     def __post_init__(self) -> None:
         check_count("f", self.f, 0)
-        if not 0 <= self.trim_ratio < 0.5:
+        if isinstance(self.trim_ratio, bool) or not (isinstance(self.trim_ratio, numbers.Real)
+                                                     and 0 <= float(self.trim_ratio) < 0.5):
             raise ValueError(f"trim_ratio must be in [0, 0.5), got {self.trim_ratio!r}")
 
     def trimmed(self, n: int) -> int:
@@ -110,8 +129,14 @@ class TrimmedMean:
         return 2 * self.f + 1
 
     def __call__(self, updates: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        x = as_update_matrix(updates, self.name)
+        x = as_update_matrix(updates, self.name, check_finite=False)  # the sort checks
         n = x.shape[0]
         require_cohort(self.name, n, self.f, self.min_clients(), "2f + 1")
         k = self.trimmed(n)
-        return sort_columns(x)[k:n - k].mean(axis=0, dtype=np.float64)
+        out = np.empty(x.shape[1], dtype=np.float64)
+
+        def trimmed_mean(s: np.ndarray, columns: slice) -> None:
+            out[columns] = s[:, k:n - k].mean(axis=1, dtype=np.float64)
+
+        map_sorted_blocks(x, trimmed_mean, rule=self.name)
+        return out

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from federated.aggregation.clipping import row_norms
-from federated.aggregation.coordinate import median_of_sorted, sort_columns
-from federated.aggregation.robust import as_update_matrix
+from federated.aggregation.coordinate import coordinate_median
+from federated.aggregation.robust import BLOCK_COLUMNS, as_update_matrix
 
 __all__ = ["Detection", "detect_byzantine_clients", "robust_z"]
 
@@ -35,7 +35,6 @@ _MAD_TO_STD = 1.4826
 # alone, however tightly the honest workers agree (e.g. near-IID data, where cosines are all ~0.99).
 _MIN_LOG_DISTANCE_SCALE = 0.05
 _MIN_COSINE_SCALE = 0.02
-_BLOCK_COLUMNS = 16384
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,8 @@ def _gram(x: np.ndarray) -> np.ndarray:
         g = np.asarray(x @ x.T, dtype=np.float64)
     if not np.isfinite(g).all():
         g = np.zeros((x.shape[0], x.shape[0]))
-        for start in range(0, x.shape[1], _BLOCK_COLUMNS):
-            block = x[:, start:start + _BLOCK_COLUMNS].astype(np.float64)
+        for start in range(0, x.shape[1], BLOCK_COLUMNS):
+            block = x[:, start:start + BLOCK_COLUMNS].astype(np.float64)
             g += block @ block.T
     return g
 
@@ -90,7 +89,7 @@ def detect_byzantine_clients(updates: np.ndarray, ids: Sequence[str], *, thresho
         raise ValueError("detect_byzantine_clients: ids must be unique")
     if n < 3:  # no majority to measure against
         return Detection(suspects=(), scores=dict.fromkeys(names, 0.0))
-    median = median_of_sorted(sort_columns(x))
+    median = coordinate_median(x, rule="detect_byzantine_clients")
     median_x = median.astype(x.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         distance = row_norms(x - median_x)

@@ -60,9 +60,10 @@ SIGN_FLIP_SCALE = 5.0
 #: Per-coordinate noise standard deviation, as a multiple of ``own``'s root-mean-square coordinate: the
 #: noise vector's norm is then about 10x a benign update's. That is far outside the benign spread (any
 #: distance- or norm-based defence should drop it), and under FedAvg with f of n attackers the noise in the
-#: mean has norm ~ 10 sqrt(f)/n benign norms, e.g. 1.0 at f=4, n=20: as large as the honest signal.
-#: (Blanchard et al. 2017 use an absolute std of 200; a relative one means the same on every model.)
-GAUSSIAN_STD = 10.0
+#: mean has norm ~ 100 sqrt(f)/n benign norms, e.g. 10 at f=4, n=20: it swamps the honest signal (at 10x
+#: the mean still learned on digits, 92.8% against 95.8% clean). Blanchard et al. 2017 use an absolute
+#: std of 200; a relative one means the same on every model.
+GAUSSIAN_STD = 100.0
 
 #: Xie et al. (2019) use a small epsilon against Krum/median-style rules, where the attack must stay near
 #: the benign cluster to be selected, and a large one against the mean, where it must outweigh it.
