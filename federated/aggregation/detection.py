@@ -18,14 +18,14 @@ Detection only reports; what to do with suspects (log, exclude, down-weight) is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from federated.aggregation.clipping import row_norms
 from federated.aggregation.coordinate import coordinate_median
-from federated.aggregation.robust import BLOCK_COLUMNS, as_update_matrix
+from federated.aggregation.robust import as_update_matrix, map_column_blocks
 
 __all__ = ["Detection", "detect_byzantine_clients", "robust_z"]
 
@@ -60,16 +60,28 @@ def robust_z(values: np.ndarray, min_scale: float) -> np.ndarray:
     return (v - center) / scale
 
 
-def _gram(x: np.ndarray) -> np.ndarray:
-    """``x @ x.T`` as float64, multiplied in float32 unless that overflows."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        g = np.asarray(x @ x.T, dtype=np.float64)
-    if not np.isfinite(g).all():
-        g = np.zeros((x.shape[0], x.shape[0]))
-        for start in range(0, x.shape[1], BLOCK_COLUMNS):
-            block = x[:, start:start + BLOCK_COLUMNS].astype(np.float64)
-            g += block @ block.T
-    return g
+def _products_around(x: np.ndarray, median: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(G, p)`` for ``z = x - median``: ``G = z @ z.T`` (n, n) and ``p = z @ median`` (n,), float64.
+
+    One pass over column blocks (never materialising ``z``), multiplied in ``x``'s dtype and summed in
+    float64; a block that overflowed float32 is redone in float64.
+    """
+    m = median.astype(x.dtype)
+
+    def products(columns: slice) -> tuple[np.ndarray, np.ndarray]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = x[:, columns] - m[columns]
+            g, p = z @ z.T, z @ m[columns]
+        if not (np.isfinite(g).all() and np.isfinite(p).all()):
+            z = x[:, columns].astype(np.float64) - median[columns]
+            g, p = z @ z.T, z @ median[columns]
+        return g.astype(np.float64), p.astype(np.float64)
+
+    g_total, p_total = np.zeros((x.shape[0], x.shape[0])), np.zeros(x.shape[0])
+    for g, p in map_column_blocks(products, x.shape[1]):
+        g_total += g
+        p_total += p
+    return g_total, p_total
 
 
 def detect_byzantine_clients(updates: np.ndarray, ids: Sequence[str], *, threshold: float = 3.0) -> Detection:
@@ -90,25 +102,22 @@ def detect_byzantine_clients(updates: np.ndarray, ids: Sequence[str], *, thresho
     if n < 3:  # no majority to measure against
         return Detection(suspects=(), scores=dict.fromkeys(names, 0.0))
     median = coordinate_median(x, rule="detect_byzantine_clients")
-    median_x = median.astype(x.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        distance = row_norms(x - median_x)
-        dots = np.asarray(x @ median_x, dtype=np.float64)
-    if not (np.isfinite(distance).all() and np.isfinite(dots).all()):
-        # float32 overflow: redo in float64, where no finite float32 input can overflow.
-        distance = row_norms(x.astype(np.float64) - median)
-        dots = np.asarray(x.astype(np.float64) @ median)
+    # Everything else follows from products of z = x - median: |z_i| is the distance to the median
+    # (precise, as z is small where updates agree), and x_i . x_j = z_i . z_j + p_i + p_j + |m|^2.
+    g, p = _products_around(x, median)
+    median_sq = float(median @ median)
     tiny = np.finfo(np.float64).tiny
+    distance = np.sqrt(np.maximum(np.diag(g), 0.0))
     # Floor the distances so that updates equal to the median get a very low, finite log.
     log_distance = np.log(np.maximum(distance, 1e-12 * max(float(distance.max()), tiny)))
     scores = robust_z(log_distance, _MIN_LOG_DISTANCE_SCALE)
-    g = _gram(x)
-    norms = np.sqrt(np.diag(g))
-    cosines = g / np.maximum(np.outer(norms, norms), tiny)  # zero updates have no direction: cosine 0
+    dots = g + p[:, None] + p[None, :] + median_sq
+    norms = np.sqrt(np.maximum(np.diag(dots), 0.0))
+    cosines = dots / np.maximum(np.outer(norms, norms), tiny)  # zero updates have no direction: cosine 0
     np.fill_diagonal(cosines, -np.inf)
     scores = np.maximum(scores, -robust_z(cosines.max(axis=1), _MIN_COSINE_SCALE))
-    median_norm = float(np.sqrt(median @ median))
-    if median_norm > 0:
-        scores = np.maximum(scores, -robust_z(dots / np.maximum(norms * median_norm, tiny), _MIN_COSINE_SCALE))
+    if median_sq > 0:
+        cosine_to_median = (p + median_sq) / np.maximum(norms * math.sqrt(median_sq), tiny)
+        scores = np.maximum(scores, -robust_z(cosine_to_median, _MIN_COSINE_SCALE))
     suspects = tuple(name for name, score in zip(names, scores) if score > threshold)
     return Detection(suspects=suspects, scores={name: float(score) for name, score in zip(names, scores)})

@@ -60,7 +60,8 @@ def centered_gram(x: np.ndarray, center: np.ndarray | None = None, *,
         g += part
     if not np.isfinite(g).all():
         raise_non_finite(x, rule)
-    return g, c64
+    # Exactly symmetric, so that d(i, j) == d(j, i) bit for bit and ties stay ties whatever the row order.
+    return (g + g.T) / 2, c64
 
 
 def sq_distances_from_gram(g: np.ndarray) -> np.ndarray:

@@ -35,21 +35,20 @@ def weiszfeld_coefficients(g: np.ndarray, *, nu: float, max_iterations: int, tol
     """Coefficients ``a`` (n,), summing to 1, of the smoothed geometric median ``sum_j a_j x_j`` of the
     rows whose centered Gram matrix is ``g``.
 
-    Starts from the mean of the ``ceil(n/2)`` rows nearest the medoid, and stops after
-    ``max_iterations`` or once a step is shorter than ``tolerance`` times the median distance from
-    the estimate to the rows. Both differ from RFA's (start at the mean, stop on a relative decrease
+    Starts from the mean of the more central half of the rows (those whose sum of distances to the
+    others is at most the median such sum; ties included, so the start does not depend on the row
+    order), and stops after ``max_iterations`` or once a step is shorter than ``tolerance`` times the
+    median distance from the estimate to the rows. Both differ from RFA's (start at the mean, stop on a relative decrease
     of the objective) for the same reason: with a few huge Byzantine rows, the mean is far from the
     honest rows and the objective is dominated by the huge distances, so RFA's criterion stops long
     before the estimate has come back (measured: 1e32 away for attackers at 3e38).
     """
-    n = g.shape[0]
     sq = np.diag(g)
-    dist = np.sqrt(sq_distances_from_gram(g))
-    medoid = int(np.argmin(dist.sum(axis=1)))
-    # A start on a row would be a fixed point of the smoothed iteration (weight 1/nu); a small
-    # centroid around the medoid is not, and with an honest majority it lies among honest rows.
-    a = np.zeros(n)
-    a[np.argsort(dist[medoid], kind="stable")[:(n + 1) // 2]] = 1.0 / ((n + 1) // 2)
+    spread = np.sqrt(sq_distances_from_gram(g)).sum(axis=1)
+    # A start on a row would be a fixed point of the smoothed iteration (weight 1/nu); the centroid of
+    # the central half is not (for n > 1), and with an honest majority it lies among honest rows.
+    central = spread <= np.median(spread)
+    a: np.ndarray = central / central.sum()
     for _ in range(max_iterations):
         ga = g @ a
         dist_to_v = np.sqrt(np.maximum(sq - 2.0 * ga + a @ ga, 0.0))

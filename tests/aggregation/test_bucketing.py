@@ -40,7 +40,10 @@ def test_bucketing_with_size_one_is_the_inner_rule(name: str, f: int, seed: int)
     np.testing.assert_array_equal(out, inner(x[np.random.default_rng(seed).permutation(n)]))
     # Krum (and so Bulyan) breaks score ties by row order, and a mutual nearest pair ties by construction.
     if name not in ("krum", "multi_krum", "bulyan"):
-        np.testing.assert_allclose(out, inner(x), rtol=1e-9, atol=1e-12)
+        # The geometric median is iterated to a tolerance of 1e-6 (relative), from a start that near-ties
+        # in rounding could move.
+        tolerance = 1e-5 if name == "geometric_median" else 1e-12
+        np.testing.assert_allclose(out, inner(x), rtol=1e-9, atol=tolerance)
 
 
 def test_bucketing_needs_enough_buckets_for_the_inner_rule() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -290,6 +291,6 @@ def test_rules_give_the_same_answer_on_one_thread_or_several(name: str, monkeypa
     monkeypatch.setattr(robust, "_MIN_COLUMNS_PER_THREAD", 10**12)
     single = rule(x)
     monkeypatch.setattr(robust, "_MIN_COLUMNS_PER_THREAD", 1000)
-    monkeypatch.setattr(robust.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert robust.thread_count(x.shape[1]) == 3
     np.testing.assert_allclose(rule(x), single, rtol=1e-12, atol=1e-12)
