@@ -70,6 +70,9 @@ def main() -> None:
                 print(json.dumps(run(tmp, attack, rule, args.rounds)), flush=True)
             for rule in filter(None, args.secure_rules.split(",")):
                 print(json.dumps(run(tmp, attack, rule, args.rounds, args.bucket_size)), flush=True)
+    speed = subprocess.run([sys.executable, str(Path(__file__).with_name("aggregation_speed.py"))],
+                           capture_output=True, text=True, check=True, timeout=1200)
+    print(speed.stdout.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":
