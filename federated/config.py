@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam")
+#: Server optimizers (kept equal to ``federated.aggregation.SERVER_OPTIMIZERS`` by a test).
+SERVER_OPTIMIZER_NAMES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
 SELECTIONS = ("random",)
 
 
@@ -91,7 +93,12 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """How the broker listens, times rounds and keeps liveness. Times in seconds."""
+    """How the broker listens, times rounds, keeps liveness and steps the global model. Times in seconds.
+
+    ``server_optimizer``: fedavg | fedavgm | fedadagrad | fedadam | fedyogi (Reddi et al. 2021);
+    ``server_learning_rate`` None takes the optimizer's default (1.0 for fedavg/fedavgm, 0.1 for fedadagrad,
+    0.1 fedadam/fedyogi); ``server_beta1``/``server_beta2``/``server_tau`` as in the paper.
+    """
 
     bind: str = "tcp://127.0.0.1:8080"
     store: str = "runs/latest/store.db"
@@ -100,7 +107,11 @@ class BrokerConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 5.0
     max_failed_rounds: int = 3
-    server_learning_rate: float = 1.0
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float | None = None
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
 
     def validate(self, prefix: str = "broker") -> None:
         for name in ("bind", "store"):
@@ -118,7 +129,14 @@ class BrokerConfig:
             raise ConfigError(f"{prefix}.heartbeat_timeout_s",
                               "must be larger than heartbeat_interval_s (several intervals, e.g. 5x)")
         _positive_int(f"{prefix}.max_failed_rounds", self.max_failed_rounds)
-        _number(f"{prefix}.server_learning_rate", self.server_learning_rate, 0.0, 100.0, open_lo=True)
+        if self.server_optimizer not in SERVER_OPTIMIZER_NAMES:
+            raise ConfigError(f"{prefix}.server_optimizer",
+                              f"{self.server_optimizer!r} is not one of {', '.join(SERVER_OPTIMIZER_NAMES)}")
+        if self.server_learning_rate is not None:
+            _number(f"{prefix}.server_learning_rate", self.server_learning_rate, 0.0, 100.0, open_lo=True)
+        _number(f"{prefix}.server_beta1", self.server_beta1, 0.0, 0.999)
+        _number(f"{prefix}.server_beta2", self.server_beta2, 0.0, 0.9999)
+        _number(f"{prefix}.server_tau", self.server_tau, 0.0, 10.0, open_lo=True)
 
 
 #: Aggregation rules (kept equal to ``federated.aggregation.RULES`` by a test).

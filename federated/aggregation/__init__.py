@@ -15,10 +15,18 @@ from federated.aggregation.byzantine import ByzantineTolerantAggregator
 from federated.aggregation.detection import Detection, detect_byzantine_clients
 from federated.aggregation.fedavg import check_compatible, weighted_mean
 from federated.aggregation.robust import RULES, Rule, make_rule
-from federated.aggregation.server_opt import FedAvgServer, ServerOptimizer
+from federated.aggregation.server_opt import (
+    SERVER_OPTIMIZERS,
+    AdaptiveServer,
+    FedAvgServer,
+    ServerOptimizer,
+    make_server_optimizer,
+)
 
 __all__ = [
     "RULES",
+    "SERVER_OPTIMIZERS",
+    "AdaptiveServer",
     "Bucketing",
     "ByzantineTolerantAggregator",
     "Detection",
@@ -29,5 +37,6 @@ __all__ = [
     "check_compatible",
     "detect_byzantine_clients",
     "make_rule",
+    "make_server_optimizer",
     "weighted_mean",
 ]

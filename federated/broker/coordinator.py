@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from federated.aggregation import (
-    FedAvgServer,
     Rule,
     ServerOptimizer,
     check_compatible,
     detect_byzantine_clients,
     make_rule,
+    make_server_optimizer,
     weighted_mean,
 )
 from federated.broker.registry import WorkerRegistry
@@ -126,7 +126,9 @@ class Coordinator:
         self.weights: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
         self.store = store
         self.evaluate = evaluate
-        self.server_optimizer = server_optimizer or FedAvgServer(config.broker.server_learning_rate)
+        b = config.broker
+        self.server_optimizer = server_optimizer or make_server_optimizer(
+            b.server_optimizer, b.server_learning_rate, beta1=b.server_beta1, beta2=b.server_beta2, tau=b.server_tau)
         self.limits = limits or Limits()
         self.on_round = on_round
         self.task_config = dict(task_config or {})

@@ -43,6 +43,8 @@ FLAG_TO_KEY = {
     "secure_neighbors": "secure.neighbors",
     "secure_clip": "secure.clip",
     "aggregation": "aggregation.rule",
+    "server_optimizer": "broker.server_optimizer",
+    "server_learning_rate": "broker.server_learning_rate",
     "buckets": "aggregation.bucket_size",
     "store": "broker.store",
 }
@@ -71,6 +73,8 @@ _OPTIONS = [
     click.option("--secure-clip", type=float, help="L2 bound on each update under secure aggregation."),
     click.option("--aggregation", help="mean | median | trimmed_mean | krum | multi_krum | bulyan | "
                                        "geometric_median | centered_clipping | norm_bounding"),
+    click.option("--server-optimizer", help="fedavg | fedavgm | fedadagrad | fedadam | fedyogi"),
+    click.option("--server-learning-rate", type=float, help="Server step size (default: per optimizer)."),
     click.option("--buckets", type=int, help="Average random buckets of this many workers before the rule "
                                              "(needed for robust rules under --secure)."),
     click.option("--store", help="Round store (SQLite file; checkpoints go beside it)."),
