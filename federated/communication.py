@@ -16,7 +16,8 @@ import numpy as np
 
 from federated.compression.codec import Compressed
 from federated.compression.pipeline import make_codec
-from federated.compression.sparsify import TopK, _check_fraction
+from federated.compression.quantize import Quantizer
+from federated.compression.sparsify import TopK, check_fraction
 
 __all__ = ["GradientCompressor"]
 
@@ -61,12 +62,12 @@ class GradientCompressor:
 
     def __init__(self, compression_ratio: float = 0.1, use_quantization: bool = True, *,
                  salt: int | None = None) -> None:
-        self.compression_ratio = _check_fraction(compression_ratio)
+        self.compression_ratio = check_fraction(compression_ratio)
         self.use_quantization = use_quantization
-        self.spec = f"topk:{self.compression_ratio!r}" + ("+q8" if use_quantization else "")
-        codec = make_codec(self.spec, salt=salt)
-        assert isinstance(codec, TopK)  # the spec above is always a top-k one; narrows the type
-        self.codec = codec
+        quantizer = Quantizer(8, salt=salt) if use_quantization else None
+        self.codec = TopK(self.compression_ratio, quantizer=quantizer)
+        # The codec's name is a make_codec spec, which is how decompress rebuilds it without state.
+        self.spec = self.codec.name
         self.rounds = 0
 
     def compress(self, gradients: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

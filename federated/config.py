@@ -32,7 +32,7 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam")
 #: Server optimizers (kept equal to ``federated.aggregation.SERVER_OPTIMIZERS`` by a test).
 SERVER_OPTIMIZER_NAMES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
-SELECTIONS = ("random",)
+SELECTIONS = ("random", "performance", "adaptive")
 
 
 class ConfigError(ValueError):

@@ -33,6 +33,7 @@ from federated.aggregation import (
     weighted_mean,
 )
 from federated.broker.registry import WorkerRegistry
+from federated.broker.selection import Selector
 from federated.broker.secure_round import (
     DecodedSum,
     SecureRound,
@@ -135,6 +136,7 @@ class Coordinator:
         self.clock = clock
         self.registry = WorkerRegistry(config.broker.heartbeat_timeout_s)
         self.rng = random.Random(config.seed)
+        self.selector = Selector(config.selection, self.rng)
         self.next_round_id = first_round
         self.completed = completed_rounds
         self.consecutive_failures = 0
@@ -256,6 +258,9 @@ class Coordinator:
             return self._refuse(route, "bad_tensor", "update tensors must be float32")
         rnd.updates[wid] = msg
         rnd.pending.discard(wid)
+        stats = self.selector.stats_of(wid)
+        stats.observe(now - rnd.started, msg.metrics.get("loss"))
+        stats.num_samples = msg.num_samples
         return self._maybe_finish(now)
 
     def _on_secagg(self, route: bytes, wid: str, msg: Any, now: float) -> list[Outbound]:
@@ -268,6 +273,8 @@ class Coordinator:
             rnd.secure.machine_of(wid).receive(wid, msg)
         except CryptoError as exc:
             return self._refuse(route, "secagg", str(exc))
+        if isinstance(msg, MaskedInput):  # a secure round's answer: its timing is all the broker learns
+            self.selector.stats_of(wid).observe(now - rnd.started, None)
         return self._maybe_finish(now)
 
     # ------------------------------------------------------------------ time
@@ -320,7 +327,7 @@ class Coordinator:
         plan: tuple[list[list[str]], list[Any]] | None = None
         if cfg.secure.enabled:
             try:
-                plan = self._secure_plan(self.rng.sample(live, size))
+                plan = self._secure_plan(self.selector.select(live, size, self.next_round_id))
             except ValueError as exc:
                 if now - self._last_size_warning > 10.0:
                     self._last_size_warning = now
@@ -328,7 +335,7 @@ class Coordinator:
                 return []
             cohort = [w for bucket in plan[0] for w in bucket]
         else:
-            cohort = self.rng.sample(live, size)
+            cohort = self.selector.select(live, size, self.next_round_id)
         self._waiting_since = None
         rid = self.next_round_id
         self.next_round_id += 1

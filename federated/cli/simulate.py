@@ -106,6 +106,14 @@ def _print_summary(result: dict[str, Any]) -> None:
                f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
 
 
+def speed_factors(num_clients: int, seed: int) -> dict[str, float]:
+    """Simulated device speeds for ``--heterogeneity``: a fifth of the clients (at least one) compute ten
+    times slower, the others 1-2 times; drawn from the seed, so every process agrees."""
+    rng = random.Random(f"speeds/{seed}")
+    slow = set(rng.sample(range(num_clients), max(1, num_clients // 5)))
+    return {f"client_{i}": 10.0 if i in slow else 1.0 + rng.random() for i in range(num_clients)}
+
+
 def attacker_shards(num_clients: int, fraction: float, seed: int) -> list[int]:
     """Which client indices are attackers: ``round(fraction * num_clients)`` of them, drawn from the seed."""
     count = round(fraction * num_clients)
@@ -113,7 +121,8 @@ def attacker_shards(num_clients: int, fraction: float, seed: int) -> list[int]:
 
 
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
-                   attack: str | None = None, attackers: list[int] | None = None, verbose: int,
+                   attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
+                   verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
     run_dir = Path(config.broker.store).parent
@@ -131,7 +140,8 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
     workers = [_spawn(["federated.cli.simworker", "--server-address", address, "--dataset", config.dataset,
                        "--partition", config.partition, "--num-shards", str(config.num_clients),
                        "--shards", ",".join(map(str, s)), "--seed", str(config.seed), "--model", config.model,
-                       "--dropout", str(dropout), "--dropout-stage", dropout_stage, *vflag],
+                       "--dropout", str(dropout), "--dropout-stage", dropout_stage,
+                       *(["--heterogeneity"] if heterogeneity else []), *vflag],
                       stdout=subprocess.DEVNULL)
                for s in shards if s]
     if bad:
@@ -209,11 +219,13 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
               help="Fraction of the clients that are attackers (run in their own process).")
 @click.option("--attack", type=click.Choice(["sign_flip", "gaussian", "label_flip", "alie", "ipm", "minmax"]),
               help="What the attackers do (needs --byzantine-fraction).")
+@click.option("--heterogeneity", is_flag=True, help="Give simulated devices different speeds (a fifth ten "
+              "times slower) to compare selection strategies.")
 @click.option("--processes", type=click.IntRange(1, 256), help="Worker processes to pack clients into "
               "(default: one per CPU core).")
 @run_options
 def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: float, attack: str | None,
-                     processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
+                     heterogeneity: bool, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
     """Simulate a federation on this machine: real broker and worker processes over loopback TCP."""
     setup_logging(verbose)
     store = params.get("store") or _default_store()
@@ -234,7 +246,8 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
     attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
     code, result, rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
-                                          attack=attack, attackers=attackers, verbose=verbose,
+                                          attack=attack, attackers=attackers, heterogeneity=heterogeneity,
+                                          verbose=verbose,
                                           progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))
     if code == CONFIG_ERROR:

@@ -12,6 +12,7 @@ import sys
 import click
 
 from federated.cli.options import setup_logging
+from federated.cli.simulate import speed_factors
 from federated.cli.worker import load_shards, run_worker
 
 
@@ -25,13 +26,16 @@ from federated.cli.worker import load_shards, run_worker
 @click.option("--model", required=True)
 @click.option("--dropout", type=float, default=0.0)
 @click.option("--dropout-stage", default="task")
+@click.option("--heterogeneity", is_flag=True)
 @click.option("-v", "--verbose", count=True)
 def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int,
-         model: str, dropout: float, dropout_stage: str, verbose: int) -> None:
+         model: str, dropout: float, dropout_stage: str, heterogeneity: bool, verbose: int) -> None:
     setup_logging(verbose, quiet=True)
     indices = [int(s) for s in shards.split(",") if s]
     clients = load_shards(dataset, partition, num_shards, indices, seed)
-    sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout, dropout_stage=dropout_stage))
+    slowdown = speed_factors(num_shards, seed) if heterogeneity else None
+    sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout, dropout_stage=dropout_stage,
+                        slowdown=slowdown))
 
 
 if __name__ == "__main__":

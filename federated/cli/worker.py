@@ -38,13 +38,15 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
 
 
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
-               dropout_rate: float = 0.0, dropout_stage: str = "task") -> int:
+               dropout_rate: float = 0.0, dropout_stage: str = "task",
+               slowdown: dict[str, float] | None = None) -> int:
     """Serve ``clients`` against the broker until it says BYE; returns an exit code."""
     from federated.worker.loop import WorkerLoop
     from federated.worker.runner import ModelRunner
 
     runner = ModelRunner(trusted_spec=model)
-    loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage)
+    loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
+                      slowdown=slowdown)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -122,7 +122,8 @@ def expect_tensor(tensors: Mapping[str, Any], key: str, dtype: Any, size: int) -
     """``tensors[key]`` as a flat array, checked for ``dtype`` and ``size``; else ``ValueError``."""
     arr = tensors.get(key)
     if not isinstance(arr, np.ndarray):
-        raise ValueError(f"payload tensor {key!r} is missing or not an array")
+        # ValueError, not TypeError: this is a malformed payload from a peer, like every other case here.
+        raise ValueError(f"payload tensor {key!r} is missing or not an array")  # noqa: TRY004
     if arr.dtype != np.dtype(dtype) or arr.size != size:
         raise ValueError(f"tensor {key!r} is {arr.size} x {arr.dtype}; expected {size} x {np.dtype(dtype)}")
     return arr.reshape(-1)

@@ -25,10 +25,11 @@ from federated.compression.codec import (
 )
 from federated.compression.quantize import Quantizer
 
-__all__ = ["RandomK", "TopK", "kept_count", "shared_indices"]
+__all__ = ["RandomK", "TopK", "check_fraction", "kept_count", "shared_indices"]
 
 
-def _check_fraction(fraction: float) -> float:
+def check_fraction(fraction: float) -> float:
+    """``fraction`` as a float if it is in (0, 1]; else ``ValueError``."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not math.isfinite(fraction) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
@@ -39,7 +40,7 @@ def kept_count(length: int, fraction: float) -> int:
     """How many of ``length`` coordinates a sparsifier at ``fraction`` keeps: ``fraction * length``
     rounded to the nearest int, at least 1 (0 for an empty vector), at most ``length``. Raises
     ``ValueError`` for a fraction outside (0, 1] or a negative length."""
-    _check_fraction(fraction)
+    check_fraction(fraction)
     if length < 0:
         raise ValueError(f"length must be non-negative, got {length}")
     if length == 0:
@@ -103,7 +104,7 @@ class TopK:
     secure_compatible = False
 
     def __init__(self, fraction: float, quantizer: Quantizer | None = None) -> None:
-        self.fraction = _check_fraction(fraction)
+        self.fraction = check_fraction(fraction)
         self.quantizer = quantizer
         self.name = _spec("topk", self.fraction, quantizer)
         self.residual: np.ndarray | None = None
@@ -164,7 +165,7 @@ class RandomK:
     """
 
     def __init__(self, fraction: float, unbiased: bool = False, quantizer: Quantizer | None = None) -> None:
-        self.fraction = _check_fraction(fraction)
+        self.fraction = check_fraction(fraction)
         self.unbiased = unbiased
         self.quantizer = quantizer
         self.name = _spec("randk", self.fraction, quantizer)
@@ -186,7 +187,7 @@ class RandomK:
         expect_meta(c, self.name, length)
         seed = c.meta.get("round_seed")
         if not isinstance(seed, int):
-            raise ValueError(f"payload round_seed must be an int, got {seed!r}")
+            raise ValueError(f"payload round_seed must be an int, got {seed!r}")  # noqa: TRY004 (peer data)
         idx = shared_indices(length, self.fraction, seed)
         out = np.zeros(length, dtype=np.float32)
         values = _decode_values(c, self.quantizer, idx.size)

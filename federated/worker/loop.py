@@ -18,7 +18,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,7 @@ class _Session:
         self.identity, public = generate_identity()
         self.identity_hex = public.hex()
         self.secure: SecureRound | None = None
+        self.hold_s = 0.0  # simulated extra compute time of the current result (heterogeneity)
 
     def hello(self) -> Hello:
         return Hello(self.data.worker_id, len(self.data.y), ("train", "secagg"), self.identity_hex)
@@ -116,7 +117,8 @@ class WorkerLoop:
     ``dropout_rate`` is for simulation only: a session whose position in a round's cohort is below
     ``round(dropout_rate * cohort_size)`` vanishes on receiving the message of ``dropout_stage`` (the
     TASK, or in a secure round the ROSTER, SHARES or UNMASK_REQUEST): it closes its socket without a
-    word and comes back as a new connection, as a device that lost its network would.
+    word and comes back as a new connection, as a device that lost its network would. ``slowdown`` (also
+    simulation only) maps a worker id to how many times slower its device computes.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class WorkerLoop:
         limits: Limits | None = None,
         dropout_rate: float = 0.0,
         dropout_stage: str = "task",
+        slowdown: Mapping[str, float] | None = None,
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
@@ -146,7 +149,11 @@ class WorkerLoop:
         self.reconnect_max_s = reconnect_max_s
         self.context = context or zmq.Context.instance()
         self._jobs: queue.Queue[tuple[_Session, int, Task, float] | None] = queue.Queue()
-        self._results: queue.Queue[tuple[_Session, int, Sequence[bytes | memoryview] | _SecureInput]] = queue.Queue()
+        self._results: queue.Queue[tuple[_Session, int, Sequence[bytes | memoryview] | _SecureInput, float]] = \
+            queue.Queue()
+        # Results of simulated slow devices, held until their due time (monotonic seconds).
+        self._held: list[tuple[_Session, int, Sequence[bytes | memoryview] | _SecureInput, float]] = []
+        self.slowdown = dict(slowdown or {})
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
@@ -183,7 +190,8 @@ class WorkerLoop:
                 frames = self._train_one(s, task, started - queued_at)
                 log.debug("%s: round %d trained in %.1f ms after %.1f ms queued", s.data.worker_id, task.round_id,
                           (time.perf_counter() - started) * 1e3, (started - queued_at) * 1e3)
-                self._results.put((s, generation, frames))
+                self._results.put((s, generation, frames, time.monotonic() + s.hold_s))
+                s.hold_s = 0.0
                 wake_tx.send(b"", zmq.NOBLOCK)
         finally:
             self._stopping = True
@@ -226,6 +234,7 @@ class WorkerLoop:
             if wake_rx in events:
                 while wake_rx.poll(0):
                     wake_rx.recv()
+            if wake_rx in events or self._held:
                 self._send_results()
             for sock, s in by_sock.items():
                 if sock in events:
@@ -233,7 +242,7 @@ class WorkerLoop:
         return 1
 
     def _wait_ms(self, now: float) -> int:
-        times = [now + 0.5]
+        times = [now + 0.5, *(h[3] for h in self._held)]
         for s in self.sessions:
             if s.done:
                 continue
@@ -404,6 +413,12 @@ class WorkerLoop:
             log.exception("%s: training failed in round %d", wid, task.round_id)
             return Error("train_failed", f"{type(exc).__name__}: {exc}", task.round_id).to_frames()
         metrics = {**metrics, "wait_s": wait_s}
+        factor = self.slowdown.get(wid, 1.0)
+        if factor > 1.0:
+            # A simulated slow device: its compute takes ``factor`` times as long, so its answer leaves
+            # that much later (the I/O thread holds it) and it reports the longer compute time.
+            s.hold_s = (factor - 1.0) * metrics.get("train_s", 0.0)
+            metrics["train_s"] = metrics.get("train_s", 0.0) * factor
         if "secagg" in task.config:
             # Encode here, on the training thread; masking waits for the shares on the I/O thread.
             try:
@@ -415,17 +430,28 @@ class WorkerLoop:
         return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, update).to_frames()
 
     def _send_results(self) -> None:
+        now = time.monotonic()
         while True:
             try:
-                s, generation, frames = self._results.get_nowait()
+                s, generation, frames, due = self._results.get_nowait()
             except queue.Empty:
-                return
-            if generation != s.generation or s.done or s.sock is None:
-                continue  # the session reconnected since: the broker already counted it as dropped
-            if isinstance(frames, _SecureInput):
-                if s.secure is not None and s.secure.machine.round_id == frames.round_id:
-                    s.secure.encoded, s.secure.local_s = frames.encoded, frames.local_s
-                    self._send_masked(s)
+                break
+            if due > now:
+                self._held.append((s, generation, frames, due))
                 continue
-            self._send(s, frames)
-            self.updates_sent += 1
+            self._deliver(s, generation, frames)
+        ready = [h for h in self._held if h[3] <= now]
+        self._held = [h for h in self._held if h[3] > now]
+        for s, generation, frames, _ in ready:
+            self._deliver(s, generation, frames)
+
+    def _deliver(self, s: _Session, generation: int, frames: Sequence[bytes | memoryview] | _SecureInput) -> None:
+        if generation != s.generation or s.done or s.sock is None:
+            return  # the session reconnected since: the broker already counted it as dropped
+        if isinstance(frames, _SecureInput):
+            if s.secure is not None and s.secure.machine.round_id == frames.round_id:
+                s.secure.encoded, s.secure.local_s = frames.encoded, frames.local_s
+                self._send_masked(s)
+            return
+        self._send(s, frames)
+        self.updates_sent += 1
