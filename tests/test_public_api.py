@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ["federated.protocol", "federated.broker", "federated.aggregation", "federated.data",
-            "federated.models", "federated.worker", "federated.crypto", "federated.attacks", "federated.config", "federated.client", "federated.server"]
+            "federated.models", "federated.worker", "federated.crypto", "federated.attacks", "federated.compression", "federated.config", "federated.client", "federated.server"]
 SNIPPETS = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "snippets"
 
 
@@ -31,7 +31,7 @@ def test_broker_package_does_not_need_mlx() -> None:
 
 
 @pytest.mark.skipif(not SNIPPETS.is_dir(), reason="shared/seed/snippets is not beside this checkout")
-@pytest.mark.parametrize("snippet", ["client_quickstart.py", "byzantine.py"])
+@pytest.mark.parametrize("snippet", ["client_quickstart.py", "byzantine.py", "compression.py"])
 def test_seed_snippet_runs_as_written(snippet: str) -> None:
     proc = subprocess.run([sys.executable, snippet], cwd=SNIPPETS, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
