@@ -270,6 +270,7 @@ class FederatedConfig:
     model: str = "mlp"
     selection: str = "random"
     privacy_budget: float | None = None
+    compression: str = "none"
     training: TrainingConfig = field(default_factory=TrainingConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
@@ -339,6 +340,27 @@ class FederatedConfig:
             self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round))
         else:
             self.secure.validate(self.clients_per_round)
+        self._validate_compression()
+
+    def _validate_compression(self) -> None:
+        if not isinstance(self.compression, str):
+            raise ConfigError("compression", f"must be a codec spec string, got {self.compression!r}")
+        if self.compression == "none":
+            return
+        from federated.compression import make_codec
+
+        try:
+            codec = make_codec(self.compression)
+        except ValueError as exc:
+            raise ConfigError("compression", str(exc)) from None
+        if self.secure.enabled:
+            if not codec.secure_compatible:
+                raise ConfigError("compression", (
+                    f"{self.compression!r} cannot run under secure aggregation: each worker keeps different "
+                    f"coordinates, so the masked vectors no longer add up coordinate by coordinate; use "
+                    f"randk:F (every worker keeps the same coordinates) or no compression"))
+            raise ConfigError("compression", "compression under secure aggregation is not built yet; "
+                                             "run --secure without --compression")
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

@@ -13,12 +13,13 @@ log line and changes no state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from federated.aggregation import (
 )
 from federated.broker.registry import WorkerRegistry
 from federated.broker.selection import Selector
+from federated.compression import Compressed, make_codec
 from federated.broker.secure_round import (
     DecodedSum,
     SecureRound,
@@ -99,6 +101,11 @@ class _Round:
     secure: SecureRound | None = None
 
 
+def compression_seed(seed: int, round_id: int) -> int:
+    """The round's shared seed for random-k compression (every worker keeps the same coordinates)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{round_id}/compression".encode()).digest()[:4], "little")
+
+
 class Coordinator:
     """Runs ``config.num_rounds`` complete rounds over whatever workers connect.
 
@@ -137,6 +144,7 @@ class Coordinator:
         self.registry = WorkerRegistry(config.broker.heartbeat_timeout_s)
         self.rng = random.Random(config.seed)
         self.selector = Selector(config.selection, self.rng)
+        self._codec = make_codec(config.compression) if config.compression != "none" else None
         self.next_round_id = first_round
         self.completed = completed_rounds
         self.consecutive_failures = 0
@@ -250,6 +258,11 @@ class Coordinator:
                                 f"update for round {msg.round_id}/{msg.stage}; current round is {current}")
         if wid not in rnd.pending:
             return self._refuse(route, "wrong_stage", f"no update expected from {wid} in round {rnd.round_id}")
+        if self.config.compression != "none":
+            try:
+                msg = replace(msg, update=self._decompress(msg, rnd.round_id))
+            except (ValueError, TypeError) as exc:
+                return self._refuse(route, "bad_tensor", f"compressed update: {exc}")
         try:
             check_compatible(self.weights, msg.update)
         except ValueError as exc:
@@ -276,6 +289,17 @@ class Coordinator:
         if isinstance(msg, MaskedInput):  # a secure round's answer: its timing is all the broker learns
             self.selector.stats_of(wid).observe(now - rnd.started, None)
         return self._maybe_finish(now)
+
+    def _decompress(self, msg: Update, round_id: int) -> dict[str, np.ndarray]:
+        """Undo the worker's codec. Raises ValueError/TypeError for a payload that does not decode."""
+        meta = msg.compression.get("meta")
+        if not isinstance(meta, dict):
+            raise ValueError("missing compression metadata")
+        if "round_seed" in meta and meta["round_seed"] != compression_seed(self.config.seed, round_id):
+            raise ValueError("shared random-k indices for another round")
+        length = sum(int(w.size) for w in self.weights.values())
+        packed = Compressed(dict(msg.update), dict(meta), sum(int(t.nbytes) for t in msg.update.values()))
+        return unflatten(self._codec.decode(packed, length), self.weights)
 
     # ------------------------------------------------------------------ time
 
@@ -341,6 +365,8 @@ class Coordinator:
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
         task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
+        if cfg.compression != "none":
+            task_config.update(compression=cfg.compression, compression_seed=compression_seed(cfg.seed, rid))
         params_of: dict[str, Any] = {}
         if plan is not None:
             buckets, params = plan

@@ -32,6 +32,7 @@ FLAG_TO_KEY = {
     "model": "model",
     "selection": "selection",
     "privacy_budget": "privacy_budget",
+    "compression": "compression",
     "local_epochs": "training.local_epochs",
     "batch_size": "training.batch_size",
     "learning_rate": "training.learning_rate",
@@ -67,6 +68,8 @@ _OPTIONS = [
     click.option("--optimizer", help="sgd | adam"),
     click.option("--momentum", type=float, help="SGD momentum."),
     click.option("--proximal-mu", type=float, help="FedProx proximal term mu (0: plain FedAvg)."),
+    click.option("--compression", help="Update codec: none | q8 | q4 | q2 | topk:F | randk:F | topk:F+q8 | "
+                                       "randk:F+q8 (F: fraction of coordinates kept)."),
     click.option("--privacy-budget", type=float, help="Total epsilon allowed (differential privacy)."),
     click.option("--round-timeout", type=float, help="Seconds the broker waits for a round's updates."),
     click.option("--secure/--no-secure", default=None, help="Secure aggregation: the broker learns only sums."),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -140,7 +140,11 @@ class Task:
 
 @dataclass(frozen=True)
 class Update:
-    """Worker -> broker: the result of a TASK: ``update`` = local weights - global weights."""
+    """Worker -> broker: the result of a TASK: ``update`` = local weights - global weights.
+
+    With compression on, ``update`` holds the codec's payload tensors and ``compression`` its metadata
+    (validated by the codec's ``decode`` at the broker).
+    """
 
     KIND: ClassVar[Kind] = Kind.UPDATE
     worker_id: str
@@ -149,17 +153,21 @@ class Update:
     num_samples: int
     metrics: dict[str, float]
     update: dict[str, np.ndarray]
+    compression: dict[str, Any] = field(default_factory=dict)
 
     def to_frames(self) -> list[bytes | memoryview]:
-        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id,
-                                  "stage": self.stage, "num_samples": self.num_samples,
-                                  "metrics": self.metrics}, self.update)
+        header = {"worker_id": self.worker_id, "round_id": self.round_id, "stage": self.stage,
+                  "num_samples": self.num_samples, "metrics": self.metrics}
+        if self.compression:
+            header["compression"] = self.compression
+        return encode(self.KIND, header, self.update)
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Update:
         f = Fields(env.header, env.kind, limits)
         return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), f.str("stage", STAGE),
-                   f.int("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors)
+                   f.int("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors,
+                   f.obj("compression", {}))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from federated.aggregation.vectors import flatten
+from federated.compression import make_codec
 from federated.crypto.errors import CryptoError
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
@@ -97,6 +99,7 @@ class _Session:
         self.identity_hex = public.hex()
         self.secure: SecureRound | None = None
         self.hold_s = 0.0  # simulated extra compute time of the current result (heterogeneity)
+        self.codecs: dict[str, Any] = {}  # compression spec -> codec (with its error-feedback state)
 
     def hello(self) -> Hello:
         return Hello(self.data.worker_id, len(self.data.y), ("train", "secagg"), self.identity_hex)
@@ -427,6 +430,17 @@ class WorkerLoop:
             except ValueError as exc:
                 return Error("bad_task", str(exc), task.round_id).to_frames()
             return _SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + wait_s)
+        spec = task.config.get("compression", "none")
+        if spec != "none":
+            try:
+                codec = s.codecs.get(spec)
+                if codec is None:  # one per session and spec: top-k's error feedback lives in it
+                    codec = s.codecs[spec] = make_codec(str(spec), salt=task_seed(0, 0, wid))
+                packed = codec.encode(flatten(update, np.float32), round_seed=int(task.config["compression_seed"]))
+            except (ValueError, TypeError, KeyError) as exc:
+                return Error("bad_task", f"compression: {exc}", task.round_id).to_frames()
+            return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, packed.tensors,
+                          {"meta": packed.meta}).to_frames()
         return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, update).to_frames()
 
     def _send_results(self) -> None:
