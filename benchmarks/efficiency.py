@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CODECS = ("none", "q8", "q4", "q2", "topk:0.0625", "randk:0.125", "topk:0.025+q8", "topk:0.008+q8")
+CODECS = ("none", "q8", "q4", "q2", "topk:0.0625", "randk:0.125", "topk:0.025+q8", "topk:0.007+q8")
 
 
 def simulate(tmp: Path, name: str, *flags: str) -> dict[str, Any]:
