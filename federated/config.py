@@ -359,8 +359,10 @@ class FederatedConfig:
                     f"{self.compression!r} cannot run under secure aggregation: each worker keeps different "
                     f"coordinates, so the masked vectors no longer add up coordinate by coordinate; use "
                     f"randk:F (every worker keeps the same coordinates) or no compression"))
-            raise ConfigError("compression", "compression under secure aggregation is not built yet; "
-                                             "run --secure without --compression")
+            if not (self.compression.startswith("randk:") and "+" not in self.compression):
+                raise ConfigError("compression", (
+                    f"{self.compression!r} under secure aggregation is not built yet; the secure-compatible "
+                    f"codec available is randk:F (every worker masks the same shared coordinates)"))
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

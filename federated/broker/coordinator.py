@@ -36,6 +36,7 @@ from federated.aggregation import (
 from federated.broker.registry import WorkerRegistry
 from federated.broker.selection import Selector
 from federated.compression import Compressed, make_codec
+from federated.compression.sparsify import kept_count, shared_indices
 from federated.broker.secure_round import (
     DecodedSum,
     SecureRound,
@@ -398,8 +399,20 @@ class Coordinator:
         size = cfg.aggregation.bucket_size
         buckets = assign_buckets(sample, size)
         n_max = cfg.clients_per_round if size is None else min(2 * size - 1, cfg.clients_per_round)
-        length = vector_length(self.weights)
+        length = vector_length(self.weights, self._secure_kept())
         return buckets, [cfg.secure.round_params(len(b), length, n_max=n_max) for b in buckets]
+
+    def _secure_kept(self) -> int | None:
+        """Coordinates each worker masks under shared random-k compression (None: all of them)."""
+        if self._codec is None:
+            return None
+        return kept_count(sum(int(w.size) for w in self.weights.values()), self._codec.fraction)
+
+    def _secure_indices(self, round_id: int) -> np.ndarray | None:
+        if self._codec is None:
+            return None
+        size = sum(int(w.size) for w in self.weights.values())
+        return shared_indices(size, self._codec.fraction, compression_seed(self.config.seed, round_id))
 
     def _stage_wait(self, stage: str) -> float:
         """Seconds a secure stage may take: masked inputs wait for training, the others are quick."""
@@ -465,7 +478,8 @@ class Coordinator:
             return out + self._fail(rnd, [], error=f"secure aggregation aborted: {error}; model unchanged")
         if len(survivors) < self.config.min_clients:
             return out + self._fail(rnd, survivors)
-        decoded = [decode_round(result.total, machine.params, self.weights) for machine, result in results]
+        indices = self._secure_indices(rnd.round_id)
+        decoded = [decode_round(result.total, machine.params, self.weights, indices) for machine, result in results]
         local_s = {w: t for _, result in results for w, t in result.train_s.items()}
         try:
             merged = self._across_buckets(decoded)

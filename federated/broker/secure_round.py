@@ -29,9 +29,10 @@ __all__ = ["EXTRA_COORDINATES", "DecodedSum", "SecureRound", "assign_buckets", "
 EXTRA_COORDINATES = 3
 
 
-def vector_length(weights: Mapping[str, np.ndarray]) -> int:
-    """Coordinates of an encoded input for a model with ``weights``."""
-    return sum(int(w.size) for w in weights.values()) + EXTRA_COORDINATES
+def vector_length(weights: Mapping[str, np.ndarray], kept: int | None = None) -> int:
+    """Coordinates of an encoded input for a model with ``weights`` (or ``kept`` of its parameters, under
+    shared random-k compression)."""
+    return (sum(int(w.size) for w in weights.values()) if kept is None else kept) + EXTRA_COORDINATES
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,23 @@ class DecodedSum:
     train_accuracy: float
 
 
-def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str, np.ndarray]) -> DecodedSum:
+def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str, np.ndarray],
+                 indices: np.ndarray | None = None) -> DecodedSum:
     """Turn the unmasked uint32 sum into the mean update shaped like ``reference``.
 
+    With shared random-k compression, the sum covers only the coordinates ``indices`` (the same on every
+    worker of the round); the others are zero in the mean update.
     Raises ``ValueError`` if the summed weight is not positive (no real input was summed).
     """
     data, weight = decode_sum(total, params.frac_bits)
     if not weight > 0:
         raise ValueError(f"the secure sum has weight {weight}; nothing to average")
-    return DecodedSum(unflatten(data[:-2] / weight, reference), weight, float(data[-2] / weight),
-                      float(data[-1] / weight))
+    mean = data[:-2] / weight
+    if indices is not None:
+        full = np.zeros(sum(int(r.size) for r in reference.values()), dtype=np.float64)
+        full[indices] = mean
+        mean = full
+    return DecodedSum(unflatten(mean, reference), weight, float(data[-2] / weight), float(data[-1] / weight))
 
 
 _ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")

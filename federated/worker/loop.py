@@ -27,6 +27,7 @@ import zmq
 
 from federated.aggregation.vectors import flatten
 from federated.compression import make_codec
+from federated.compression.sparsify import shared_indices
 from federated.crypto.errors import CryptoError
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
@@ -426,8 +427,14 @@ class WorkerLoop:
             # Encode here, on the training thread; masking waits for the shares on the I/O thread.
             try:
                 params = SecAggParams.from_dict(task.config["secagg"])
-                encoded = encode_input(update, metrics, len(s.data.y), params)
-            except ValueError as exc:
+                indices = None
+                spec = str(task.config.get("compression", "none"))
+                if spec != "none":  # only shared random-k is allowed under secure aggregation
+                    codec = make_codec(spec)
+                    size = sum(int(v.size) for v in update.values())
+                    indices = shared_indices(size, codec.fraction, int(task.config["compression_seed"]))
+                encoded = encode_input(update, metrics, len(s.data.y), params, indices)
+            except (ValueError, KeyError, AttributeError) as exc:  # AttributeError: a codec without a fraction
                 return Error("bad_task", str(exc), task.round_id).to_frames()
             return _SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + wait_s)
         spec = task.config.get("compression", "none")

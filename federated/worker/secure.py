@@ -23,19 +23,23 @@ __all__ = ["SecureRound", "encode_input"]
 
 
 def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float], num_samples: int,
-                 params: SecAggParams) -> np.ndarray:
+                 params: SecAggParams, indices: np.ndarray | None = None) -> np.ndarray:
     """Fixed-point encoding of this worker's contribution (uint32, ``params.vector_length``).
+
+    ``indices``: under shared random-k compression, the coordinates of this round (the same on every
+    worker), and only those are encoded.
 
     The update is L2-clipped to ``params.clip``; the loss is capped at ``max(clip, 1)`` and the accuracy is
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
     """
     bound = max(float(params.clip), 1.0)
-    clipped = clip_l2(flatten(update), float(params.clip))
+    flat = flatten(update)
+    clipped = clip_l2(flat if indices is None else flat[indices], float(params.clip))
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
     vector = np.concatenate([clipped, [loss, accuracy]])
     if vector.size + 1 != params.vector_length:
-        raise ValueError(f"the model has {vector.size - 2} parameters; the round expects "
+        raise ValueError(f"the update has {vector.size - 2} coordinates to send; the round expects "
                          f"{params.vector_length - 3}")
     # Each coordinate is already within the bound, so encode() must not clip again: give it an L2 bound
     # the vector cannot exceed.

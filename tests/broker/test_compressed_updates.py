@@ -55,3 +55,22 @@ def test_compression_settings_are_checked() -> None:
         load_config(None, {"compression": "zip"})
     with pytest.raises(ConfigError, match="add up"):
         load_config(None, {"compression": "topk:0.1", "secure.enabled": True})
+
+
+def test_secure_round_with_shared_random_k_masks_only_the_shared_coordinates() -> None:
+    from federated.config import SecureConfig
+    from test_secure_coordinator import FakeWorker, run_round
+
+    workers = [FakeWorker(f"w{i}", 10, 0.25) for i in range(4)]
+    config = FederatedConfig(num_clients=4, clients_per_round=4, num_rounds=1, compression="randk:0.5",
+                             secure=SecureConfig(enabled=True),
+                             broker=BrokerConfig(heartbeat_interval_s=100, heartbeat_timeout_s=1000))
+    coordinator, received = run_round(workers, config=config)
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
+    masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
+    total = sum(int(v.size) for v in coordinator.weights.values())  # 7 parameters in the fake model
+    assert all(m.size == round(0.5 * total) + 3 for m in masked)
+    kept = np.concatenate([coordinator.weights[k].ravel() for k in sorted(coordinator.weights)])
+    assert np.count_nonzero(kept) == round(0.5 * total)
+    np.testing.assert_allclose(kept[kept != 0], 0.25, atol=0.01)

@@ -13,6 +13,7 @@ from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import Bye, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
+from federated.compression.sparsify import shared_indices
 from federated.worker.secure import encode_input
 
 WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
@@ -31,7 +32,12 @@ class FakeWorker:
         if isinstance(msg, Task):
             params = SecAggParams.from_dict(msg.config["secagg"])
             self.machine = SecAggWorker(self.wid, self.identity, msg.round_id, params)
-            self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params)
+            indices = None
+            if msg.config.get("compression", "none") != "none":
+                size = sum(int(v.size) for v in self.update.values())
+                indices = shared_indices(size, float(msg.config["compression"].split(":")[1]),
+                                         msg.config["compression_seed"])
+            self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params, indices)
             return self.machine.advertise()
         if not isinstance(msg, (Roster, Shares, UnmaskRequest)):
             return None  # WELCOME, HEARTBEAT, BYE
