@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from federated.aggregation.vectors import flatten
 from federated.attacks.strategies import (
     ATTACKS,
     POOLED_ATTACKS,
@@ -57,7 +58,7 @@ def _flatten(update: Mapping[str, np.ndarray]) -> tuple[_Layout, np.ndarray]:
     layout = tuple((name, tuple(np.shape(update[name]))) for name in names)
     if not names:
         return layout, np.zeros(0, dtype=np.float64)
-    return layout, np.concatenate([np.asarray(update[n], dtype=np.float64).ravel() for n in names])
+    return layout, flatten(update)
 
 
 def _unflatten(vector: np.ndarray, layout: _Layout) -> dict[str, np.ndarray]:

@@ -33,10 +33,9 @@ from federated.aggregation import (
     make_server_optimizer,
     weighted_mean,
 )
+from federated.aggregation.bucketing import bucket_means
+from federated.aggregation.vectors import flatten, unflatten
 from federated.broker.registry import WorkerRegistry
-from federated.broker.selection import Selector
-from federated.compression import Compressed, make_codec
-from federated.compression.sparsify import kept_count, shared_indices
 from federated.broker.secure_round import (
     DecodedSum,
     SecureRound,
@@ -45,9 +44,10 @@ from federated.broker.secure_round import (
     decode_round,
     vector_length,
 )
-from federated.aggregation.bucketing import bucket_means
-from federated.aggregation.vectors import flatten, unflatten
+from federated.broker.selection import Selector
 from federated.broker.store import RoundRecord, RoundStore
+from federated.compression import Compressed, make_codec
+from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
 from federated.protocol import (
@@ -133,6 +133,8 @@ class Coordinator:
     ) -> None:
         self.config = config
         self.weights: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
+        #: Parameters of the model (the shapes never change during a run).
+        self.num_params = sum(int(w.size) for w in self.weights.values())
         self.store = store
         self.evaluate = evaluate
         b = config.broker
@@ -298,7 +300,7 @@ class Coordinator:
             raise ValueError("missing compression metadata")
         if "round_seed" in meta and meta["round_seed"] != compression_seed(self.config.seed, round_id):
             raise ValueError("shared random-k indices for another round")
-        length = sum(int(w.size) for w in self.weights.values())
+        length = self.num_params
         packed = Compressed(dict(msg.update), dict(meta), sum(int(t.nbytes) for t in msg.update.values()))
         return unflatten(self._codec.decode(packed, length), self.weights)
 
@@ -406,13 +408,12 @@ class Coordinator:
         """Coordinates each worker masks under shared random-k compression (None: all of them)."""
         if self._codec is None:
             return None
-        return kept_count(sum(int(w.size) for w in self.weights.values()), self._codec.fraction)
+        return kept_count(self.num_params, self._codec.fraction)
 
     def _secure_indices(self, round_id: int) -> np.ndarray | None:
         if self._codec is None:
             return None
-        size = sum(int(w.size) for w in self.weights.values())
-        return shared_indices(size, self._codec.fraction, compression_seed(self.config.seed, round_id))
+        return shared_indices(self.num_params, self._codec.fraction, compression_seed(self.config.seed, round_id))
 
     def _stage_wait(self, stage: str) -> float:
         """Seconds a secure stage may take: masked inputs wait for training, the others are quick."""

@@ -15,19 +15,13 @@ from types import FrameType
 import click
 
 from federated.cli.options import setup_logging
+from federated.cli.simworker import shard_options
 from federated.cli.worker import load_shards
 
 
 @click.command()
-@click.option("--server-address", required=True)
-@click.option("--dataset", required=True)
-@click.option("--partition", required=True)
-@click.option("--num-shards", type=int, required=True)
-@click.option("--shards", required=True, help="Comma-separated shard indices of the attackers.")
-@click.option("--seed", type=int, required=True)
-@click.option("--model", required=True)
+@shard_options
 @click.option("--attack", required=True)
-@click.option("-v", "--verbose", count=True)
 def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int, model: str,
          attack: str, verbose: int) -> None:
     from federated.attacks import ColludingAttackers

@@ -8,6 +8,8 @@ runner as ``flworker``: only where the data comes from differs.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -15,19 +17,32 @@ from federated.cli.options import setup_logging
 from federated.cli.simulate import speed_factors
 from federated.cli.worker import load_shards, run_worker
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SHARD_OPTIONS = [
+    click.option("--server-address", required=True),
+    click.option("--dataset", required=True),
+    click.option("--partition", required=True),
+    click.option("--num-shards", type=int, required=True),
+    click.option("--shards", required=True, help="Comma-separated shard indices to host."),
+    click.option("--seed", type=int, required=True),
+    click.option("--model", required=True),
+    click.option("-v", "--verbose", count=True),
+]
+
+
+def shard_options(func: F) -> F:
+    """The options every simulated-worker process takes (honest ones and the attackers' alike)."""
+    for option in reversed(_SHARD_OPTIONS):
+        func = option(func)
+    return func
+
 
 @click.command()
-@click.option("--server-address", required=True)
-@click.option("--dataset", required=True)
-@click.option("--partition", required=True)
-@click.option("--num-shards", type=int, required=True)
-@click.option("--shards", required=True, help="Comma-separated shard indices to host.")
-@click.option("--seed", type=int, required=True)
-@click.option("--model", required=True)
+@shard_options
 @click.option("--dropout", type=float, default=0.0)
 @click.option("--dropout-stage", default="task")
 @click.option("--heterogeneity", is_flag=True)
-@click.option("-v", "--verbose", count=True)
 def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int,
          model: str, dropout: float, dropout_stage: str, heterogeneity: bool, verbose: int) -> None:
     setup_logging(verbose, quiet=True)
