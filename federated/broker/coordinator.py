@@ -230,6 +230,14 @@ class Coordinator:
                 # The old session is gone (a restarted worker makes a new key): pin the new one.
                 log.warning("worker %s came back with a new identity key", msg.worker_id)
             self.identities[msg.worker_id] = identity
+        known = self.registry.get(msg.worker_id)
+        welcome = Outbound(route, Welcome(msg.worker_id, self.config.broker.heartbeat_interval_s,
+                                          self.config.broker.heartbeat_timeout_s).to_frames())
+        if known is not None and known.route == route:
+            # The same connection announcing itself again (e.g. a worker whose queued heartbeats reached
+            # a restarted broker answers each refusal with a HELLO): its session is intact, nothing lost.
+            self.registry.touch(msg.worker_id, now)
+            return [welcome]
         displaced = self.registry.id_of(route)
         previous = self.registry.register(msg.worker_id, route, msg.num_samples, now)
         if displaced is not None and displaced != msg.worker_id:
@@ -245,8 +253,7 @@ class Coordinator:
             log.info("worker %s joined with %d samples", msg.worker_id, msg.num_samples)
         if self.store is not None:
             self.store.upsert_worker(msg.worker_id, num_samples=msg.num_samples, seen_at=time.time())
-        out = [Outbound(route, Welcome(msg.worker_id, self.config.broker.heartbeat_interval_s,
-                                       self.config.broker.heartbeat_timeout_s).to_frames())]
+        out = [welcome]
         if self.done:
             out.append(Outbound(route, Bye("", self.exit_reason or "training finished").to_frames()))
         return out + self._maybe_finish(now)
@@ -597,12 +604,51 @@ class Coordinator:
                         for r in set(rnd.dropped.values())}},
         )
         if self.store is not None:
-            self.store.record_round(record, weights)
+            self.store.record_round(record, weights, resume=self._resume_payload(status),
+                                    state=self._resume_arrays())
             for wid in rnd.dropped:
                 self.store.count_worker(wid, "rounds_dropped")
         self.history.append(record)
         if self.on_round is not None:
             self.on_round(record)
+
+    # ------------------------------------------------------------------ resume
+
+    def _resume_payload(self, status: str) -> dict[str, Any]:
+        """What a restarted broker needs, besides arrays, to continue after the round being recorded
+        with ``status`` (the counters are those *after* that round)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "next_round": self.next_round_id,
+            "completed": self.completed + (status == "complete"),
+            "consecutive_failures": 0 if status == "complete" else self.consecutive_failures + 1,
+            "rng": [version, list(internal), gauss],
+            "selector": self.selector.state_dict(),
+        }
+
+    def _resume_arrays(self) -> dict[str, np.ndarray]:
+        return {f"server_optimizer/{k}": v for k, v in self.server_optimizer.state_dict().items()}
+
+    def restore(self, resume: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                weights: Mapping[str, np.ndarray]) -> None:
+        """Continue a run from the state :meth:`RoundStore.load_resume` returned and the global model of
+        the last complete round. Raises ValueError if the state does not fit this coordinator."""
+        try:
+            version, internal, gauss = resume["rng"]
+            self.rng.setstate((int(version), tuple(int(x) for x in internal), gauss))
+            self.selector.load_state_dict(resume["selector"])
+            self.next_round_id = int(resume["next_round"])
+            self.completed = int(resume["completed"])
+            self.consecutive_failures = int(resume["consecutive_failures"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"resume state is malformed: {exc!r}") from exc
+        prefix = "server_optimizer/"
+        self.server_optimizer.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        check_compatible(self.weights, weights)
+        self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        self.done = self.completed >= self.config.num_rounds
+        if self.done:
+            self.exit_reason = "training finished"
 
     def _finish_training(self, reason: str) -> list[Outbound]:
         self.done = True

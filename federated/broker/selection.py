@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["SELECTIONS", "Selector", "WorkerStats"]
 
@@ -52,6 +53,18 @@ class Selector:
 
     def stats_of(self, worker_id: str) -> WorkerStats:
         return self.stats.setdefault(worker_id, WorkerStats())
+
+    def state_dict(self) -> dict[str, list[Any]]:
+        """What was learned about each worker, JSON-ready (the RNG is saved by its owner)."""
+        return {w: [s.duration, s.loss, s.num_samples, s.last_selected] for w, s in sorted(self.stats.items())}
+
+    def load_state_dict(self, state: Mapping[str, Sequence[Any]]) -> None:
+        """Restore :meth:`state_dict`'s output. Raises ValueError/TypeError if it is malformed."""
+        stats = {}
+        for wid, (duration, loss, num_samples, last_selected) in state.items():
+            stats[str(wid)] = WorkerStats(None if duration is None else float(duration),
+                                          None if loss is None else float(loss), int(num_samples), int(last_selected))
+        self.stats = stats
 
     def select(self, live: Sequence[str], k: int, round_id: int) -> list[str]:
         """``min(k, len(live))`` distinct workers from ``live``."""

@@ -21,7 +21,7 @@ from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
 
-__all__ = ["BrokerOutcome", "serve"]
+__all__ = ["RESUMABLE_CHANGES", "BrokerOutcome", "serve"]
 
 log = logging.getLogger("federated.broker")
 
@@ -38,6 +38,51 @@ class BrokerOutcome:
     weights: dict[str, np.ndarray]
 
 
+#: Settings that may change between a run and its resumption: where and how fast the broker serves, and
+#: how many rounds it runs in total. Every other setting shapes the model's trajectory, so it must match.
+RESUMABLE_CHANGES = frozenset({
+    "num_rounds", "broker.bind", "broker.store", "broker.round_timeout_s", "broker.start_timeout_s",
+    "broker.heartbeat_interval_s", "broker.heartbeat_timeout_s", "broker.max_failed_rounds",
+    "secure.stage_timeout_s",
+})
+
+
+def _differences(stored: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two config dicts."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _resume(store: RoundStore, config: FederatedConfig, coordinator: Coordinator) -> None:
+    """Load the newest round's state into ``coordinator``. Raises StoreError if the store holds another
+    run (different settings) or its state is unusable."""
+    stored = store.get_meta("config")
+    if not isinstance(stored, dict):
+        raise StoreError(f"store {config.broker.store} holds rounds but no run configuration")
+    changed = [k for k in _differences(stored, config.to_dict(resolved=True)) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise StoreError(f"store {config.broker.store} holds a run with other settings ({', '.join(changed)}); "
+                         "resume it with the same settings, or use a new --store path")
+    loaded = store.load_resume()
+    latest = store.latest_weights()
+    if loaded is None or latest is None:
+        raise StoreError(f"store {config.broker.store} holds rounds but no resume state; use a new --store path")
+    resume, arrays = loaded
+    try:
+        coordinator.restore(resume, arrays, latest[1])
+    except ValueError as exc:
+        raise StoreError(f"store {config.broker.store}: cannot resume: {exc}") from exc
+    store.set_meta("config", config.to_dict(resolved=True))
+    log.info("resuming after round %d (%d complete rounds of %d)", resume["round"], coordinator.completed,
+             config.num_rounds)
+
+
 def serve(
     config: FederatedConfig,
     initial_weights: Mapping[str, np.ndarray],
@@ -49,17 +94,23 @@ def serve(
 ) -> BrokerOutcome:
     """Serve ``config.num_rounds`` rounds on ``config.broker.bind``, recording into ``config.broker.store``.
 
-    Raises :class:`StoreError` if the store cannot be opened or already holds rounds (resuming a run is
-    not supported yet: pick a new store path). SIGINT and SIGTERM stop the loop after the current step.
+    A store that already holds rounds of the same run (same settings, except those in
+    ``RESUMABLE_CHANGES``) is resumed: training continues after the last recorded round with the global
+    model, server-optimizer state, RNG and selection state saved with it; a round that was running when
+    the broker died runs again from its start. Workers reconnect by themselves.
+
+    Raises :class:`StoreError` if the store cannot be opened, holds a run with other settings, or its
+    resume state is unusable. SIGINT and SIGTERM stop the loop after the current step.
     """
     store = RoundStore(config.broker.store)
     try:
-        if store.list_rounds():
-            raise StoreError(f"store {config.broker.store} already holds a run; use a new --store path")
-        store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial({k: np.asarray(v, np.float32) for k, v in initial_weights.items()})
         coordinator = Coordinator(config, initial_weights, store=store, evaluate=evaluate,
                                   on_round=on_round, task_config=task_config)
+        if store.list_rounds():
+            _resume(store, config, coordinator)
+        else:
+            store.set_meta("config", config.to_dict(resolved=True))
+            store.save_initial({k: np.asarray(v, np.float32) for k, v in initial_weights.items()})
         loop = BrokerLoop(coordinator, config.broker.bind)
         interrupted = False
 
@@ -72,7 +123,8 @@ def serve(
         try:
             if on_listening is not None:
                 loop.on_bound = on_listening
-            loop.run()
+            if not coordinator.done:
+                loop.run()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

@@ -5,6 +5,14 @@ On disk, beside the database file::
     store.db                                 schema_version, meta, rounds, workers (WAL mode)
     checkpoints/round_000000.safetensors     the initial model (``save_initial``)
     checkpoints/round_NNNNNN.safetensors     the global model after complete round N
+    checkpoints/state_NNNNNN.safetensors     array state to resume from after round N (server optimizer
+                                             moments); only the newest one is kept
+
+Everything a restarted broker needs to continue is written with each round, in the same transaction as
+its row: the ``resume`` meta entry (JSON: round counters, RNG and selection state, accountant state, the
+name of the array-state file) and the array-state file itself, which reaches its final name before the
+row commits, like the checkpoint. So after a crash the store is at the end of some complete or failed
+round, and :meth:`RoundStore.load_resume` returns exactly that round's state.
 
 A complete round's checkpoint reaches its final name (fsynced, then renamed over) before the round's row
 commits, so every row marked "complete" has its checkpoint; a crash in between leaves at most an orphan
@@ -23,7 +31,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,6 +94,7 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
+_SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _WORKER_COLUMNS = ("worker_id", "num_samples", "first_seen", "last_seen", *WORKER_COUNTERS)
 _UPSERT_WORKER = """
     INSERT INTO workers (worker_id, num_samples, first_seen, last_seen) VALUES (?, ?, ?, ?)
@@ -310,10 +319,11 @@ class RoundStore:
         if self._readonly:
             raise ReadOnlyStoreError(f"round store {self._path} is open read-only")
 
-    def _write_checkpoint(self, n: int, weights: dict[str, np.ndarray]) -> Path:
-        """Write round n's checkpoint atomically: temp file, fsync, rename, fsync the directory."""
+    def _write_checkpoint(self, n: int, weights: dict[str, np.ndarray], final: Path | None = None) -> Path:
+        """Write round n's checkpoint (or another tensor file, ``final``) atomically: temp file, fsync,
+        rename, fsync the directory."""
         data = safetensors.numpy.save(_contiguous(weights), metadata={"round": str(n)})
-        final = self.checkpoint_path(n)
+        final = final or self.checkpoint_path(n)
         self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # The temp name never matches round_*.safetensors, so a crash leaves no half file under that name.
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self._checkpoint_dir)
@@ -369,11 +379,7 @@ class RoundStore:
         self._require_writable()
         text = json.dumps(value)
         with self._lock, self._sql_errors(f"set meta {key!r}"):
-            self._conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, text),
-            )
+            self._conn.execute(_SET_META, (key, text))
 
     def get_meta(self, key: str) -> object | None:
         """The value stored under key, or None if there is none."""
@@ -383,12 +389,18 @@ class RoundStore:
 
     # -- rounds -----------------------------------------------------------------------------------
 
-    def record_round(self, rec: RoundRecord, weights: dict[str, np.ndarray] | None) -> None:
+    def record_round(self, rec: RoundRecord, weights: dict[str, np.ndarray] | None, *,
+                     resume: Mapping[str, Any] | None = None, state: Mapping[str, np.ndarray] | None = None) -> None:
         """Record a finished round once; a complete round's weights become its checkpoint.
+
+        ``resume`` (JSON-serialisable) and ``state`` (named arrays) are what a restarted broker needs to
+        continue after this round; they are committed together with the round (see the module docstring)
+        and read back by :meth:`load_resume`.
 
         Raises ValueError if a complete round has no weights, a failed round has some, or the round is
         0 (the initial model, see ``save_initial``); DuplicateRoundError if the round is already recorded;
-        OSError if the checkpoint cannot be written (the round is then not recorded).
+        TypeError if ``resume`` is not JSON-serialisable; OSError if a file cannot be written (the round
+        is then not recorded).
         """
         self._require_writable()
         if rec.round < 1:
@@ -398,7 +410,11 @@ class RoundStore:
         if rec.status == "failed" and weights is not None:
             raise ValueError(f"round {rec.round} failed; failed rounds store no checkpoint")
         row = _record_to_row(rec)
-        written: Path | None = None
+        resume_text = None
+        if resume is not None:
+            state_file = self._state_path(rec.round).name if state else None
+            resume_text = json.dumps({**resume, "round": rec.round, "state_file": state_file})
+        written: list[Path] = []
         with self._lock, self._sql_errors(f"record round {rec.round}"):
             try:
                 with self._transaction():
@@ -407,12 +423,50 @@ class RoundStore:
                             f"round {rec.round} is already recorded in {self._path}; a round is recorded once"
                         )
                     if weights is not None:
-                        written = self._write_checkpoint(rec.round, weights)
+                        written.append(self._write_checkpoint(rec.round, weights))
+                    if resume_text is not None and state:
+                        written.append(self._write_checkpoint(rec.round, dict(state), self._state_path(rec.round)))
                     self._conn.execute(_INSERT_ROUND, row)
+                    if resume_text is not None:
+                        self._conn.execute(_SET_META, ("resume", resume_text))
             except BaseException:
-                if written is not None:  # no row owns it (we checked), so it is ours to take back
-                    written.unlink(missing_ok=True)
+                for path in written:  # no row owns them (we checked), so they are ours to take back
+                    path.unlink(missing_ok=True)
                 raise
+        if resume_text is not None:
+            self._drop_old_state(keep=self._state_path(rec.round) if state else None)
+
+    def _state_path(self, n: int) -> Path:
+        return self._checkpoint_dir / f"state_{n:06d}.safetensors"
+
+    def _drop_old_state(self, keep: Path | None) -> None:
+        """Remove array-state files other than ``keep``: only the newest round's state is ever read."""
+        for path in self._checkpoint_dir.glob("state_*.safetensors"):
+            if path != keep:
+                path.unlink(missing_ok=True)
+
+    def load_resume(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """``(resume, state)`` as recorded with the newest round, or None if no round recorded any.
+
+        ``resume["round"]`` is that round's number. Raises StoreError if the state file it names is
+        missing or unreadable (resuming without it would silently reset the server optimizer).
+        """
+        raw = self.get_meta("resume")
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise StoreError(f"{self._path}: the resume state is not a JSON object")
+        state: dict[str, np.ndarray] = {}
+        name = raw.get("state_file")
+        if name is not None:
+            path = self._checkpoint_dir / str(name)
+            try:
+                state = {k: np.array(v) for k, v in safetensors.numpy.load(path.read_bytes()).items()}
+            except FileNotFoundError:
+                raise StoreError(f"{self._path}: resume state file {path} is missing") from None
+            except Exception as exc:  # safetensors raises its own error types for corrupt headers
+                raise StoreError(f"resume state file {path} is unreadable: {exc}") from exc
+        return raw, state
 
     def list_rounds(self) -> list[RoundRecord]:
         """Every recorded round, oldest first."""

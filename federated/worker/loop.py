@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import queue
 import random
 import secrets
@@ -92,6 +93,8 @@ class _Session:
         self.last_heard = 0.0
         self.next_heartbeat = 0.0
         self.reconnect_at: float | None = 0.0
+        self.hello_sent_at = -math.inf
+        self.hello_due = math.inf  # when to announce again after the broker said it does not know us
         self.backoff = 0.0
         self.interval = 1.0
         self.timeout = 5.0
@@ -250,7 +253,7 @@ class WorkerLoop:
         for s in self.sessions:
             if s.done:
                 continue
-            times.append(s.reconnect_at if s.reconnect_at is not None else s.next_heartbeat)
+            times.append(s.reconnect_at if s.reconnect_at is not None else min(s.next_heartbeat, s.hello_due))
             if s.sock is not None:
                 times.append(s.last_heard + s.timeout)
         return max(0, int((min(times) - now) * 1000) + 1)
@@ -266,6 +269,9 @@ class WorkerLoop:
             log.warning("%s: broker silent for %.1f s; reconnecting", s.data.worker_id, now - s.last_heard)
             self._schedule_reconnect(s, now)
             return
+        if now >= s.hello_due:
+            self._send(s, s.hello().to_frames())
+            s.hello_sent_at, s.hello_due = now, math.inf
         if now >= s.next_heartbeat:
             self._send(s, Heartbeat(s.data.worker_id).to_frames())
             s.next_heartbeat = now + s.interval
@@ -284,6 +290,7 @@ class WorkerLoop:
         s.last_heard = now
         s.next_heartbeat = now + s.interval
         self._send(s, s.hello().to_frames())
+        s.hello_sent_at, s.hello_due = now, math.inf
 
     def _close(self, s: _Session) -> None:
         if s.sock is not None:
@@ -347,8 +354,9 @@ class WorkerLoop:
             self._close(s)
         elif isinstance(msg, Error):
             if msg.code == "unknown_worker":
-                # The broker forgot us (it restarted, or expired us): announce again on this connection.
-                self._send(s, s.hello().to_frames())
+                # The broker forgot us (it restarted, or expired us): announce again on this connection,
+                # once per heartbeat interval (every queued heartbeat it refused brings one such ERROR).
+                s.hello_due = min(s.hello_due, s.hello_sent_at + s.interval)
             else:
                 log.warning("%s: broker refused a message: %s: %s", wid, msg.code, msg.message)
         elif not isinstance(msg, Heartbeat):
