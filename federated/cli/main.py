@@ -20,6 +20,7 @@ COMMANDS = {
     "broker": "federated.cli.broker:broker_command",
     "worker": "federated.cli.worker:worker_command",
     "rounds": "federated.cli.rounds:rounds",
+    "keys": "federated.cli.keys:keys",
 }
 
 

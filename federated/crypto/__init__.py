@@ -8,6 +8,7 @@ One module per concept, all pure functions:
 - ``fixedpoint``: updates into Z_2^32 and back, and the no-wrap check
 - ``graph``: the k-regular neighbour graph
 - ``errors``: the exception tree
+- ``keyfiles``: key files on disk (broker and worker CURVE keys, worker identities) and the enrolment
 
 Names that only make sense with their module (``shamir.split``, ``shamir.to_bytes``,
 ``fixedpoint.encode``, ``fixedpoint.decode_sum``) are reached through the module, not re-exported flat.
@@ -15,7 +16,7 @@ Names that only make sense with their module (``shamir.split``, ``shamir.to_byte
 
 from __future__ import annotations
 
-from federated.crypto import fixedpoint, graph, prg, primitives, shamir
+from federated.crypto import fixedpoint, graph, keyfiles, prg, primitives, shamir
 from federated.crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -26,6 +27,7 @@ from federated.crypto.errors import (
 )
 from federated.crypto.fixedpoint import check_no_wrap, clip_l2, max_abs, max_frac_bits
 from federated.crypto.graph import default_degree, default_threshold, degree_for, neighbours
+from federated.crypto.keyfiles import BrokerKeys, EnrolledWorker, Enrolment, KeyFileError, WorkerKeys
 from federated.crypto.prg import add_mask, keystream_u32, uniform01
 from federated.crypto.primitives import (
     aead_decrypt,
@@ -48,8 +50,12 @@ from federated.crypto.secagg_worker import SecAggWorker
 __all__ = [
     "PRIME",
     "SHARE_BYTES",
+    "BrokerKeys",
     "CryptoError",
     "DecryptionError",
+    "EnrolledWorker",
+    "Enrolment",
+    "KeyFileError",
     "ParameterError",
     "ProtocolViolation",
     "ReconstructionError",
@@ -58,6 +64,7 @@ __all__ = [
     "SecAggResult",
     "SecAggWorker",
     "SignatureError",
+    "WorkerKeys",
     "add_mask",
     "aead_decrypt",
     "aead_encrypt",
@@ -71,6 +78,7 @@ __all__ = [
     "generate_x25519",
     "graph",
     "hkdf",
+    "keyfiles",
     "keystream_u32",
     "lagrange_at_zero",
     "max_abs",
