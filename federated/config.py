@@ -98,6 +98,8 @@ class BrokerConfig:
     ``server_optimizer``: fedavg | fedavgm | fedadagrad | fedadam | fedyogi (Reddi et al. 2021);
     ``server_learning_rate`` None takes the optimizer's default (1.0 for fedavg/fedavgm, 0.1 for fedadagrad,
     0.1 fedadam/fedyogi); ``server_beta1``/``server_beta2``/``server_tau`` as in the paper.
+    ``keys_dir``: the broker's keys directory (``fl keys broker``); set, the broker speaks CurveZMQ and admits
+    only the workers enrolled there (``fl keys enrol``). None: plain TCP, any worker may join.
     """
 
     bind: str = "tcp://127.0.0.1:8080"
@@ -112,11 +114,14 @@ class BrokerConfig:
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_tau: float = 1e-3
+    keys_dir: str | None = None
 
     def validate(self, prefix: str = "broker") -> None:
         for name in ("bind", "store"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{prefix}.{name}", f"must be a string, got {getattr(self, name)!r}")
+        if self.keys_dir is not None and not (isinstance(self.keys_dir, str) and self.keys_dir):
+            raise ConfigError(f"{prefix}.keys_dir", f"must be a directory path or null, got {self.keys_dir!r}")
         if not re.fullmatch(r"(tcp://[^\s]+:\d+|ipc://[^\s]+|inproc://[^\s]+)", self.bind):
             raise ConfigError(f"{prefix}.bind", f"must look like tcp://HOST:PORT, got {self.bind!r}")
         if not self.store:

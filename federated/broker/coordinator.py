@@ -50,6 +50,7 @@ from federated.compression import Compressed, make_codec
 from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
+from federated.crypto.keyfiles import Enrolment
 from federated.protocol import (
     AdvertiseKeys,
     Bye,
@@ -130,6 +131,7 @@ class Coordinator:
         first_round: int = 1,
         completed_rounds: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        enrolment: Enrolment | None = None,
     ) -> None:
         self.config = config
         self.weights: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
@@ -162,17 +164,43 @@ class Coordinator:
         #: Ed25519 identity keys pinned at each worker's first HELLO (they sign secure-aggregation keys).
         self.identities: dict[str, bytes] = {}
         self._last_size_warning = -math.inf
+        #: With transport security: who may speak (re-read when its files change), and the CURVE key
+        #: each registered worker authenticated with.
+        self.enrolment = enrolment
+        self._keys: dict[str, str] = {}
+        self._enrolment_checked = -math.inf
 
     # ------------------------------------------------------------------ inbound
 
-    def handle(self, route: bytes, frames: Sequence[Any], now: float) -> list[Outbound]:
-        """Process one inbound message from connection ``route``; return what to send."""
+    def handle(self, route: bytes, frames: Sequence[Any], now: float, *, peer: str | None = None) -> list[Outbound]:
+        """Process one inbound message from connection ``route``; return what to send.
+
+        ``peer`` is the Z85 CURVE key the connection authenticated with (the frames' ``User-Id``); with an
+        enrolment it must belong to an enrolled worker, checked on every message so a revoked worker is
+        refused on a live connection, and it fixes the worker id that connection may speak for.
+        """
         nbytes = sum(len(getattr(f, "buffer", f)) for f in frames)
+        enrolled = None
+        if self.enrolment is not None:
+            self._refresh_enrolment(now)
+            enrolled = self.enrolment.by_curve_key(peer) if peer else None
+            if enrolled is None:
+                return self._refuse_unenrolled(route, now)
         try:
             msg = decode_message(frames, self.limits)
         except ProtocolError as exc:
             return self._refuse(route, exc.code, str(exc))
         if isinstance(msg, Hello):
+            if enrolled is not None:
+                if msg.worker_id != enrolled.worker_id:
+                    return self._refuse(route, "wrong_worker", f"this key is enrolled as {enrolled.worker_id!r}, "
+                                                               f"not {msg.worker_id!r}")
+                if msg.identity and msg.identity != enrolled.identity_public.hex():
+                    return self._refuse(route, "identity_mismatch",
+                                        "identity key differs from the one enrolled for this worker")
+                # The enrolled identity key, not whatever HELLO carries, verifies its signatures.
+                msg = replace(msg, identity=enrolled.identity_public.hex())
+                self._keys[msg.worker_id] = str(peer)
             return self._on_hello(route, msg, now)
         wid = self.registry.id_of(route)
         if wid is None:
@@ -211,6 +239,33 @@ class Coordinator:
         self.registry.remove(wid)
         self._drop(wid, "unreachable")
         return self._maybe_finish(now)
+
+    def _refresh_enrolment(self, now: float) -> None:
+        """Re-read the enrolment if its files changed (at most every 0.2 s), and drop every registered
+        worker whose key is no longer enrolled: revocation takes effect on live connections too."""
+        assert self.enrolment is not None
+        if now - self._enrolment_checked < 0.2:
+            return
+        self._enrolment_checked = now
+        if not self.enrolment.reload_if_changed():
+            return
+        for wid in self.registry.live_ids():
+            key = self._keys.get(wid)
+            entry = self.enrolment.by_curve_key(key) if key else None
+            if entry is None or entry.worker_id != wid:
+                log.warning("worker %s is no longer enrolled; disconnecting it", wid)
+                self.registry.remove(wid)
+                self._keys.pop(wid, None)
+                self._drop(wid, "revoked")
+
+    def _refuse_unenrolled(self, route: bytes, now: float) -> list[Outbound]:
+        wid = self.registry.id_of(route)
+        if wid is not None:  # revoked while connected
+            self.registry.remove(wid)
+            self._keys.pop(wid, None)
+            self._drop(wid, "revoked")
+            return self._refuse(route, "not_enrolled", "this key is not enrolled (revoked)") + self._maybe_finish(now)
+        return self._refuse(route, "not_enrolled", "this key is not enrolled with the broker")
 
     def _refuse(self, route: bytes, code: str, message: str) -> list[Outbound]:
         self.refused += 1
@@ -317,6 +372,8 @@ class Coordinator:
         """Expire silent workers, close or start rounds, send heartbeats. Call at least every
         :meth:`next_wakeup` seconds."""
         out: list[Outbound] = []
+        if self.enrolment is not None:
+            self._refresh_enrolment(now)
         for wid in self.registry.expire(now):
             log.warning("worker %s missed its heartbeats; counted as dropped", wid)
             self._drop(wid, "timeout")

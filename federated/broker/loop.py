@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 import zmq
 
 from federated.broker.coordinator import Coordinator, Outbound
-from federated.transport import configure_socket
+from federated.crypto.keyfiles import BrokerKeys
+from federated.transport import configure_socket, curve_server, start_authenticator
 
 __all__ = ["BrokerLoop"]
 
@@ -27,8 +28,14 @@ BATCH = 256
 class BrokerLoop:
     """Owns the ROUTER socket; ``run()`` returns when the coordinator is done (or ``stop()`` is called)."""
 
-    def __init__(self, coordinator: Coordinator, bind: str, *, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, bind: str, *, context: zmq.Context[zmq.Socket[bytes]] | None = None,
+                 keys: BrokerKeys | None = None) -> None:
+        if (keys is None) != (coordinator.enrolment is None):
+            raise ValueError("transport security needs both the broker's keys and the coordinator's enrolment")
         self.coordinator = coordinator
+        self.keys = keys
+        #: Messages handed to the coordinator (what got past CURVE and ZAP), for tests and tools.
+        self.received = 0
         self.bind = bind
         self.context = context or zmq.Context.instance()
         self._stopping = False
@@ -45,7 +52,12 @@ class BrokerLoop:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         configure_socket(sock, self.coordinator.limits, cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        auth = None
         try:
+            if self.keys is not None:
+                # The ZAP handler first: a CURVE server without one admits any client key.
+                auth = start_authenticator(self.context, self.coordinator.enrolment)
+                curve_server(sock, self.keys.public, self.keys.secret)
             sock.bind(self.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("broker listening on %s", self.endpoint)
@@ -55,6 +67,8 @@ class BrokerLoop:
         finally:
             # Linger briefly only on a clean finish, so the final BYEs reach the workers.
             sock.close(linger=500 if self.coordinator.done else 0)
+            if auth is not None:
+                auth.stop()
 
     def _serve(self, sock: zmq.Socket[bytes]) -> None:
         coord = self.coordinator
@@ -71,7 +85,11 @@ class BrokerLoop:
                     except zmq.Again:
                         break
                     route = frames[0].bytes
-                    self._send(sock, coord.handle(route, frames[1:], coord.clock()))
+                    self.received += 1
+                    # Under CURVE every frame carries the authenticated client key; it, not the
+                    # routing id or anything the message says, is who the sender is.
+                    peer = frames[-1].get("User-Id") if self.keys is not None else None
+                    self._send(sock, coord.handle(route, frames[1:], coord.clock(), peer=peer))
             self._send(sock, coord.tick(coord.clock()))
 
     def _send(self, sock: zmq.Socket[bytes], outbound: Iterable[Outbound]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
@@ -20,6 +21,7 @@ from federated.broker.errors import StoreError
 from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
+from federated.crypto.keyfiles import BrokerKeys, Enrolment, load_broker_keys
 
 __all__ = ["RESUMABLE_CHANGES", "BrokerOutcome", "serve"]
 
@@ -42,7 +44,7 @@ class BrokerOutcome:
 #: how many rounds it runs in total. Every other setting shapes the model's trajectory, so it must match.
 RESUMABLE_CHANGES = frozenset({
     "num_rounds", "broker.bind", "broker.store", "broker.round_timeout_s", "broker.start_timeout_s",
-    "broker.heartbeat_interval_s", "broker.heartbeat_timeout_s", "broker.max_failed_rounds",
+    "broker.heartbeat_interval_s", "broker.heartbeat_timeout_s", "broker.max_failed_rounds", "broker.keys_dir",
     "secure.stage_timeout_s",
 })
 
@@ -83,6 +85,21 @@ def _resume(store: RoundStore, config: FederatedConfig, coordinator: Coordinator
              config.num_rounds)
 
 
+def _transport_keys(config: FederatedConfig) -> tuple[BrokerKeys | None, Enrolment | None]:
+    """The broker's CURVE keys and the enrolment, if ``broker.keys_dir`` is set. Raises KeyFileError."""
+    if config.broker.keys_dir is None:
+        if not config.broker.bind.startswith(("tcp://127.", "tcp://localhost:", "ipc://", "inproc://")):
+            log.warning("no broker.keys_dir: plain TCP on %s; anyone who can reach it can join and read models",
+                        config.broker.bind)
+        return None, None
+    keys_dir = Path(config.broker.keys_dir)
+    keys, enrolment = load_broker_keys(keys_dir), Enrolment(keys_dir)
+    if not len(enrolment):
+        log.warning("no worker is enrolled in %s: nobody can join until one is (fl keys enrol)", keys_dir)
+    log.info("CurveZMQ on; %d enrolled workers", len(enrolment))
+    return keys, enrolment
+
+
 def serve(
     config: FederatedConfig,
     initial_weights: Mapping[str, np.ndarray],
@@ -99,19 +116,22 @@ def serve(
     model, server-optimizer state, RNG and selection state saved with it; a round that was running when
     the broker died runs again from its start. Workers reconnect by themselves.
 
-    Raises :class:`StoreError` if the store cannot be opened, holds a run with other settings, or its
+    With ``broker.keys_dir`` set the broker speaks CurveZMQ and admits only enrolled workers.
+
+    Raises :class:`KeyFileError` for missing or unsafe key files; :class:`StoreError` if the store cannot be opened, holds a run with other settings, or its
     resume state is unusable. SIGINT and SIGTERM stop the loop after the current step.
     """
+    keys, enrolment = _transport_keys(config)
     store = RoundStore(config.broker.store)
     try:
         coordinator = Coordinator(config, initial_weights, store=store, evaluate=evaluate,
-                                  on_round=on_round, task_config=task_config)
+                                  on_round=on_round, task_config=task_config, enrolment=enrolment)
         if store.list_rounds():
             _resume(store, config, coordinator)
         else:
             store.set_meta("config", config.to_dict(resolved=True))
             store.save_initial({k: np.asarray(v, np.float32) for k, v in initial_weights.items()})
-        loop = BrokerLoop(coordinator, config.broker.bind)
+        loop = BrokerLoop(coordinator, config.broker.bind, keys=keys)
         interrupted = False
 
         def stop(signum: int, frame: FrameType | None) -> None:

@@ -37,11 +37,14 @@ def prepare_model(config: FederatedConfig) -> tuple[dict[str, Any], Any, dict[st
 @click.command("broker")
 @click.option("--bind", help="Endpoint to listen on, e.g. tcp://0.0.0.0:8080.")
 @click.option("--events", is_flag=True, help="Write one JSON line per round to stdout (for tools).")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="Broker keys directory (fl keys broker): CurveZMQ on, only enrolled workers admitted.")
 @run_options
-def broker_command(bind: str | None, events: bool, as_json: bool, verbose: int, **params: Any) -> None:
+def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json: bool, verbose: int,
+                   **params: Any) -> None:
     """Run the broker: wait for workers, run the configured rounds, record them in the store."""
     setup_logging(verbose)
-    config = build_config(params, {"broker.bind": bind})
+    config = build_config(params, {"broker.bind": bind, "broker.keys_dir": keys_dir})
     if config.privacy_budget is not None:
         raise click.UsageError("privacy_budget: differential privacy is not available in this build yet; "
                                "leave it unset (no epsilon would be computed, so none may be promised)")
@@ -58,12 +61,13 @@ def broker_command(bind: str | None, events: bool, as_json: bool, verbose: int, 
 
     from federated.broker.errors import StoreError
     from federated.broker.service import serve
+    from federated.crypto.keyfiles import KeyFileError
 
     try:
         outcome = serve(config, weights, evaluate=evaluate, task_config=task_config,
                         on_round=lambda rec: say({"event": "round", **rec.to_dict()}),
                         on_listening=lambda ep: say({"event": "listening", "endpoint": ep}))
-    except StoreError as exc:
+    except (StoreError, KeyFileError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
     summary = {"event": "done", "completed": outcome.completed, "failed": outcome.failed,

@@ -39,14 +39,16 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
 
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
                dropout_rate: float = 0.0, dropout_stage: str = "task",
-               slowdown: dict[str, float] | None = None) -> int:
-    """Serve ``clients`` against the broker until it says BYE; returns an exit code."""
+               slowdown: dict[str, float] | None = None, keys: dict[str, Any] | None = None,
+               broker_key: bytes | None = None) -> int:
+    """Serve ``clients`` against the broker until it says BYE; returns an exit code. ``keys`` and
+    ``broker_key`` turn on CurveZMQ (see :class:`~federated.worker.loop.WorkerLoop`)."""
     from federated.worker.loop import WorkerLoop
     from federated.worker.runner import ModelRunner
 
     runner = ModelRunner(trusted_spec=model)
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
-                      slowdown=slowdown)
+                      slowdown=slowdown, keys=keys, broker_key=broker_key)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -70,10 +72,14 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
 @click.option("--partition", default="iid", show_default=True, help="iid | dirichlet:ALPHA (for --dataset).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Partition seed (same on every worker).")
 @click.option("--model", help="A MODULE:FACTORY model this worker agrees to build (built-ins need no flag).")
+@click.option("--keys", "keys_path", type=click.Path(),
+              help="This worker's secret key file (fl keys worker): CurveZMQ on. Needs --broker-key.")
+@click.option("--broker-key", type=click.Path(),
+              help="The broker's public key file (broker.key), pinned: no other broker is talked to.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
                    shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
-                   verbose: int) -> None:
+                   keys_path: str | None, broker_key: str | None, verbose: int) -> None:
     """Run one worker: connect to the broker, train on local data each time it is selected."""
     setup_logging(verbose)
     try:
@@ -82,6 +88,23 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
         raise click.UsageError(str(exc)) from None
     if (data_path is None) == (dataset is None):
         raise click.UsageError("give exactly one of --data-path DIR or --dataset NAME --shard I")
+    if (keys_path is None) != (broker_key is None):
+        raise click.UsageError("--keys and --broker-key go together (CurveZMQ needs both)")
+    keys: dict[str, Any] | None = None
+    pinned: bytes | None = None
+    if keys_path is not None and broker_key is not None:
+        from pathlib import Path
+
+        from federated.crypto.keyfiles import KeyFileError, load_broker_public, load_worker_keys
+
+        try:
+            worker_keys, pinned = load_worker_keys(Path(keys_path)), load_broker_public(Path(broker_key))
+        except KeyFileError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(CONFIG_ERROR)
+        if worker_keys.worker_id != client_id:
+            raise click.UsageError(f"--keys belong to worker {worker_keys.worker_id!r}, not --client-id {client_id!r}")
+        keys = {client_id: worker_keys}
     from federated.data import DataError, load_client_dir
     from federated.worker.loop import ClientData
 
@@ -97,5 +120,5 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
     except DataError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
-    code = run_worker(clients, server_address, model)
+    code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned)
     sys.exit(code if code in (OK, INTERRUPTED) else code)

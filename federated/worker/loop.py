@@ -30,6 +30,7 @@ from federated.aggregation.vectors import flatten
 from federated.compression import make_codec
 from federated.compression.sparsify import shared_indices
 from federated.crypto.errors import CryptoError
+from federated.crypto.keyfiles import WorkerKeys
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
@@ -48,7 +49,7 @@ from federated.protocol import (
     Welcome,
     decode_message,
 )
-from federated.transport import configure_socket
+from federated.transport import configure_socket, curve_client
 from federated.worker.secure import SecureRound, encode_input
 
 __all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "WorkerLoop", "task_seed"]
@@ -84,8 +85,9 @@ def task_seed(seed: int, round_id: int, worker_id: str) -> int:
 class _Session:
     """Connection state of one client identity."""
 
-    def __init__(self, data: ClientData) -> None:
+    def __init__(self, data: ClientData, keys: WorkerKeys | None = None) -> None:
         self.data = data
+        self.keys = keys
         self.sock: zmq.Socket[bytes] | None = None
         self.generation = 0
         self.welcomed = False
@@ -98,9 +100,13 @@ class _Session:
         self.backoff = 0.0
         self.interval = 1.0
         self.timeout = 5.0
-        # Signs this client's secure-aggregation keys; the broker pins its public half at HELLO.
-        self.identity, public = generate_identity()
-        self.identity_hex = public.hex()
+        # Signs this client's secure-aggregation keys. With enrolled keys, it is the enrolled identity the
+        # broker verifies against; without, a fresh key the broker pins at HELLO.
+        if keys is not None:
+            self.identity, self.identity_hex = keys.identity, keys.identity_public.hex()
+        else:
+            self.identity, public = generate_identity()
+            self.identity_hex = public.hex()
         self.secure: SecureRound | None = None
         self.hold_s = 0.0  # simulated extra compute time of the current result (heterogeneity)
         self.codecs: dict[str, Any] = {}  # compression spec -> codec (with its error-feedback state)
@@ -126,6 +132,10 @@ class WorkerLoop:
     TASK, or in a secure round the ROSTER, SHARES or UNMASK_REQUEST): it closes its socket without a
     word and comes back as a new connection, as a device that lost its network would. ``slowdown`` (also
     simulation only) maps a worker id to how many times slower its device computes.
+
+    ``keys`` (worker id -> its enrolled key material) and ``broker_key`` (the broker's Z85 public key) turn
+    on CurveZMQ: each session authenticates with its own key and pins the broker's, so it talks to that
+    broker only, and signs secure-aggregation keys with its enrolled identity.
     """
 
     def __init__(
@@ -141,10 +151,23 @@ class WorkerLoop:
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        keys: Mapping[str, WorkerKeys] | None = None,
+        broker_key: bytes | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a worker needs at least one client")
-        self.sessions = [_Session(c) for c in clients]
+        if (keys is None) != (broker_key is None):
+            raise ValueError("transport security needs both the workers' keys and the broker's public key")
+        keys = dict(keys or {})
+        if broker_key is not None:
+            missing = sorted(c.worker_id for c in clients if c.worker_id not in keys)
+            if missing:
+                raise ValueError(f"no keys for client(s) {', '.join(missing)}")
+            wrong = sorted(w for w, k in keys.items() if k.worker_id != w)
+            if wrong:
+                raise ValueError(f"keys of another worker given for {', '.join(wrong)}")
+        self.broker_key = broker_key
+        self.sessions = [_Session(c, keys.get(c.worker_id)) for c in clients]
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
         self.limits = limits or Limits()
@@ -284,6 +307,8 @@ class WorkerLoop:
         configure_socket(sock, self.limits, s.interval, s.timeout)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        if s.keys is not None and self.broker_key is not None:
+            curve_client(sock, s.keys.curve_public, s.keys.curve_secret, self.broker_key)
         sock.connect(self.endpoint)
         s.sock, s.generation, s.welcomed = sock, s.generation + 1, False
         s.reconnect_at = None
