@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGES = ["federated.protocol", "federated.broker", "federated.aggregation", "federated.data",
-            "federated.models", "federated.worker", "federated.crypto", "federated.attacks", "federated.compression", "federated.config", "federated.client", "federated.server"]
+            "federated.models", "federated.worker", "federated.crypto", "federated.attacks", "federated.compression", "federated.config", "federated.client", "federated.server",
+            "federated.privacy"]
 SNIPPETS = Path(__file__).resolve().parents[1].parent / "shared" / "seed" / "snippets"
 
 

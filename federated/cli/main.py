@@ -21,6 +21,7 @@ COMMANDS = {
     "worker": "federated.cli.worker:worker_command",
     "rounds": "federated.cli.rounds:rounds",
     "keys": "federated.cli.keys:keys",
+    "privacy": "federated.cli.privacy:privacy",
 }
 
 

@@ -14,6 +14,12 @@ process, so a fit on a tiny client must cost about a millisecond. What makes tha
 
 Optimizer state is reset at every fit: each round starts local training afresh from the global model, as in
 standard FedAvg. Randomness (the per-epoch shuffle) comes from ``seed`` only, so a fit is reproducible.
+
+With ``dp_clip > 0`` a fit runs record-level DP-SGD instead (:mod:`federated.privacy.dpsgd`): Poisson-
+sampled batches at rate ``q``, per-example clipping to ``dp_clip``, Gaussian noise of std
+``dp_noise_multiplier * dp_clip`` on each summed gradient, ``epochs * round(1/q)`` steps. The sampling
+follows ``seed``; the noise does not (it is drawn from the OS's entropy, so a broker that knows the seed
+cannot remove it), so a DP fit with noise is not reproducible. The non-private path is untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -30,14 +37,28 @@ import numpy as np
 from mlx import nn
 
 from federated.models import flat_parameters, get_weights, set_weights
+from federated.privacy.dpsgd import DpSgdStep, poisson_batch_rows, poisson_sample, supports_vmap
+from federated.privacy.noise import noise_rng
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "OPTIMIZERS", "FitResult", "LocalTrainer", "TrainConfig"]
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_DP_STEPS",
+    "MAX_EPOCHS",
+    "OPTIMIZERS",
+    "FitResult",
+    "LocalTrainer",
+    "TrainConfig",
+]
 
 #: Accepted values of :attr:`TrainConfig.optimizer`.
 OPTIMIZERS = ("sgd", "adam")
 #: Bounds on work a broker may ask for in one task; beyond them a config is refused, not obeyed.
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536
+#: Bound on DP-SGD steps in one fit (``epochs * round(1 / q)``): a tiny sampling rate is a lot of work.
+MAX_DP_STEPS = 1_000_000
+#: Noise for this many parameters is drawn in one NumPy call (several steps at once for small models).
+_NOISE_BLOCK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,11 @@ class TrainConfig:
 
     ``learning_rate`` is the step size; ``momentum`` applies to SGD only (Adam uses betas 0.9, 0.999 with
     bias correction); ``proximal_mu`` > 0 turns on FedProx's ``mu/2 * ||w - w_global||^2`` term.
+
+    DP-SGD (off while ``dp_clip`` is 0): ``dp_clip`` is the per-example L2 clip C (model gradient units);
+    ``dp_noise_multiplier`` sigma gives noise std ``sigma * C`` on each summed gradient (0 = clipping
+    only, no privacy); ``dp_sampling_rate`` q is each example's Poisson inclusion probability (0 = use
+    ``min(1, batch_size / N)``).
     """
 
     epochs: int = 1
@@ -54,6 +80,14 @@ class TrainConfig:
     optimizer: str = "sgd"
     momentum: float = 0.0
     proximal_mu: float = 0.0
+    dp_clip: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_sampling_rate: float = 0.0
+
+    @property
+    def dp_enabled(self) -> bool:
+        """Whether fits run DP-SGD (``dp_clip > 0``)."""
+        return self.dp_clip > 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first field outside its allowed values."""
@@ -69,6 +103,21 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
             raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+        if not (math.isfinite(self.dp_clip) and self.dp_clip >= 0):
+            raise ValueError(f"dp_clip must be a finite number >= 0 (0 = DP-SGD off), got {self.dp_clip}")
+        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+            raise ValueError(
+                f"dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier}"
+            )
+        if not 0.0 <= self.dp_sampling_rate <= 1.0:
+            raise ValueError(
+                f"dp_sampling_rate must be in [0, 1] (0 = batch_size / N), got {self.dp_sampling_rate}"
+            )
+        if self.dp_clip == 0 and (self.dp_noise_multiplier > 0 or self.dp_sampling_rate > 0):
+            # A config that asks for noise but not for clipping would silently train without privacy.
+            raise ValueError(
+                "dp_noise_multiplier and dp_sampling_rate need dp_clip > 0 (DP-SGD is off while dp_clip is 0)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of all fields."""
@@ -109,6 +158,9 @@ _FIELD_TYPES: dict[str, Any] = {
     "optimizer": str,
     "momentum": (int, float),
     "proximal_mu": (int, float),
+    "dp_clip": (int, float),
+    "dp_noise_multiplier": (int, float),
+    "dp_sampling_rate": (int, float),
 }
 _TYPE_NAMES: dict[Any, str] = {int: "an int", str: "a string"}
 
@@ -120,6 +172,11 @@ class FitResult:
     ``update`` is local weights minus global weights (float32, same names as the model); ``loss`` and
     ``accuracy`` (0..1) are the mean cross-entropy (without the FedProx term) and accuracy over the last
     epoch's training batches; ``train_s`` is the fit's wall time in seconds (``time.perf_counter``).
+
+    For DP-SGD fits, ``dp_steps`` is the number of noised steps and ``dp_sampling_rate`` the Poisson rate
+    q used (what an accountant records: ``record(q, dp_noise_multiplier, dp_steps)``); both are 0 for
+    non-private fits. ``loss``/``accuracy`` are then over the examples sampled in the last epoch and are
+    *not* privatised: they are computed from the private data without noise.
     """
 
     update: dict[str, np.ndarray]
@@ -127,6 +184,8 @@ class FitResult:
     loss: float
     accuracy: float
     train_s: float
+    dp_steps: int = 0
+    dp_sampling_rate: float = 0.0
 
 
 _Step = Callable[..., tuple[mx.array, mx.array]]
@@ -142,6 +201,9 @@ class LocalTrainer:
         self._model = model
         # (optimizer, momentum, proximal on?) -> (optimizer, compiled step); built on first use.
         self._steps: dict[tuple[str, float, bool], tuple[optim.Optimizer, _Step]] = {}
+        # The same key -> (optimizer, DP-SGD step), and whether mx.vmap handles this model (probed once).
+        self._dp_steps: dict[tuple[str, float, bool], tuple[optim.Optimizer, DpSgdStep]] = {}
+        self._vmap_ok: bool | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -167,6 +229,8 @@ class LocalTrainer:
         x32, y32 = _check_data(x, y)
         global32 = {name: np.asarray(value, dtype=np.float32) for name, value in global_weights.items()}
         set_weights(self._model, global32)
+        if cfg.dp_enabled:
+            return self._fit_dp(global32, x32, y32, cfg, seed=seed, start=start)
         optimizer, step = self._step_for(cfg)
         _reset_optimizer(optimizer, self._model, cfg.learning_rate)
         anchor: list[mx.array] = []
@@ -206,6 +270,82 @@ class LocalTrainer:
             train_s=time.perf_counter() - start,
         )
 
+    def _fit_dp(
+        self,
+        global32: dict[str, np.ndarray],
+        x32: np.ndarray,
+        y32: np.ndarray,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+        start: float,
+    ) -> FitResult:
+        """DP-SGD fit (see the module docstring); the model already holds ``global32``."""
+        n = len(y32)
+        q = cfg.dp_sampling_rate if cfg.dp_sampling_rate > 0 else min(1.0, cfg.batch_size / n)
+        steps_per_epoch = max(1, round(1.0 / q))
+        total_steps = cfg.epochs * steps_per_epoch
+        if total_steps > MAX_DP_STEPS:
+            raise ValueError(
+                f"DP-SGD would run {total_steps} steps (epochs {cfg.epochs} * round(1/q) with q={q:g}); "
+                f"the limit is {MAX_DP_STEPS}: raise dp_sampling_rate or lower epochs"
+            )
+        if self._vmap_ok is None:
+            self._vmap_ok = supports_vmap(self._model, x32, y32)
+        optimizer, dp = self._dp_step_for(cfg)
+        _reset_optimizer(optimizer, self._model, cfg.learning_rate)
+        anchor: list[mx.array] = []
+        if cfg.proximal_mu > 0:
+            anchor = [value for _, value in flat_parameters(self._model.trainable_parameters())]
+        mu = mx.array(cfg.proximal_mu, dtype=mx.float32)
+        clip = mx.array(cfg.dp_clip, dtype=mx.float32)
+        # Divide by the expected batch q*N, not the realised size: the size of a Poisson sample is private.
+        inv_denominator = mx.array(1.0 / (q * n), dtype=mx.float32)
+        noise_std = np.float32(cfg.dp_noise_multiplier * cfg.dp_clip)
+        rows = poisson_batch_rows(n, q)
+        sampler = np.random.default_rng(seed)  # which examples: reproducible from the seed
+        noise = noise_rng()  # the noise: never from the seed
+        chunk = partial(_dp_chunk, x32, y32, rows)
+        block = max(1, _NOISE_BLOCK // dp.num_parameters)
+        loss_sum = correct = mx.array(0.0)
+        seen = 0
+        for _ in range(cfg.epochs):
+            samples = [poisson_sample(sampler, n, q) for _ in range(steps_per_epoch)]
+            seen = sum(len(s) for s in samples)
+            xs, ys, ws = chunk([s[:rows] for s in samples])
+            loss_sum = correct = mx.array(0.0)
+            for first in range(0, steps_per_epoch, block):
+                last = min(first + block, steps_per_epoch)
+                z = noise.standard_normal((last - first, dp.num_parameters), dtype=np.float32)
+                z *= noise_std
+                perturbations = mx.array(z)
+                for i in range(first, last):
+                    perturbation = perturbations[i - first]
+                    for begin in range(rows, len(samples[i]), rows):
+                        # A sample larger than the padded batch: the rest in further chunks, exactly.
+                        ox, oy, ow = chunk([samples[i][begin : begin + rows]])
+                        extra, extra_loss, extra_correct = dp.accumulate(ox[0], oy[0], ow[0], clip)
+                        perturbation = perturbation + extra
+                        loss_sum, correct = loss_sum + extra_loss, correct + extra_correct
+                    batch_loss, batch_correct = dp.step(
+                        xs[i], ys[i], ws[i], perturbation, anchor, mu, clip, inv_denominator
+                    )
+                    loss_sum = loss_sum + batch_loss
+                    correct = correct + batch_correct
+                    mx.async_eval(loss_sum, correct, self._model.state, optimizer.state)
+            mx.eval(loss_sum, correct)
+        local = get_weights(self._model)
+        update = {name: local[name] - global32[name] for name in local}
+        return FitResult(
+            update=update,
+            num_samples=n,
+            loss=_scalar(loss_sum) / max(seen, 1),
+            accuracy=_scalar(correct) / max(seen, 1),
+            train_s=time.perf_counter() - start,
+            dp_steps=total_steps,
+            dp_sampling_rate=q,
+        )
+
     def evaluate(
         self, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
     ) -> tuple[float, float]:
@@ -236,6 +376,16 @@ class LocalTrainer:
             optimizer.init(self._model.trainable_parameters())
             self._steps[key] = (optimizer, _compile_step(self._model, optimizer, proximal=key[2]))
         return self._steps[key]
+
+    def _dp_step_for(self, cfg: TrainConfig) -> tuple[optim.Optimizer, DpSgdStep]:
+        momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+        key = (cfg.optimizer, momentum, cfg.proximal_mu > 0)
+        if key not in self._dp_steps:
+            optimizer = _make_optimizer(cfg.optimizer, cfg.learning_rate, momentum)
+            optimizer.init(self._model.trainable_parameters())
+            step = DpSgdStep(self._model, optimizer, proximal=key[2], vectorize=bool(self._vmap_ok))
+            self._dp_steps[key] = (optimizer, step)
+        return self._dp_steps[key]
 
 
 def _make_optimizer(name: str, learning_rate: float, momentum: float) -> optim.Optimizer:
@@ -281,6 +431,19 @@ def _compile_step(model: nn.Module, optimizer: optim.Optimizer, *, proximal: boo
 
     compiled: _Step = mx.compile(step, inputs=state, outputs=state)
     return compiled
+
+
+def _dp_chunk(
+    x32: np.ndarray, y32: np.ndarray, rows: int, samples: list[np.ndarray]
+) -> tuple[mx.array, mx.array, mx.array]:
+    """Padded batches ``(S, rows, F)``, labels ``(S, rows)`` and 0/1 masks for index sets of <= rows each;
+    padding repeats example 0 with mask 0 (its gradient gets clip factor 0)."""
+    index = np.zeros((len(samples), rows), dtype=np.int64)
+    mask = np.zeros((len(samples), rows), dtype=np.float32)
+    for i, sample in enumerate(samples):
+        index[i, : len(sample)] = sample
+        mask[i, : len(sample)] = 1.0
+    return mx.array(x32[index]), mx.array(y32[index]), mx.array(mask)
 
 
 def _scalar(value: mx.array) -> float:

@@ -220,6 +220,9 @@ def test_bad_inputs(trainer: LocalTrainer, initial: dict[str, np.ndarray]) -> No
 def test_config_round_trip() -> None:
     cfg = TrainConfig(epochs=3, batch_size=8, learning_rate=0.1, optimizer="adam", proximal_mu=0.01)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    dp = TrainConfig(dp_clip=1.0, dp_noise_multiplier=1.1, dp_sampling_rate=0.01)
+    assert TrainConfig.from_dict(dp.to_dict()) == dp and dp.dp_enabled and not cfg.dp_enabled
+    assert TrainConfig.from_dict({"dp_clip": 2}).dp_clip == 2.0
     assert TrainConfig.from_dict({}) == TrainConfig()
     assert TrainConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
 
@@ -243,6 +246,16 @@ def test_config_round_trip() -> None:
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"proximal_mu": float("nan")}, "proximal_mu must be a finite number >= 0"),
         ({"proximal_mu": -0.1}, "proximal_mu must be a finite number >= 0"),
+        ({"dp_clip": -1.0}, r"dp_clip must be a finite number >= 0 \(0 = DP-SGD off\)"),
+        ({"dp_clip": float("inf")}, "dp_clip must be a finite number >= 0"),
+        ({"dp_clip": "1"}, "'dp_clip' must be a number, got str"),
+        ({"dp_clip": 1.0, "dp_noise_multiplier": -0.5}, "dp_noise_multiplier must be a finite number >= 0"),
+        ({"dp_clip": 1.0, "dp_noise_multiplier": float("nan")}, "dp_noise_multiplier must be a finite"),
+        ({"dp_clip": 1.0, "dp_sampling_rate": 1.5}, r"dp_sampling_rate must be in \[0, 1\]"),
+        ({"dp_clip": 1.0, "dp_sampling_rate": float("nan")}, r"dp_sampling_rate must be in \[0, 1\]"),
+        ({"dp_noise_multiplier": 1.0}, "need dp_clip > 0"),
+        ({"dp_sampling_rate": 0.1}, "need dp_clip > 0"),
+        ({"dp_sampling_rate": True}, "'dp_sampling_rate' must be a number, got bool"),
     ],
 )
 def test_from_dict_rejects_junk(data: dict[str, Any], problem: str) -> None:
@@ -254,3 +267,82 @@ def test_from_dict_rejects_junk(data: dict[str, Any], problem: str) -> None:
 def test_from_dict_needs_a_mapping(data: Any) -> None:
     with pytest.raises(ValueError, match="must be a JSON object"):
         TrainConfig.from_dict(data)
+
+
+# -------------------------------------------------------------------------------------------- DP-SGD
+
+
+def test_dp_fit_reports_its_steps_and_sampling_rate(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    x, y = train.x[:144], train.y[:144]
+    result = trainer.fit(initial, x, y, TrainConfig(epochs=2, batch_size=16, dp_clip=1.0,
+                                                    dp_noise_multiplier=1.0), seed=0)
+    assert result.dp_sampling_rate == 16 / 144  # batch_size / N
+    assert result.dp_steps == 2 * 9  # epochs * round(1 / q)
+    assert 0.0 <= result.accuracy <= 1.0 and np.isfinite(result.loss)
+    chosen = trainer.fit(initial, x, y, TrainConfig(dp_clip=1.0, dp_sampling_rate=0.3), seed=0)
+    assert (chosen.dp_sampling_rate, chosen.dp_steps) == (0.3, 3)
+    tiny = trainer.fit(initial, x[:1], y[:1], TrainConfig(dp_clip=1.0), seed=0)  # q = min(1, 32 / 1)
+    assert (tiny.dp_sampling_rate, tiny.dp_steps) == (1.0, 1)
+    plain = trainer.fit(initial, x, y, TrainConfig(), seed=0)
+    assert (plain.dp_steps, plain.dp_sampling_rate) == (0, 0.0)
+
+
+def test_dp_training_still_learns_digits(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, test = digits
+    cfg = TrainConfig(epochs=3, momentum=0.9, dp_clip=1.0, dp_noise_multiplier=0.8)
+    result = trainer.fit(initial, train.x, train.y, cfg, seed=0)
+    _, accuracy = trainer.evaluate(_apply(initial, result.update), test.x, test.y)
+    assert accuracy > 0.7
+
+
+def test_dp_with_fedprox_equals_plain_fedprox_when_nothing_is_private(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    """No noise, a clip nobody reaches and q = 1: DP-SGD is full-batch gradient descent, and the
+    proximal term (added after clipping and noise) must act exactly as in the plain step."""
+    train, _ = digits
+    x, y = train.x[:64], train.y[:64]
+    common = {"epochs": 4, "learning_rate": 0.5, "proximal_mu": 2.0}
+    plain = trainer.fit(initial, x, y, TrainConfig(batch_size=64, **common), seed=0)
+    dp = trainer.fit(initial, x, y, TrainConfig(dp_clip=1e6, dp_sampling_rate=1.0, **common), seed=0)
+    assert dp.dp_steps == 4
+    for name in plain.update:
+        np.testing.assert_allclose(dp.update[name], plain.update[name], rtol=1e-4, atol=1e-6)
+    no_prox = trainer.fit(initial, x, y, TrainConfig(epochs=4, learning_rate=0.5, dp_clip=1e6,
+                                                     dp_sampling_rate=1.0), seed=0)
+    assert _norm(dp.update) < _norm(no_prox.update)
+
+
+def test_dp_fits_leave_the_plain_path_as_it_was(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    x, y = train.x[:100], train.y[:100]
+    cfg = TrainConfig(epochs=2, momentum=0.5)
+    before = trainer.fit(initial, x, y, cfg, seed=4)
+    private = TrainConfig(epochs=2, momentum=0.5, dp_clip=0.5, dp_noise_multiplier=1.0)
+    trainer.fit(initial, x, y, private, seed=4)
+    after = trainer.fit(initial, x, y, cfg, seed=4)
+    assert all(np.array_equal(before.update[k], after.update[k]) for k in before.update)
+
+
+def test_dp_sampling_follows_the_seed_when_there_is_no_noise(
+    trainer: LocalTrainer, initial: dict[str, np.ndarray], digits: tuple[Dataset, Dataset]
+) -> None:
+    train, _ = digits
+    x, y = train.x[:200], train.y[:200]
+    cfg = TrainConfig(dp_clip=0.5, dp_sampling_rate=0.1)
+    a, b, c = (trainer.fit(initial, x, y, cfg, seed=s) for s in (1, 1, 2))
+    assert all(np.array_equal(a.update[k], b.update[k]) for k in a.update)
+    assert not all(np.array_equal(a.update[k], c.update[k]) for k in a.update)
+
+
+def test_dp_refuses_absurd_step_counts(trainer: LocalTrainer, initial: dict[str, np.ndarray]) -> None:
+    x, y = np.zeros((4, 64), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match="DP-SGD would run"):
+        trainer.fit(initial, x, y, TrainConfig(epochs=10, dp_clip=1.0, dp_sampling_rate=1e-6), seed=0)

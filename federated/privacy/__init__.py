@@ -1,0 +1,119 @@
+"""Differential privacy: accounting, clipping, noise, distributed (Skellam) noise, budget, DP-SGD.
+
+One module per concept:
+
+- ``accountant``: :class:`PrivacyAccountant` and ``compute_epsilon``/``calibrate_sigma`` over Google's
+  ``dp-accounting`` (RDP and PLD) for Poisson-subsampled Gaussian releases
+- ``budget``: :class:`PrivacyBudgetTracker`, what a run has spent and whether the next round may start
+- ``clipping``: user-level ``clip_update`` and :class:`AdaptiveClipper` (Andrew et al. 2021)
+- ``noise``: Gaussian noise for NumPy trees, Skellam shares, ``noise_rng`` (OS-seeded)
+- ``skellam``: distributed DP with Skellam noise: dropout-safe plans, sensitivity, RDP, wrap headroom
+- ``manager``: the seed README's :class:`DifferentialPrivacyManager` façade
+- ``dpsgd``: record-level DP-SGD in MLX (per-example gradients with ``mx.vmap``); the only module here
+  that imports MLX, reached as ``federated.privacy.dpsgd`` and not re-exported
+
+Names are resolved on first use (module ``__getattr__``): ``import federated.privacy`` loads neither MLX
+(the broker must run without it) nor ``dp_accounting``/SciPy (1-2 s that a worker should not pay).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from federated.privacy.accountant import (
+        ACCOUNTANTS,
+        PrivacyAccountant,
+        calibrate_sigma,
+        compute_epsilon,
+    )
+    from federated.privacy.budget import PrivacyBudgetTracker
+    from federated.privacy.clipping import (
+        AdaptiveClipper,
+        clip_update,
+        combined_noise_multiplier,
+        global_norm,
+        update_noise_multiplier,
+    )
+    from federated.privacy.manager import DifferentialPrivacyManager
+    from federated.privacy.noise import gaussian_noise_like, noise_rng, skellam_share
+    from federated.privacy.skellam import (
+        SKELLAM_ORDERS,
+        SkellamPlan,
+        add_share,
+        check_no_wrap_with_noise,
+        noise_headroom,
+        plan_skellam,
+        skellam_epsilon,
+        skellam_mu_per_worker,
+        skellam_rdp,
+        skellam_sensitivities,
+    )
+
+__all__ = [
+    "ACCOUNTANTS",
+    "SKELLAM_ORDERS",
+    "AdaptiveClipper",
+    "DifferentialPrivacyManager",
+    "PrivacyAccountant",
+    "PrivacyBudgetTracker",
+    "SkellamPlan",
+    "add_share",
+    "calibrate_sigma",
+    "check_no_wrap_with_noise",
+    "clip_update",
+    "combined_noise_multiplier",
+    "compute_epsilon",
+    "gaussian_noise_like",
+    "global_norm",
+    "noise_headroom",
+    "noise_rng",
+    "plan_skellam",
+    "skellam_epsilon",
+    "skellam_mu_per_worker",
+    "skellam_rdp",
+    "skellam_sensitivities",
+    "skellam_share",
+    "update_noise_multiplier",
+]
+
+_HOME = {
+    "ACCOUNTANTS": "accountant",
+    "PrivacyAccountant": "accountant",
+    "calibrate_sigma": "accountant",
+    "compute_epsilon": "accountant",
+    "PrivacyBudgetTracker": "budget",
+    "AdaptiveClipper": "clipping",
+    "clip_update": "clipping",
+    "combined_noise_multiplier": "clipping",
+    "global_norm": "clipping",
+    "update_noise_multiplier": "clipping",
+    "DifferentialPrivacyManager": "manager",
+    "gaussian_noise_like": "noise",
+    "noise_rng": "noise",
+    "skellam_share": "noise",
+    "SKELLAM_ORDERS": "skellam",
+    "SkellamPlan": "skellam",
+    "add_share": "skellam",
+    "check_no_wrap_with_noise": "skellam",
+    "noise_headroom": "skellam",
+    "plan_skellam": "skellam",
+    "skellam_epsilon": "skellam",
+    "skellam_mu_per_worker": "skellam",
+    "skellam_rdp": "skellam",
+    "skellam_sensitivities": "skellam",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
