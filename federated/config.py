@@ -254,6 +254,50 @@ class SecureConfig:
         return params
 
 
+#: Differential-privacy modes (DESIGN §6); see :class:`PrivacyConfig`.
+PRIVACY_MODES = ("none", "record", "central")
+#: Privacy accountants of dp-accounting.
+ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (DESIGN §6). Every epsilon the product reports comes from the accountant.
+
+    ``mode``:
+      - ``none``: no differential privacy;
+      - ``record``: record-level DP-SGD in every worker (Poisson-sampled batches at ``sampling_rate``,
+        per-example clipping to ``clip``, Gaussian noise ``noise_multiplier * clip`` per step); epsilon
+        protects one training example of a worker;
+      - ``central``: user-level DP-FedAvg with a trusted broker: the broker clips every update to L2 norm
+        ``clip``, sums them, adds Gaussian noise of std ``noise_multiplier * clip`` and divides by the
+        number of survivors; epsilon protects a worker's whole data set.
+      ``None`` (the default): ``central`` when ``privacy_budget`` is set, else ``none``.
+    ``noise_multiplier`` None: calibrated with the accountant so that ``num_rounds`` rounds fit
+    ``privacy_budget``. ``delta``: the delta of every (epsilon, delta) reported. ``accountant``: rdp | pld.
+    ``sampling_rate``: record mode's Poisson rate q (each local step sees each example with probability q;
+    a round runs ``local_epochs * round(1/q)`` steps).
+    """
+
+    mode: str | None = None
+    clip: float = 1.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    sampling_rate: float = 0.1
+
+    def validate(self, prefix: str = "privacy") -> None:
+        if self.mode is not None and self.mode not in PRIVACY_MODES:
+            raise ConfigError(f"{prefix}.mode", f"{self.mode!r} is not one of {', '.join(PRIVACY_MODES)}")
+        _number(f"{prefix}.clip", self.clip, 0.0, 1e9, open_lo=True)
+        if self.noise_multiplier is not None:
+            _number(f"{prefix}.noise_multiplier", self.noise_multiplier, 0.0, 1e6)
+        _number(f"{prefix}.delta", self.delta, 0.0, 0.1, open_lo=True)
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"{prefix}.accountant", f"{self.accountant!r} is not one of {', '.join(ACCOUNTANTS)}")
+        _number(f"{prefix}.sampling_rate", self.sampling_rate, 0.0, 1.0, open_lo=True)
+
+
 @dataclass(frozen=True)
 class FederatedConfig:
     """A whole federated run: who takes part, what is trained, and how the broker runs it.
@@ -262,7 +306,8 @@ class FederatedConfig:
     round may aggregate (with fewer the round fails, model unchanged), left unset means
     ``min(2, clients_per_round)``. Both are resolved at construction; ``to_dict()`` writes them back as
     ``None`` so that a later override of ``num_clients`` re-resolves them.
-    ``privacy_budget`` is the total epsilon allowed (``None``: no differential privacy).
+    ``privacy_budget`` is the total epsilon allowed at ``privacy.delta`` (``None``: no budget): the broker
+    does not start a round whose release would exceed it.
     """
 
     num_clients: int = 10
@@ -280,9 +325,14 @@ class FederatedConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         auto = set()
+        if isinstance(self.privacy, PrivacyConfig) and self.privacy.mode is None:
+            auto.add("privacy.mode")
+            mode = "central" if self.privacy_budget is not None else "none"
+            object.__setattr__(self, "privacy", dataclasses.replace(self.privacy, mode=mode))
         if self.clients_per_round is None:
             auto.add("clients_per_round")
             object.__setattr__(self, "clients_per_round", self.num_clients)
@@ -331,6 +381,7 @@ class FederatedConfig:
         if not isinstance(self.aggregation, AggregationConfig):
             raise ConfigError("aggregation", "must be a mapping of aggregation settings")
         self.aggregation.validate()
+        self._validate_privacy()
         agg = self.aggregation
         if self.secure.enabled and agg.needs_individual_updates and agg.bucket_size is None:
             raise ConfigError("aggregation.rule", (
@@ -346,6 +397,31 @@ class FederatedConfig:
         else:
             self.secure.validate(self.clients_per_round)
         self._validate_compression()
+
+    def _validate_privacy(self) -> None:
+        if not isinstance(self.privacy, PrivacyConfig):
+            raise ConfigError("privacy", "must be a mapping of differential-privacy settings")
+        p = self.privacy
+        p.validate()
+        if p.mode == "none":
+            if self.privacy_budget is not None:
+                raise ConfigError("privacy.mode", "privacy_budget needs a differential-privacy mode: record or central")
+            return
+        if p.noise_multiplier is None and self.privacy_budget is None:
+            raise ConfigError("privacy.noise_multiplier", "set it, or set privacy_budget to have it calibrated")
+        if p.mode == "central":
+            if self.secure.enabled:
+                raise ConfigError("privacy.mode", (
+                    "central DP needs a trusted broker that sees each update to clip it; under secure "
+                    "aggregation use record-level DP (privacy.mode record), whose noise the workers add"))
+            if self.aggregation.needs_individual_updates or self.aggregation.bucket_size is not None:
+                raise ConfigError("privacy.mode", (
+                    f"central DP's sensitivity analysis covers the clipped mean, not {self.aggregation.rule!r} "
+                    "or buckets; use aggregation.rule mean"))
+            if self.compression != "none":
+                raise ConfigError("compression", (
+                    "central DP clips what the broker receives; a lossy codec would change each update "
+                    "after the worker clipped it. Use compression none with privacy.mode central"))
 
     def _validate_compression(self) -> None:
         if not isinstance(self.compression, str):
@@ -375,7 +451,8 @@ class FederatedConfig:
         data = dataclasses.asdict(self)
         if not resolved:
             for name in getattr(self, "_auto", ()):
-                data[name] = None
+                section, _, leaf = name.rpartition(".")
+                (data[section] if section else data)[leaf] = None
         return data
 
 

@@ -78,11 +78,10 @@ class FederatedServer:
     def train_federated(self) -> TrainingResults:
         """Serve rounds until ``num_rounds`` are complete or too many fail; blocks until then.
 
-        Raises ``ValueError`` if ``privacy_budget`` is set (differential privacy is not in this build, and
-        no privacy guarantee may be claimed that is not computed), ``StoreError`` for an unusable store.
+        With ``privacy_budget`` set, differential privacy is on (``config.privacy``; central by default) and
+        training stops before the first round that would spend past the budget. Raises ``StoreError`` for
+        an unusable store, ``ValueError`` if the noise cannot be calibrated to the budget.
         """
-        if self.config.privacy_budget is not None:
-            raise ValueError("privacy_budget: differential privacy is not available in this build yet")
         weights, evaluate, task_config = self._prepare()
         outcome: BrokerOutcome = serve(self.config, weights, evaluate=evaluate, task_config=task_config)
         return TrainingResults(outcome.history, outcome.weights, outcome.completed, outcome.failed,

@@ -51,6 +51,8 @@ from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
 from federated.crypto.keyfiles import Enrolment
+from federated.privacy.ledger import PrivacyLedger
+from federated.privacy.noise import noise_rng
 from federated.protocol import (
     AdvertiseKeys,
     Bye,
@@ -101,6 +103,7 @@ class _Round:
     bytes_up: int = 0
     bytes_down: int = 0
     secure: SecureRound | None = None
+    epsilon: float | None = None  # privacy spent including this round (None: no differential privacy)
 
 
 def compression_seed(seed: int, round_id: int) -> int:
@@ -150,6 +153,8 @@ class Coordinator:
         self.rng = random.Random(config.seed)
         self.selector = Selector(config.selection, self.rng)
         self._codec = make_codec(config.compression) if config.compression != "none" else None
+        #: Differential privacy: the accountant and budget (None without DP). Calibrates sigma if asked.
+        self.privacy = PrivacyLedger(config) if config.privacy.mode != "none" else None
         self.next_round_id = first_round
         self.completed = completed_rounds
         self.consecutive_failures = 0
@@ -402,6 +407,11 @@ class Coordinator:
 
     def _maybe_start(self, now: float) -> list[Outbound]:
         cfg = self.config
+        if self.privacy is not None and not self.privacy.allows_next_round():
+            spent, planned = self.privacy.epsilon(), self.privacy.next_round_epsilon()
+            return self._finish_training(
+                f"privacy budget: round {self.next_round_id} would bring epsilon to {planned:.4g} "
+                f"> budget {self.privacy.budget:g} (spent {spent:.4g} at delta {self.privacy.delta:g})")
         live = self.registry.live_ids()
         if self._waiting_since is None:
             self._waiting_since = now
@@ -431,7 +441,14 @@ class Coordinator:
         rid = self.next_round_id
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
-        task_config = {**self.task_config, "train": cfg.training.to_task_config(), "seed": cfg.seed}
+        train = cfg.training.to_task_config()
+        if self.privacy is not None:
+            # Charged before any TASK leaves: from now on the workers release updates, whatever happens.
+            rnd.epsilon = self.privacy.charge_round()
+            train.update(self.privacy.train_settings())
+            if self.store is not None:
+                self.store.set_meta("privacy", self.privacy.to_dict())
+        task_config = {**self.task_config, "train": train, "seed": cfg.seed}
         if cfg.compression != "none":
             task_config.update(compression=cfg.compression, compression_seed=compression_seed(cfg.seed, rid))
         params_of: dict[str, Any] = {}
@@ -609,6 +626,8 @@ class Coordinator:
     def _aggregate_plain(self, ids: list[str], updates: list[Update]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
         """The round's mean update under the configured rule, and the workers detection suspects."""
         agg = self.config.aggregation
+        if self.privacy is not None and self.privacy.mode == "central":
+            return self._central_dp_mean(updates), ()
         weights = [u.num_samples for u in updates]
         if not agg.needs_individual_updates and agg.bucket_size is None and not agg.detect:
             return weighted_mean([u.update for u in updates], weights), ()
@@ -627,6 +646,20 @@ class Coordinator:
             sample_weights = None
         vector = self._rule(len(matrix))(matrix, sample_weights)
         return unflatten(vector, self.weights), suspects
+
+    def _central_dp_mean(self, updates: list[Update]) -> dict[str, np.ndarray]:
+        """User-level central DP (DESIGN §6): clip each update to L2 norm C, sum, add N(0, (sigma C)^2) per
+        coordinate, divide by the number of updates. Unweighted: a sample-count weight would let one
+        worker's influence exceed C. The number of survivors is not protected."""
+        assert self.privacy is not None
+        clip, sigma = self.privacy.clip, self.privacy.sigma
+        total = np.zeros(self.num_params, np.float64)
+        for u in updates:
+            vector = flatten(u.update, np.float64)
+            norm = float(np.linalg.norm(vector))
+            total += vector * (min(1.0, clip / norm) if norm > 0 else 1.0)
+        total += noise_rng().normal(0.0, sigma * clip, size=total.shape)
+        return unflatten((total / len(updates)).astype(np.float32), self.weights)
 
     def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
                 loss: float | None = None, accuracy: float | None = None, error: str | None = None,
@@ -655,7 +688,7 @@ class Coordinator:
             participants=tuple(rnd.cohort), survivors=tuple(survivors), dropped=tuple(sorted(rnd.dropped)),
             num_samples=samples, bytes_up=rnd.bytes_up, bytes_down=rnd.bytes_down,
             accuracy=accuracy, loss=loss, train_loss=mean_metric("loss"),
-            train_accuracy=mean_metric("accuracy"), epsilon=None, error=error, suspects=suspects,
+            train_accuracy=mean_metric("accuracy"), epsilon=rnd.epsilon, error=error, suspects=suspects,
             metrics={"max_local_s": slowest or 0.0,
                      **{f"dropped_{r}": float(list(rnd.dropped.values()).count(r))
                         for r in set(rnd.dropped.values())}},

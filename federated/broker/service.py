@@ -38,6 +38,7 @@ class BrokerOutcome:
     reason: str
     history: tuple[RoundRecord, ...]
     weights: dict[str, np.ndarray]
+    privacy: dict[str, Any] | None = None  # the ledger's summary: epsilon spent, delta, sigma, budget
 
 
 #: Settings that may change between a run and its resumption: where and how fast the broker serves, and
@@ -78,6 +79,10 @@ def _resume(store: RoundStore, config: FederatedConfig, coordinator: Coordinator
     resume, arrays = loaded
     try:
         coordinator.restore(resume, arrays, latest[1])
+        privacy = store.get_meta("privacy")
+        if coordinator.privacy is not None and privacy is not None:
+            # Includes a round that was under way when the broker stopped: it is charged again on rerun.
+            coordinator.privacy.load(privacy)  # type: ignore[arg-type]
     except ValueError as exc:
         raise StoreError(f"store {config.broker.store}: cannot resume: {exc}") from exc
     store.set_meta("config", config.to_dict(resolved=True))
@@ -148,10 +153,12 @@ def serve(
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        privacy = coordinator.privacy.summary() if coordinator.privacy is not None else None
         store.set_meta("outcome", {"completed": coordinator.completed, "failed": coordinator.failed,
-                                   "interrupted": interrupted, "reason": coordinator.exit_reason})
+                                   "interrupted": interrupted, "reason": coordinator.exit_reason,
+                                   "privacy": privacy})
         return BrokerOutcome(coordinator.completed, coordinator.failed, interrupted,
                              coordinator.exit_reason or ("interrupted" if interrupted else ""),
-                             tuple(coordinator.history), coordinator.weights)
+                             tuple(coordinator.history), coordinator.weights, privacy)
     finally:
         store.close()

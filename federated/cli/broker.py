@@ -45,9 +45,6 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
     """Run the broker: wait for workers, run the configured rounds, record them in the store."""
     setup_logging(verbose)
     config = build_config(params, {"broker.bind": bind, "broker.keys_dir": keys_dir})
-    if config.privacy_budget is not None:
-        raise click.UsageError("privacy_budget: differential privacy is not available in this build yet; "
-                               "leave it unset (no epsilon would be computed, so none may be promised)")
     try:
         weights, evaluate, task_config = prepare_model(config)
     except (ValueError, OSError) as exc:
@@ -67,11 +64,12 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
         outcome = serve(config, weights, evaluate=evaluate, task_config=task_config,
                         on_round=lambda rec: say({"event": "round", **rec.to_dict()}),
                         on_listening=lambda ep: say({"event": "listening", "endpoint": ep}))
-    except (StoreError, KeyFileError) as exc:
+    except (StoreError, KeyFileError, ValueError) as exc:  # ValueError: sigma calibration impossible
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
     summary = {"event": "done", "completed": outcome.completed, "failed": outcome.failed,
-               "interrupted": outcome.interrupted, "reason": outcome.reason, "store": config.broker.store}
+               "interrupted": outcome.interrupted, "reason": outcome.reason, "store": config.broker.store,
+               "privacy": outcome.privacy}
     say(summary)
     if as_json and not events:
         emit_json(summary)

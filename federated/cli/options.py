@@ -49,6 +49,12 @@ FLAG_TO_KEY = {
     "server_learning_rate": "broker.server_learning_rate",
     "buckets": "aggregation.bucket_size",
     "store": "broker.store",
+    "dp": "privacy.mode",
+    "dp_clip": "privacy.clip",
+    "noise_multiplier": "privacy.noise_multiplier",
+    "delta": "privacy.delta",
+    "accountant": "privacy.accountant",
+    "dp_sampling_rate": "privacy.sampling_rate",
 }
 
 _OPTIONS = [
@@ -70,7 +76,15 @@ _OPTIONS = [
     click.option("--proximal-mu", type=float, help="FedProx proximal term mu (0: plain FedAvg)."),
     click.option("--compression", help="Update codec: none | q8 | q4 | q2 | topk:F | randk:F | topk:F+q8 | "
                                        "randk:F+q8 (F: fraction of coordinates kept)."),
-    click.option("--privacy-budget", type=float, help="Total epsilon allowed (differential privacy)."),
+    click.option("--privacy-budget", type=float, help="Total epsilon allowed at --delta; no round starts that "
+                                                       "would exceed it (default DP mode: central)."),
+    click.option("--dp", help="Differential privacy: none | record (DP-SGD in workers) | central (the broker "
+                              "noises the clipped sum)."),
+    click.option("--dp-clip", type=float, help="DP clip C: per example (record) or per update (central)."),
+    click.option("--noise-multiplier", type=float, help="DP noise std / C (default: calibrated to the budget)."),
+    click.option("--delta", type=float, help="Delta of every reported (epsilon, delta)."),
+    click.option("--accountant", help="Privacy accountant: rdp | pld."),
+    click.option("--dp-sampling-rate", type=float, help="Record-level DP-SGD Poisson sampling rate q."),
     click.option("--round-timeout", type=float, help="Seconds the broker waits for a round's updates."),
     click.option("--secure/--no-secure", default=None, help="Secure aggregation: the broker learns only sums."),
     click.option("--secure-threshold", type=int, help="Shares needed to rebuild a secret (default: majority)."),

@@ -104,6 +104,12 @@ def _print_summary(result: dict[str, Any]) -> None:
     acc, loss = result["final_accuracy"], result["final_loss"]
     click.echo(f"final accuracy {'-' if acc is None else f'{acc:.4f}'}, loss {'-' if loss is None else f'{loss:.4f}'}, "
                f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
+    privacy = result.get("privacy")
+    if privacy:
+        how = "calibrated to the budget" if privacy["calibrated"] else "as set"
+        click.echo(f"differential privacy ({privacy['mode']}): epsilon {privacy['epsilon']:.4g} at delta "
+                   f"{privacy['delta']:g} ({privacy['accountant']} accountant); noise multiplier "
+                   f"{privacy['noise_multiplier']:.4g} ({how})")
 
 
 def speed_factors(num_clients: int, seed: int) -> dict[str, float]:
@@ -204,6 +210,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
         "store": config.broker.store,
         "reason": done.get("reason", "broker exited without finishing"),
         "attackers": [f"client_{i}" for i in sorted(bad)],
+        "privacy": done.get("privacy"),
     }
     if not done:
         code = code or TRAINING_FAILED
@@ -236,9 +243,6 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
         # The robust rule is told the true fraction, as in the papers' experiments.
         extra["aggregation.byzantine_fraction"] = byzantine_fraction
     config = build_config(params, extra)
-    if config.privacy_budget is not None:
-        raise click.UsageError("privacy_budget: differential privacy is not available in this build yet; "
-                               "leave it unset (no epsilon would be computed, so none may be promised)")
     if Path(store).exists():
         raise click.UsageError(f"--store {store} already exists; give a new path (resuming is not supported yet)")
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
@@ -256,4 +260,6 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
         emit_json(result)
     elif Path(store).exists():
         _print_summary(result)
-    sys.exit(code if code != OK or result["num_rounds"] == config.num_rounds else TRAINING_FAILED)
+    # Stopping at the privacy budget is the run ending as configured, not a failure.
+    finished = result["num_rounds"] == config.num_rounds or str(result["reason"]).startswith("privacy budget")
+    sys.exit(code if code != OK or finished else TRAINING_FAILED)

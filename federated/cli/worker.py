@@ -40,13 +40,13 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
                dropout_rate: float = 0.0, dropout_stage: str = "task",
                slowdown: dict[str, float] | None = None, keys: dict[str, Any] | None = None,
-               broker_key: bytes | None = None) -> int:
+               broker_key: bytes | None = None, min_noise_multiplier: float = 0.0) -> int:
     """Serve ``clients`` against the broker until it says BYE; returns an exit code. ``keys`` and
     ``broker_key`` turn on CurveZMQ (see :class:`~federated.worker.loop.WorkerLoop`)."""
     from federated.worker.loop import WorkerLoop
     from federated.worker.runner import ModelRunner
 
-    runner = ModelRunner(trusted_spec=model)
+    runner = ModelRunner(trusted_spec=model, min_noise_multiplier=min_noise_multiplier)
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
                       slowdown=slowdown, keys=keys, broker_key=broker_key)
     interrupted = False
@@ -76,10 +76,13 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
               help="This worker's secret key file (fl keys worker): CurveZMQ on. Needs --broker-key.")
 @click.option("--broker-key", type=click.Path(),
               help="The broker's public key file (broker.key), pinned: no other broker is talked to.")
+@click.option("--dp-min-noise", type=click.FloatRange(0.0, min_open=False), default=0.0, show_default=True,
+              help="Refuse to train unless the broker asks for record-level DP-SGD with at least this noise "
+                   "multiplier (0: accept any task).")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
                    shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
-                   keys_path: str | None, broker_key: str | None, verbose: int) -> None:
+                   keys_path: str | None, broker_key: str | None, dp_min_noise: float, verbose: int) -> None:
     """Run one worker: connect to the broker, train on local data each time it is selected."""
     setup_logging(verbose)
     try:
@@ -120,5 +123,5 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
     except DataError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
-    code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned)
+    code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned, min_noise_multiplier=dp_min_noise)
     sys.exit(code if code in (OK, INTERRUPTED) else code)

@@ -59,6 +59,10 @@ DROPOUT_STAGES = ("task", "roster", "shares", "unmask")
 
 log = logging.getLogger("federated.worker")
 
+#: How fast the broker is assumed to digest a model (bytes per second) when a worker decides whether its
+#: silence after a TASK is a dead broker or a busy one: 10 MB/s, i.e. 20 s of grace for a 200 MB model.
+GRACE_BYTES_PER_S = 10e6
+
 _SECAGG_STAGES = (Roster, Shares, UnmaskRequest)
 
 #: ``fit(global_weights, x, y, task_config, seed) -> (update, metrics)``; metrics include loss, accuracy,
@@ -97,6 +101,9 @@ class _Session:
         self.reconnect_at: float | None = 0.0
         self.hello_sent_at = -math.inf
         self.hello_due = math.inf  # when to announce again after the broker said it does not know us
+        # Extra silence tolerated (seconds) while the broker digests model-sized messages: its loop does
+        # not send heartbeats while it aggregates, evaluates and checkpoints a large model.
+        self.grace = 0.0
         self.backoff = 0.0
         self.interval = 1.0
         self.timeout = 5.0
@@ -278,7 +285,7 @@ class WorkerLoop:
                 continue
             times.append(s.reconnect_at if s.reconnect_at is not None else min(s.next_heartbeat, s.hello_due))
             if s.sock is not None:
-                times.append(s.last_heard + s.timeout)
+                times.append(s.last_heard + s.timeout + s.grace)
         return max(0, int((min(times) - now) * 1000) + 1)
 
     def _timers(self, s: _Session, now: float) -> None:
@@ -288,7 +295,7 @@ class WorkerLoop:
             if now >= s.reconnect_at:
                 self._connect(s, now)
             return
-        if now - s.last_heard > s.timeout:
+        if now - s.last_heard > s.timeout + s.grace:
             log.warning("%s: broker silent for %.1f s; reconnecting", s.data.worker_id, now - s.last_heard)
             self._schedule_reconnect(s, now)
             return
@@ -350,6 +357,8 @@ class WorkerLoop:
             except ProtocolError as exc:
                 log.warning("%s: ignoring a malformed message from the broker: %s", s.data.worker_id, exc)
                 continue
+            if isinstance(msg, Task):
+                s.grace = sum(len(f) for f in frames) / GRACE_BYTES_PER_S
             self._on_message(s, msg)
 
     def _on_message(self, s: _Session, msg: Any) -> None:

@@ -48,11 +48,16 @@ class ModelRunner:
     ``trusted_spec`` is the model spec this process was started with (the only non-built-in spec it
     will build). ``model``, if given, is used for every task whatever its description says (the Python
     API's ``FederatedClient`` brings its own model); the task's weights must then fit it exactly.
+    ``min_noise_multiplier`` > 0 makes this worker refuse any TASK that does not ask for record-level
+    DP-SGD with at least that noise multiplier: a worker's own guarantee that its data is never trained on
+    without the noise it agreed to, whatever the broker sends.
     Raises ``ValueError`` for a TASK whose model or training settings are not acceptable.
     """
 
-    def __init__(self, trusted_spec: str | None = None, model: nn.Module | None = None) -> None:
+    def __init__(self, trusted_spec: str | None = None, model: nn.Module | None = None,
+                 min_noise_multiplier: float = 0.0) -> None:
         self.trusted_spec = trusted_spec
+        self.min_noise_multiplier = min_noise_multiplier
         self._own = LocalTrainer(model) if model is not None else None
         self._trainers: dict[tuple[str, tuple[int, ...], int], LocalTrainer] = {}
         self._trainers_by_spec: dict[str, LocalTrainer] = {}
@@ -88,8 +93,15 @@ class ModelRunner:
         if not isinstance(model, dict) or not isinstance(train, dict):
             raise ValueError("task config needs 'model' and 'train' sections")
         trainer = self.trainer(model)
-        result = trainer.fit(weights, x, y, TrainConfig.from_dict(train), seed=seed)
-        return result.update, {"loss": result.loss, "accuracy": result.accuracy, "train_s": result.train_s}
+        cfg = TrainConfig.from_dict(train)
+        if self.min_noise_multiplier > 0 and not (cfg.dp_enabled and cfg.dp_noise_multiplier >= self.min_noise_multiplier):
+            raise ValueError(f"this worker trains only with DP-SGD noise multiplier >= {self.min_noise_multiplier:g}; "
+                             f"the task asks for {cfg.dp_noise_multiplier if cfg.dp_enabled else 'no DP-SGD'}")
+        result = trainer.fit(weights, x, y, cfg, seed=seed)
+        metrics = {"loss": result.loss, "accuracy": result.accuracy, "train_s": result.train_s}
+        if cfg.dp_enabled:
+            metrics.update(dp_steps=float(result.dp_steps), dp_sampling_rate=result.dp_sampling_rate)
+        return result.update, metrics
 
     def evaluator(self, model: Mapping[str, Any], x: np.ndarray, y: np.ndarray) -> Any:
         """``evaluate(weights) -> (loss, accuracy)`` on held-out ``x, y`` (for the broker)."""

@@ -1,0 +1,125 @@
+"""The broker's privacy ledger: what each round releases, the accountant that tracks it, and the budget.
+
+One round is one accounted event, charged when the round *starts* (before any TASK leaves the broker),
+because from then on the workers release updates whether or not the round completes; a round that
+fails, or that was under way when the broker died and runs again after a restart, is charged each time.
+No amplification is claimed that the system does not provide:
+
+- ``record`` mode: each selected worker runs ``local_epochs * round(1/q)`` DP-SGD steps with Poisson
+  sampling at rate ``q`` and noise multiplier ``sigma``; a round is ``PoissonSampled(q, Gaussian(sigma))``
+  composed that many times. Every round is charged in full, as if every worker took part in all of them
+  (a worker cannot tell whether it will be selected, and the broker does not promise to skip it).
+- ``central`` mode: user-level DP-FedAvg; the broker adds Gaussian noise of std ``sigma * clip`` to the sum
+  of updates each clipped to ``clip``, so one worker's whole contribution has sensitivity ``clip``. The cohort
+  is a fixed-size sample (not Poisson), so a round is charged as ``Gaussian(sigma)`` with q = 1: no
+  amplification by sampling is claimed.
+
+Epsilons are computed by :class:`~federated.privacy.accountant.PrivacyAccountant` (dp-accounting) for the
+configured delta; the budget is ``privacy_budget`` epsilons at that delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from federated.config import FederatedConfig
+from federated.privacy.accountant import PrivacyAccountant, calibrate_sigma
+
+__all__ = ["PrivacyLedger", "dpsgd_steps"]
+
+log = logging.getLogger("federated.privacy")
+
+
+def dpsgd_steps(epochs: int, q: float) -> int:
+    """DP-SGD steps of one local fit: ``epochs * round(1/q)`` (what the trainer runs and is charged)."""
+    return epochs * max(1, round(1.0 / q))
+
+
+class PrivacyLedger:
+    """Per-run privacy state of a broker with ``config.privacy.mode`` record or central.
+
+    Raises ValueError (from the accountant) if calibration cannot meet the budget.
+    """
+
+    def __init__(self, config: FederatedConfig) -> None:
+        p = config.privacy
+        if p.mode not in ("record", "central"):
+            raise ValueError(f"no privacy ledger for mode {p.mode!r}")
+        self.mode: str = p.mode
+        self.clip = p.clip
+        self.delta = p.delta
+        self.budget = config.privacy_budget
+        if self.mode == "record":
+            self.q, self.steps = p.sampling_rate, dpsgd_steps(config.training.local_epochs, p.sampling_rate)
+        else:
+            self.q, self.steps = 1.0, 1
+        self.accountant = PrivacyAccountant(p.accountant)
+        self.rounds_charged = 0
+        self.calibrated = p.noise_multiplier is None
+        if p.noise_multiplier is None:
+            assert self.budget is not None  # FederatedConfig refuses neither
+            self.sigma = calibrate_sigma(self.budget, self.q, self.steps * config.num_rounds, self.delta,
+                                         p.accountant)
+            log.info("noise multiplier %.4g calibrated so %d rounds fit epsilon %.4g at delta %g (%s)",
+                     self.sigma, config.num_rounds, self.budget, self.delta, p.accountant)
+        else:
+            self.sigma = p.noise_multiplier
+        # Import dp-accounting (SciPy, 1-2 s) and check the first round now, at start-up: inside the
+        # broker's loop it would stall heartbeats, and the workers would take the broker for dead.
+        self.next_round_epsilon()
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far at ``delta`` (0 before the first round)."""
+        return self.accountant.epsilon(self.delta) if self.accountant.events else 0.0
+
+    def next_round_epsilon(self) -> float:
+        """The epsilon spent once the next round is charged (inf when sigma is 0: no privacy at all)."""
+        if self.sigma == 0:
+            return math.inf
+        return self.accountant.would_spend(self.q, self.sigma, self.steps, self.delta)
+
+    def allows_next_round(self) -> bool:
+        """False if the next round would spend past the budget (always True without a budget)."""
+        return self.budget is None or self.next_round_epsilon() <= self.budget
+
+    def charge_round(self) -> float:
+        """Charge one round's release; return the epsilon spent including it."""
+        if self.sigma == 0:
+            raise ValueError("noise multiplier 0 gives no differential privacy; nothing can be accounted")
+        self.accountant.record(self.q, self.sigma, self.steps)
+        self.rounds_charged += 1
+        return self.epsilon()
+
+    def train_settings(self) -> dict[str, float]:
+        """What record mode adds to the TASK's train section (the trainer's DP-SGD settings)."""
+        if self.mode != "record":
+            return {}
+        return {"dp_clip": self.clip, "dp_noise_multiplier": self.sigma, "dp_sampling_rate": self.q}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready figures: mode, sigma, whether it was calibrated, epsilon spent, delta, budget."""
+        return {"mode": self.mode, "noise_multiplier": self.sigma, "calibrated": self.calibrated,
+                "epsilon": self.epsilon(), "delta": self.delta, "budget": self.budget,
+                "accountant": self.accountant.kind, "rounds_charged": self.rounds_charged}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state a resumed broker continues from (the accountant's events and the sigma in force)."""
+        return {"sigma": self.sigma, "rounds_charged": self.rounds_charged, "accountant": self.accountant.to_dict()}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`to_dict`'s output. Raises ValueError if it is malformed or was made for
+        another noise multiplier (a resumed run must keep the noise it was calibrated for)."""
+        try:
+            sigma = float(state["sigma"])
+            rounds = int(state["rounds_charged"])
+            accountant = PrivacyAccountant.from_dict(state["accountant"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"privacy state is malformed: {exc!r}") from exc
+        if accountant.kind != self.accountant.kind:
+            raise ValueError(f"privacy state uses the {accountant.kind} accountant, not {self.accountant.kind}")
+        if not math.isclose(sigma, self.sigma, rel_tol=1e-9) and not self.calibrated:
+            raise ValueError(f"privacy state was recorded with noise multiplier {sigma}, not {self.sigma}")
+        self.sigma, self.accountant, self.rounds_charged = sigma, accountant, rounds
