@@ -255,7 +255,7 @@ class SecureConfig:
 
 
 #: Differential-privacy modes (DESIGN §6); see :class:`PrivacyConfig`.
-PRIVACY_MODES = ("none", "record", "central")
+PRIVACY_MODES = ("none", "record", "central", "distributed")
 #: Privacy accountants of dp-accounting.
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -271,7 +271,11 @@ class PrivacyConfig:
         protects one training example of a worker;
       - ``central``: user-level DP-FedAvg with a trusted broker: the broker clips every update to L2 norm
         ``clip``, sums them, adds Gaussian noise of std ``noise_multiplier * clip`` and divides by the
-        number of survivors; epsilon protects a worker's whole data set.
+        planned cohort size; epsilon protects a worker's whole data set;
+      - ``distributed``: user-level DP under secure aggregation, without trusting the broker: each worker
+        clips its update to ``clip`` and adds its share of discrete Skellam noise in the fixed-point domain
+        before masking, sized so that the ``min_clients`` guaranteed survivors' shares reach std
+        ``noise_multiplier * clip`` (Agarwal et al. 2021). The broker learns only the noised sum.
       ``None`` (the default): ``central`` when ``privacy_budget`` is set, else ``none``.
     ``noise_multiplier`` None: calibrated with the accountant so that ``num_rounds`` rounds fit
     ``privacy_budget``. ``delta``: the delta of every (epsilon, delta) reported. ``accountant``: rdp | pld.
@@ -405,15 +409,27 @@ class FederatedConfig:
         p.validate()
         if p.mode == "none":
             if self.privacy_budget is not None:
-                raise ConfigError("privacy.mode", "privacy_budget needs a differential-privacy mode: record or central")
+                raise ConfigError("privacy.mode", "privacy_budget needs a differential-privacy mode: "
+                                                  "record, central or distributed")
             return
         if p.noise_multiplier is None and self.privacy_budget is None:
             raise ConfigError("privacy.noise_multiplier", "set it, or set privacy_budget to have it calibrated")
+        if p.mode == "distributed":
+            if not self.secure.enabled:
+                raise ConfigError("privacy.mode", "distributed DP adds the noise inside secure aggregation; "
+                                                  "turn it on (secure.enabled / --secure) or use central DP")
+            if self.aggregation.needs_individual_updates or self.aggregation.bucket_size is not None:
+                raise ConfigError("privacy.mode", "distributed DP covers the plain secure sum; use "
+                                                  "aggregation.rule mean without buckets")
+            if self.compression != "none":
+                raise ConfigError("compression", "distributed DP is accounted for the full update; use "
+                                                 "compression none with privacy.mode distributed")
         if p.mode == "central":
             if self.secure.enabled:
                 raise ConfigError("privacy.mode", (
                     "central DP needs a trusted broker that sees each update to clip it; under secure "
-                    "aggregation use record-level DP (privacy.mode record), whose noise the workers add"))
+                    "aggregation use privacy.mode distributed (the workers add the noise before masking) "
+                    "or record"))
             if self.aggregation.needs_individual_updates or self.aggregation.bucket_size is not None:
                 raise ConfigError("privacy.mode", (
                     f"central DP's sensitivity analysis covers the clipped mean, not {self.aggregation.rule!r} "

@@ -154,7 +154,7 @@ class Coordinator:
         self.selector = Selector(config.selection, self.rng)
         self._codec = make_codec(config.compression) if config.compression != "none" else None
         #: Differential privacy: the accountant and budget (None without DP). Calibrates sigma if asked.
-        self.privacy = PrivacyLedger(config) if config.privacy.mode != "none" else None
+        self.privacy = PrivacyLedger(config, self.num_params) if config.privacy.mode != "none" else None
         self.next_round_id = first_round
         self.completed = completed_rounds
         self.consecutive_failures = 0
@@ -442,13 +442,16 @@ class Coordinator:
         self.next_round_id += 1
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
         train = cfg.training.to_task_config()
+        task_extra: dict[str, Any] = {}
         if self.privacy is not None:
             # Charged before any TASK leaves: from now on the workers release updates, whatever happens.
             rnd.epsilon = self.privacy.charge_round()
             train.update(self.privacy.train_settings())
+            if self.privacy.mode == "distributed":
+                task_extra = {"privacy": {"skellam_mu": self.privacy.skellam_mu}}
             if self.store is not None:
                 self.store.set_meta("privacy", self.privacy.to_dict())
-        task_config = {**self.task_config, "train": train, "seed": cfg.seed}
+        task_config = {**self.task_config, "train": train, "seed": cfg.seed, **task_extra}
         if cfg.compression != "none":
             task_config.update(compression=cfg.compression, compression_seed=compression_seed(cfg.seed, rid))
         params_of: dict[str, Any] = {}
@@ -483,7 +486,12 @@ class Coordinator:
         buckets = assign_buckets(sample, size)
         n_max = cfg.clients_per_round if size is None else min(2 * size - 1, cfg.clients_per_round)
         length = vector_length(self.weights, self._secure_kept())
-        return buckets, [cfg.secure.round_params(len(b), length, n_max=n_max) for b in buckets]
+        params = [cfg.secure.round_params(len(b), length, n_max=n_max) for b in buckets]
+        if self.privacy is not None and self.privacy.mode == "distributed":
+            # Unweighted, clipped to the DP clip, at the scale whose sum leaves room for the noise.
+            params = [replace(p, clip=self.privacy.clip, weight_cap=1, frac_bits=self.privacy.frac_bits)
+                      for p in params]
+        return buckets, params
 
     def _secure_kept(self) -> int | None:
         """Coordinates each worker masks under shared random-k compression (None: all of them)."""
@@ -649,8 +657,9 @@ class Coordinator:
 
     def _central_dp_mean(self, updates: list[Update]) -> dict[str, np.ndarray]:
         """User-level central DP (DESIGN §6): clip each update to L2 norm C, sum, add N(0, (sigma C)^2) per
-        coordinate, divide by the number of updates. Unweighted: a sample-count weight would let one
-        worker's influence exceed C. The number of survivors is not protected."""
+        coordinate, divide by the planned cohort size (McMahan et al. 2018's fixed denominator, so the
+        released model does not depend on how many answered). Unweighted: a sample-count weight would let
+        one worker's influence exceed C."""
         assert self.privacy is not None
         clip, sigma = self.privacy.clip, self.privacy.sigma
         total = np.zeros(self.num_params, np.float64)
@@ -659,7 +668,7 @@ class Coordinator:
             norm = float(np.linalg.norm(vector))
             total += vector * (min(1.0, clip / norm) if norm > 0 else 1.0)
         total += noise_rng().normal(0.0, sigma * clip, size=total.shape)
-        return unflatten((total / len(updates)).astype(np.float32), self.weights)
+        return unflatten((total / self.config.clients_per_round).astype(np.float32), self.weights)
 
     def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
                 loss: float | None = None, accuracy: float | None = None, error: str | None = None,

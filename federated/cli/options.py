@@ -79,7 +79,7 @@ _OPTIONS = [
     click.option("--privacy-budget", type=float, help="Total epsilon allowed at --delta; no round starts that "
                                                        "would exceed it (default DP mode: central)."),
     click.option("--dp", help="Differential privacy: none | record (DP-SGD in workers) | central (the broker "
-                              "noises the clipped sum)."),
+                              "noises the clipped sum) | distributed (workers add Skellam noise under --secure)."),
     click.option("--dp-clip", type=float, help="DP clip C: per example (record) or per update (central)."),
     click.option("--noise-multiplier", type=float, help="DP noise std / C (default: calibrated to the budget)."),
     click.option("--delta", type=float, help="Delta of every reported (epsilon, delta)."),

@@ -13,9 +13,19 @@ No amplification is claimed that the system does not provide:
   of updates each clipped to ``clip``, so one worker's whole contribution has sensitivity ``clip``. The cohort
   is a fixed-size sample (not Poisson), so a round is charged as ``Gaussian(sigma)`` with q = 1: no
   amplification by sampling is claimed.
+- ``distributed`` mode: each worker adds a Skellam share (``Poisson(mu) - Poisson(mu)`` per coordinate, in
+  the fixed-point domain at scale ``2^frac_bits``) to its clipped, encoded update before masking, with
+  ``mu`` sized so that the ``min_clients`` guaranteed survivors' shares alone reach std
+  ``sigma * clip * scale`` (dropouts only add noise margin, never remove the accounted noise). A round is
+  charged with the Skellam RDP bound of Agarwal, Kairouz and Liu (2021) (see
+  :func:`~federated.privacy.skellam.skellam_rdp`) at the worst-case L1/L2 sensitivities of one worker's
+  rounded encoding, composed over rounds and converted with dp-accounting's RDP-to-DP conversion; no
+  amplification. ``frac_bits`` is the largest whose sum, noise tail included, cannot wrap mod 2^32 except
+  with probability 1e-9 over the whole run. What this protects: the content of one worker's update
+  (replaced by anything of norm <= clip); the broker still sees who took part.
 
-Epsilons are computed by :class:`~federated.privacy.accountant.PrivacyAccountant` (dp-accounting) for the
-configured delta; the budget is ``privacy_budget`` epsilons at that delta.
+Epsilons are computed for the configured delta by :class:`~federated.privacy.accountant.PrivacyAccountant`
+(dp-accounting), or for ``distributed`` by the Skellam bound; the budget is ``privacy_budget`` at that delta.
 """
 
 from __future__ import annotations
@@ -26,7 +36,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from federated.config import FederatedConfig
+from federated.crypto.errors import ParameterError
+from federated.crypto.fixedpoint import MAX_FRAC_BITS
 from federated.privacy.accountant import PrivacyAccountant, calibrate_sigma
+from federated.privacy.skellam import (
+    check_no_wrap_with_noise,
+    plan_skellam,
+    skellam_epsilon,
+    skellam_sensitivities,
+)
 
 __all__ = ["PrivacyLedger", "dpsgd_steps"]
 
@@ -39,15 +57,19 @@ def dpsgd_steps(epochs: int, q: float) -> int:
 
 
 class PrivacyLedger:
-    """Per-run privacy state of a broker with ``config.privacy.mode`` record or central.
+    """Per-run privacy state of a broker with ``config.privacy.mode`` record, central or distributed.
 
-    Raises ValueError (from the accountant) if calibration cannot meet the budget.
+    ``dim`` is the number of model parameters (the distributed mode's sensitivity and wrap check need it).
+    Raises ValueError if calibration cannot meet the budget or no fixed-point scale fits the noise.
     """
 
-    def __init__(self, config: FederatedConfig) -> None:
+    def __init__(self, config: FederatedConfig, dim: int = 1) -> None:
         p = config.privacy
-        if p.mode not in ("record", "central"):
+        if p.mode not in ("record", "central", "distributed"):
             raise ValueError(f"no privacy ledger for mode {p.mode!r}")
+        self.dim = dim
+        self.planned, self.min_survivors = config.clients_per_round, config.min_clients
+        self.failure_prob = 1e-9 / config.num_rounds  # of a wrap, per secure sum
         self.mode: str = p.mode
         self.clip = p.clip
         self.delta = p.delta
@@ -59,7 +81,10 @@ class PrivacyLedger:
         self.accountant = PrivacyAccountant(p.accountant)
         self.rounds_charged = 0
         self.calibrated = p.noise_multiplier is None
-        if p.noise_multiplier is None:
+        if p.noise_multiplier is None and self.mode == "distributed":
+            assert self.budget is not None
+            self.sigma = self._calibrate_skellam(self.budget, config.num_rounds)
+        elif p.noise_multiplier is None:
             assert self.budget is not None  # FederatedConfig refuses neither
             self.sigma = calibrate_sigma(self.budget, self.q, self.steps * config.num_rounds, self.delta,
                                          p.accountant)
@@ -67,18 +92,69 @@ class PrivacyLedger:
                      self.sigma, config.num_rounds, self.budget, self.delta, p.accountant)
         else:
             self.sigma = p.noise_multiplier
+        #: Distributed mode: the fixed-point scale 2^frac_bits and each worker's Skellam ``mu``.
+        self.frac_bits, self.skellam_mu = 0, 0.0
+        if self.mode == "distributed":
+            self.frac_bits = self._skellam_frac_bits(self.sigma)
+            self.skellam_mu = self._plan(self.sigma, self.frac_bits).mu_per_worker
         # Import dp-accounting (SciPy, 1-2 s) and check the first round now, at start-up: inside the
         # broker's loop it would stall heartbeats, and the workers would take the broker for dead.
         self.next_round_epsilon()
 
+    # -- distributed (Skellam) mode --------------------------------------------------------------
+
+    def _plan(self, sigma: float, frac_bits: int) -> Any:
+        return plan_skellam(sigma, self.clip, 2.0**frac_bits, self.planned, self.min_survivors)
+
+    def _skellam_frac_bits(self, sigma: float) -> int:
+        """The largest fixed-point scale whose sum of ``planned`` clipped updates plus all their noise
+        cannot wrap (except with ``failure_prob``). Raises ValueError if none can."""
+        for frac_bits in range(MAX_FRAC_BITS, -1, -1):
+            try:
+                check_no_wrap_with_noise(self.planned, self.clip, 1, frac_bits, self._plan(sigma, frac_bits).mu_max,
+                                         self.dim, self.failure_prob)
+            except ParameterError:
+                continue
+            return frac_bits
+        raise ValueError(f"no fixed-point scale fits {self.planned} updates of norm {self.clip} with noise "
+                         f"multiplier {sigma:g} in 32 bits; lower privacy.clip or the noise")
+
+    def _skellam_epsilon(self, sigma: float, rounds: int) -> float:
+        frac_bits = self._skellam_frac_bits(sigma)
+        scale = 2.0**frac_bits
+        l1, l2 = skellam_sensitivities(self.clip, scale, self.dim, weight_coordinate=False)
+        return skellam_epsilon(l1, l2, self._plan(sigma, frac_bits).mu_guaranteed, rounds, self.delta)
+
+    def _calibrate_skellam(self, budget: float, rounds: int) -> float:
+        """The smallest sigma (to 0.1%) whose ``rounds`` Skellam releases fit ``budget``."""
+        hi = 1.0
+        while self._skellam_epsilon(hi, rounds) > budget:
+            hi *= 2.0
+            if hi > 1e6:
+                raise ValueError(f"no noise multiplier up to 1e6 fits epsilon {budget:g} over {rounds} rounds")
+        lo = 0.0
+        while hi - lo > 1e-3 * hi:
+            mid = (lo + hi) / 2.0
+            if mid > 0 and self._skellam_epsilon(mid, rounds) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    # -- every mode ----------------------------------------------------------------------------------
+
     def epsilon(self) -> float:
         """Epsilon spent so far at ``delta`` (0 before the first round)."""
+        if self.mode == "distributed":
+            return self._skellam_epsilon(self.sigma, self.rounds_charged) if self.rounds_charged else 0.0
         return self.accountant.epsilon(self.delta) if self.accountant.events else 0.0
 
     def next_round_epsilon(self) -> float:
         """The epsilon spent once the next round is charged (inf when sigma is 0: no privacy at all)."""
         if self.sigma == 0:
             return math.inf
+        if self.mode == "distributed":
+            return self._skellam_epsilon(self.sigma, self.rounds_charged + 1)
         return self.accountant.would_spend(self.q, self.sigma, self.steps, self.delta)
 
     def allows_next_round(self) -> bool:
@@ -89,7 +165,8 @@ class PrivacyLedger:
         """Charge one round's release; return the epsilon spent including it."""
         if self.sigma == 0:
             raise ValueError("noise multiplier 0 gives no differential privacy; nothing can be accounted")
-        self.accountant.record(self.q, self.sigma, self.steps)
+        if self.mode != "distributed":
+            self.accountant.record(self.q, self.sigma, self.steps)
         self.rounds_charged += 1
         return self.epsilon()
 
@@ -103,7 +180,8 @@ class PrivacyLedger:
         """JSON-ready figures: mode, sigma, whether it was calibrated, epsilon spent, delta, budget."""
         return {"mode": self.mode, "noise_multiplier": self.sigma, "calibrated": self.calibrated,
                 "epsilon": self.epsilon(), "delta": self.delta, "budget": self.budget,
-                "accountant": self.accountant.kind, "rounds_charged": self.rounds_charged}
+                "accountant": "skellam-rdp" if self.mode == "distributed" else self.accountant.kind,
+                "rounds_charged": self.rounds_charged}
 
     def to_dict(self) -> dict[str, Any]:
         """The state a resumed broker continues from (the accountant's events and the sigma in force)."""
@@ -123,3 +201,6 @@ class PrivacyLedger:
         if not math.isclose(sigma, self.sigma, rel_tol=1e-9) and not self.calibrated:
             raise ValueError(f"privacy state was recorded with noise multiplier {sigma}, not {self.sigma}")
         self.sigma, self.accountant, self.rounds_charged = sigma, accountant, rounds
+        if self.mode == "distributed":
+            self.frac_bits = self._skellam_frac_bits(sigma)
+            self.skellam_mu = self._plan(sigma, self.frac_bits).mu_per_worker

@@ -475,7 +475,12 @@ class WorkerLoop:
                     codec = make_codec(spec)
                     size = sum(int(v.size) for v in update.values())
                     indices = shared_indices(size, codec.fraction, int(task.config["compression_seed"]))
-                encoded = encode_input(update, metrics, len(s.data.y), params, indices)
+                privacy = task.config.get("privacy") or {}
+                mu = privacy.get("skellam_mu") if isinstance(privacy, dict) else None
+                if mu is not None and (isinstance(mu, bool) or not isinstance(mu, (int, float))):
+                    raise ValueError(f"privacy.skellam_mu must be a number, got {mu!r}")
+                encoded = encode_input(update, metrics, len(s.data.y), params, indices,
+                                       skellam_mu=None if mu is None else float(mu))
             except (ValueError, KeyError, AttributeError) as exc:  # AttributeError: a codec without a fraction
                 return Error("bad_task", str(exc), task.round_id).to_frames()
             return _SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + wait_s)

@@ -18,16 +18,24 @@ from federated.aggregation.vectors import flatten
 from federated.crypto.fixedpoint import clip_l2, encode
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_worker import SecAggWorker
+from federated.privacy.noise import noise_rng, skellam_share
+from federated.privacy.skellam import add_share
 
 __all__ = ["SecureRound", "encode_input"]
 
 
 def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float], num_samples: int,
-                 params: SecAggParams, indices: np.ndarray | None = None) -> np.ndarray:
+                 params: SecAggParams, indices: np.ndarray | None = None, *,
+                 skellam_mu: float | None = None) -> np.ndarray:
     """Fixed-point encoding of this worker's contribution (uint32, ``params.vector_length``).
 
     ``indices``: under shared random-k compression, the coordinates of this round (the same on every
     worker), and only those are encoded.
+
+    ``skellam_mu`` (distributed DP): add this worker's share of Skellam noise, ``Poisson(mu) - Poisson(mu)``
+    per update coordinate in the integer domain, drawn from an OS-seeded generator the broker cannot
+    predict; the weight is then 1 (a sample count would scale this worker's influence past the clip) and
+    the loss and accuracy coordinates are 0 (un-noised, they would leak).
 
     The update is L2-clipped to ``params.clip``; the loss is capped at ``max(clip, 1)`` and the accuracy is
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
@@ -37,6 +45,9 @@ def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float],
     clipped = clip_l2(flat if indices is None else flat[indices], float(params.clip))
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
+    if skellam_mu is not None:
+        loss = accuracy = 0.0
+        num_samples = 1
     vector = np.concatenate([clipped, [loss, accuracy]])
     if vector.size + 1 != params.vector_length:
         raise ValueError(f"the update has {vector.size - 2} coordinates to send; the round expects "
@@ -45,7 +56,12 @@ def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float],
     # the vector cannot exceed.
     no_clip = math.sqrt(float(params.clip) ** 2 + bound**2 + 1.0) * 2.0
     weight = max(1, min(num_samples, params.weight_cap))
-    return encode(vector, weight, clip=no_clip, frac_bits=params.frac_bits, seed=os.urandom(32))
+    encoded = encode(vector, weight, clip=no_clip, frac_bits=params.frac_bits, seed=os.urandom(32))
+    if skellam_mu is None:
+        return encoded
+    share = np.zeros(encoded.shape[0], dtype=np.int64)
+    share[: clipped.size] = skellam_share(clipped.size, skellam_mu, noise_rng())
+    return add_share(encoded, share)
 
 
 @dataclass

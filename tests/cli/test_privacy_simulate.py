@@ -53,3 +53,13 @@ def test_record_level_dp_sgd_learns_and_reports_its_epsilon(tmp_path: Path) -> N
     for n, rnd in enumerate(out["rounds"], start=1):
         assert rnd["epsilon"] == pytest.approx(compute_epsilon(0.1, 1.0, steps * n, 1e-5), rel=1e-9)
     assert out["final_accuracy"] > 0.5
+
+
+def test_distributed_dp_under_secure_aggregation_completes_and_is_accounted(tmp_path: Path) -> None:
+    code, out, store = _simulate(tmp_path, "--num-rounds", "3", "--secure", "--dp", "distributed",
+                                 "--noise-multiplier", "1.0", "--min-clients", "3")
+    assert code == 0, out
+    assert [r["status"] for r in out["rounds"]] == ["complete"] * 3
+    eps = [r["epsilon"] for r in out["rounds"]]
+    assert eps[0] < eps[1] < eps[2] == out["privacy"]["epsilon"]
+    assert out["privacy"]["accountant"] == "skellam-rdp"
