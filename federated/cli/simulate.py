@@ -244,7 +244,7 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
         extra["aggregation.byzantine_fraction"] = byzantine_fraction
     config = build_config(params, extra)
     if Path(store).exists():
-        raise click.UsageError(f"--store {store} already exists; give a new path (resuming is not supported yet)")
+        raise click.UsageError(f"--store {store} already exists; give a new path (a simulation starts from scratch; flbroker --store resumes a run)")
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
     if dropout_stage != "task" and not config.secure.enabled:
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
