@@ -281,6 +281,9 @@ class PrivacyConfig:
     ``privacy_budget``. ``delta``: the delta of every (epsilon, delta) reported. ``accountant``: rdp | pld.
     ``sampling_rate``: record mode's Poisson rate q (each local step sees each example with probability q;
     a round runs ``local_epochs * round(1/q)`` steps).
+    ``adaptive_clip`` (central mode): the clip follows the ``clip_quantile`` of update norms (Andrew et al.
+    2021, geometric rule with learning rate ``clip_learning_rate``), starting from ``clip``; the count of
+    unclipped updates is itself noised and accounted.
     """
 
     mode: str | None = None
@@ -289,6 +292,9 @@ class PrivacyConfig:
     delta: float = 1e-5
     accountant: str = "rdp"
     sampling_rate: float = 0.1
+    adaptive_clip: bool = False
+    clip_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
 
     def validate(self, prefix: str = "privacy") -> None:
         if self.mode is not None and self.mode not in PRIVACY_MODES:
@@ -300,6 +306,13 @@ class PrivacyConfig:
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"{prefix}.accountant", f"{self.accountant!r} is not one of {', '.join(ACCOUNTANTS)}")
         _number(f"{prefix}.sampling_rate", self.sampling_rate, 0.0, 1.0, open_lo=True)
+        if not isinstance(self.adaptive_clip, bool):
+            raise ConfigError(f"{prefix}.adaptive_clip", f"must be true or false, got {self.adaptive_clip!r}")
+        _number(f"{prefix}.clip_quantile", self.clip_quantile, 0.0, 1.0)
+        _number(f"{prefix}.clip_learning_rate", self.clip_learning_rate, 0.0, 10.0)
+        if self.adaptive_clip and self.mode not in (None, "central"):
+            raise ConfigError(f"{prefix}.adaptive_clip", "adaptive clipping is built for central DP only "
+                                                         f"(the broker sees the update norms), not {self.mode!r}")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
 from federated.crypto.keyfiles import Enrolment
+from federated.privacy.clipping import AdaptiveClipper
 from federated.privacy.ledger import PrivacyLedger
 from federated.privacy.noise import noise_rng
 from federated.protocol import (
@@ -661,13 +662,17 @@ class Coordinator:
         released model does not depend on how many answered). Unweighted: a sample-count weight would let
         one worker's influence exceed C."""
         assert self.privacy is not None
-        clip, sigma = self.privacy.clip, self.privacy.sigma
+        clip, sigma = self.privacy.current_clip, self.privacy.update_sigma
         total = np.zeros(self.num_params, np.float64)
+        norms = []
         for u in updates:
             vector = flatten(u.update, np.float64)
             norm = float(np.linalg.norm(vector))
+            norms.append(norm)
             total += vector * (min(1.0, clip / norm) if norm > 0 else 1.0)
         total += noise_rng().normal(0.0, sigma * clip, size=total.shape)
+        if self.privacy.clipper is not None:  # the next round's clip, from a noised count (accounted)
+            self.privacy.clipper.update(norms, expected_clients=self.config.clients_per_round)
         return unflatten((total / self.config.clients_per_round).astype(np.float32), self.weights)
 
     def _record(self, rnd: _Round, survivors: list[str], status: str, *, weights: dict[str, np.ndarray] | None = None,
@@ -723,6 +728,7 @@ class Coordinator:
             "consecutive_failures": 0 if status == "complete" else self.consecutive_failures + 1,
             "rng": [version, list(internal), gauss],
             "selector": self.selector.state_dict(),
+            "clipper": None if self.privacy is None or self.privacy.clipper is None else self.privacy.clipper.to_dict(),
         }
 
     def _resume_arrays(self) -> dict[str, np.ndarray]:
@@ -741,6 +747,8 @@ class Coordinator:
             self.consecutive_failures = int(resume["consecutive_failures"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"resume state is malformed: {exc!r}") from exc
+        if self.privacy is not None and self.privacy.clipper is not None and resume.get("clipper") is not None:
+            self.privacy.clipper = AdaptiveClipper.from_dict(resume["clipper"])
         prefix = "server_optimizer/"
         self.server_optimizer.load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
         check_compatible(self.weights, weights)

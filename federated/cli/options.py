@@ -55,6 +55,7 @@ FLAG_TO_KEY = {
     "delta": "privacy.delta",
     "accountant": "privacy.accountant",
     "dp_sampling_rate": "privacy.sampling_rate",
+    "adaptive_clip": "privacy.adaptive_clip",
 }
 
 _OPTIONS = [
@@ -85,6 +86,8 @@ _OPTIONS = [
     click.option("--delta", type=float, help="Delta of every reported (epsilon, delta)."),
     click.option("--accountant", help="Privacy accountant: rdp | pld."),
     click.option("--dp-sampling-rate", type=float, help="Record-level DP-SGD Poisson sampling rate q."),
+    click.option("--adaptive-clip/--fixed-clip", default=None,
+                 help="Central DP: the clip follows the median update norm (Andrew et al. 2021)."),
     click.option("--round-timeout", type=float, help="Seconds the broker waits for a round's updates."),
     click.option("--secure/--no-secure", default=None, help="Secure aggregation: the broker learns only sums."),
     click.option("--secure-threshold", type=int, help="Shares needed to rebuild a secret (default: majority)."),

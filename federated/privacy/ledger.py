@@ -12,7 +12,10 @@ No amplification is claimed that the system does not provide:
 - ``central`` mode: user-level DP-FedAvg; the broker adds Gaussian noise of std ``sigma * clip`` to the sum
   of updates each clipped to ``clip``, so one worker's whole contribution has sensitivity ``clip``. The cohort
   is a fixed-size sample (not Poisson), so a round is charged as ``Gaussian(sigma)`` with q = 1: no
-  amplification by sampling is claimed.
+  amplification by sampling is claimed. With adaptive clipping (Andrew et al. 2021) the broker also
+  releases the count of unclipped updates with Gaussian noise of std ``sigma_b = max(cohort / 20, sigma)``
+  and noises the update with ``sigma_update = (sigma^-2 - (2 sigma_b)^-2)^(-1/2)``; by the paper's
+  Theorem 1 the pair is a Gaussian mechanism with noise multiplier ``sigma``, which is what is charged.
 - ``distributed`` mode: each worker adds a Skellam share (``Poisson(mu) - Poisson(mu)`` per coordinate, in
   the fixed-point domain at scale ``2^frac_bits``) to its clipped, encoded update before masking, with
   ``mu`` sized so that the ``min_clients`` guaranteed survivors' shares alone reach std
@@ -39,6 +42,7 @@ from federated.config import FederatedConfig
 from federated.crypto.errors import ParameterError
 from federated.crypto.fixedpoint import MAX_FRAC_BITS
 from federated.privacy.accountant import PrivacyAccountant, calibrate_sigma
+from federated.privacy.clipping import AdaptiveClipper, update_noise_multiplier
 from federated.privacy.skellam import (
     check_no_wrap_with_noise,
     plan_skellam,
@@ -92,6 +96,14 @@ class PrivacyLedger:
                      self.sigma, config.num_rounds, self.budget, self.delta, p.accountant)
         else:
             self.sigma = p.noise_multiplier
+        #: Central mode with adaptive clipping: the clip follower, and the noise multiplier of the update.
+        self.clipper: AdaptiveClipper | None = None
+        self.update_sigma = self.sigma
+        if p.adaptive_clip and self.sigma > 0:
+            sigma_b = max(self.planned / 20.0, self.sigma)
+            self.clipper = AdaptiveClipper(p.clip, target_quantile=p.clip_quantile,
+                                           learning_rate=p.clip_learning_rate, count_noise_std=sigma_b)
+            self.update_sigma = update_noise_multiplier(self.sigma, sigma_b)
         #: Distributed mode: the fixed-point scale 2^frac_bits and each worker's Skellam ``mu``.
         self.frac_bits, self.skellam_mu = 0, 0.0
         if self.mode == "distributed":
@@ -170,6 +182,11 @@ class PrivacyLedger:
         self.rounds_charged += 1
         return self.epsilon()
 
+    @property
+    def current_clip(self) -> float:
+        """The clip in force this round (it moves each round with adaptive clipping)."""
+        return self.clipper.clip if self.clipper is not None else self.clip
+
     def train_settings(self) -> dict[str, float]:
         """What record mode adds to the TASK's train section (the trainer's DP-SGD settings)."""
         if self.mode != "record":
@@ -179,6 +196,7 @@ class PrivacyLedger:
     def summary(self) -> dict[str, Any]:
         """JSON-ready figures: mode, sigma, whether it was calibrated, epsilon spent, delta, budget."""
         return {"mode": self.mode, "noise_multiplier": self.sigma, "calibrated": self.calibrated,
+                "clip": self.current_clip,
                 "epsilon": self.epsilon(), "delta": self.delta, "budget": self.budget,
                 "accountant": "skellam-rdp" if self.mode == "distributed" else self.accountant.kind,
                 "rounds_charged": self.rounds_charged}
