@@ -175,6 +175,8 @@ class Coordinator:
         self.enrolment = enrolment
         self._keys: dict[str, str] = {}
         self._enrolment_checked = -math.inf
+        self._last_refusal_log = -math.inf
+        self._unlogged_refusals = 0
 
     # ------------------------------------------------------------------ inbound
 
@@ -192,6 +194,11 @@ class Coordinator:
             enrolled = self.enrolment.by_curve_key(peer) if peer else None
             if enrolled is None:
                 return self._refuse_unenrolled(route, now)
+        if len(frames) > 3 and self.registry.id_of(route) is None:
+            # Tensor frames from a connection that never said HELLO: refuse before decoding (joining chunks,
+            # scanning for NaN) so a stranger cannot make the broker work in proportion to what it sends.
+            # HELLO, BYE and ERROR, all a stranger may send, carry no tensors.
+            return self._refuse(route, "unknown_worker", "unknown connection: send HELLO first")
         try:
             msg = decode_message(frames, self.limits)
         except ProtocolError as exc:
@@ -246,6 +253,12 @@ class Coordinator:
         self._drop(wid, "unreachable")
         return self._maybe_finish(now)
 
+    def flush_refusal_log(self) -> None:
+        """Log how many refusals went unlogged since the last line (call when the broker stops)."""
+        if self._unlogged_refusals:
+            log.warning("and %d more refusals since the last line", self._unlogged_refusals)
+            self._unlogged_refusals = 0
+
     def _refresh_enrolment(self, now: float) -> None:
         """Re-read the enrolment if its files changed (at most every 0.2 s), and drop every registered
         worker whose key is no longer enrolled: revocation takes effect on live connections too."""
@@ -275,7 +288,14 @@ class Coordinator:
 
     def _refuse(self, route: bytes, code: str, message: str) -> list[Outbound]:
         self.refused += 1
-        log.warning("refused a message from connection %s: %s: %s", route.hex()[:16], code, message)
+        # One line per second at most: a flood of junk must not turn into a flood of log lines.
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            more = f" (and {self._unlogged_refusals} more refusals since the last line)" if self._unlogged_refusals else ""
+            log.warning("refused a message from connection %s: %s: %s%s", route.hex()[:16], code, message, more)
+            self._last_refusal_log, self._unlogged_refusals = now, 0
+        else:
+            self._unlogged_refusals += 1
         round_id = self.round.round_id if self.round is not None else -1
         return [Outbound(route, Error(code, message, round_id).to_frames())]
 

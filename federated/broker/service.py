@@ -153,6 +153,7 @@ def serve(
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            coordinator.flush_refusal_log()
         privacy = coordinator.privacy.summary() if coordinator.privacy is not None else None
         store.set_meta("outcome", {"completed": coordinator.completed, "failed": coordinator.failed,
                                    "interrupted": interrupted, "reason": coordinator.exit_reason,

@@ -7,8 +7,11 @@ import hashlib
 import json
 import sys
 import threading
+import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -20,7 +23,18 @@ from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
 from federated.config import BrokerConfig, FederatedConfig, TrainingConfig
 from federated.models import build_model, get_weights
-from federated.protocol import Heartbeat, Kind, Update, decode_message, encode
+from federated.protocol import (
+    Bye,
+    Error,
+    Heartbeat,
+    Hello,
+    Kind,
+    Task,
+    Update,
+    Welcome,
+    decode_message,
+    encode,
+)
 from federated.worker.runner import model_config
 
 from conftest import Proc, free_port
@@ -147,3 +161,130 @@ def test_honest_round_completes_after_the_fuzzing(live: LiveBroker, fuzzer: zmq.
     assert record.status == "complete" and sorted(record.survivors) == ["client_0", "client_1"]
     assert procs[-1].wait(30) == 0
 
+
+
+M = TypeVar("M")
+
+
+def _recv(sock: zmq.Socket[bytes], kind: type[M], timeout_ms: int = 10_000) -> M:
+    """The next message of ``kind`` on ``sock`` (heartbeats skipped); fails the test after the timeout."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while (left := deadline - time.monotonic()) > 0:
+        if sock.poll(int(left * 1000) + 1):
+            msg = decode_message(sock.recv_multipart())
+            if isinstance(msg, kind):
+                return msg
+            assert isinstance(msg, Heartbeat), f"expected {kind.__name__}, got {msg!r}"
+    pytest.fail(f"no {kind.__name__} within {timeout_ms} ms")
+
+
+def test_a_selected_connection_cannot_get_a_malformed_update_into_its_round(tmp_path: Path) -> None:
+    """The deepest checks: a connection that said HELLO and was selected sends updates for the right round
+    and stage that are wrong only in their tensors. Each is refused; the worker stays pending (a bad
+    update is not an answer); the aggregate is exactly the honest worker's, as if the fuzzer were absent."""
+    port = free_port()
+    weights: dict[str, np.ndarray] = {"layers.0.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+               "layers.0.bias": np.linspace(-1, 1, 3).astype(np.float32)}
+    config = FederatedConfig(
+        num_clients=2, clients_per_round=2, min_clients=1, num_rounds=1,
+        broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp_path / "s.db"), heartbeat_interval_s=0.2,
+                            heartbeat_timeout_s=10.0, start_timeout_s=60.0, round_timeout_s=60.0))
+    coordinator = Coordinator(config, weights)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    loop = BrokerLoop(coordinator, config.broker.bind, context=context)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    honest, fuzzer = (context.socket(zmq.DEALER) for _ in range(2))
+    try:
+        for sock, wid in ((honest, "honest"), (fuzzer, "fuzz_0")):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(f"tcp://127.0.0.1:{port}")
+            sock.send_multipart(Hello(wid, 10, ("train",)).to_frames())
+            _recv(sock, Welcome)
+        tasks = [_recv(sock, Task) for sock in (honest, fuzzer)]
+        round_id = tasks[1].round_id
+        good = {n: np.full(w.shape, 0.25, np.float32) for n, w in weights.items()}
+        first = "layers.0.weight"
+        bad_tensors: list[dict[str, np.ndarray]] = [
+            {n: w.astype(np.float16) for n, w in good.items()},
+            {n: np.zeros(w.shape, np.int32) for n, w in good.items()},
+            {n: w for n, w in good.items() if n != first},
+            {**good, "layers.9.weight": np.zeros(2, np.float32)},
+            {(n + "_x" if n == first else n): w for n, w in good.items()},
+            {n: w.reshape(-1) for n, w in good.items()},
+            {**good, first: good[first].T.copy()},
+            {},
+        ]
+        bad = [Update("fuzz_0", round_id, "train", 10, {"loss": 1.0}, t).to_frames() for t in bad_tensors]
+        bf16 = encode(Kind.UPDATE, {"worker_id": "fuzz_0", "round_id": round_id, "stage": "train", "num_samples": 10,
+                                    "metrics": {}}, {n: np.zeros(w.shape, np.uint16) for n, w in good.items()},
+                      wire_dtypes={n: "bfloat16" for n in good})
+        bad += [bf16, Update("fuzz_0", round_id, "unmask", 10, {}, good).to_frames(),
+                Update("honest", round_id, "train", 10, {}, good).to_frames(),  # someone else's id
+                Update("fuzz_0", round_id + 1, "train", 10, {}, good).to_frames(),  # a round not yet started
+                Update("fuzz_0", round_id - 1, "train", 10, {}, good).to_frames()]  # one long over
+        refused = coordinator.refused
+        for frames in bad:
+            fuzzer.send_multipart(frames)
+            error = _recv(fuzzer, Error)
+            assert error.code in ("bad_tensor", "wrong_stage", "wrong_worker", "malformed"), error
+        assert coordinator.refused == refused + len(bad)
+        rnd = coordinator.round
+        assert rnd is not None and rnd.round_id == round_id
+        assert "fuzz_0" in rnd.pending and not rnd.updates
+        fuzzer.send_multipart(Bye("fuzz_0", "done fuzzing").to_frames())
+        honest.send_multipart(Update("honest", round_id, "train", 10, {"loss": 0.5}, good).to_frames())
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the round did not finish"
+    finally:
+        loop.stop()
+        thread.join(timeout=10)
+        honest.close()
+        fuzzer.close()
+        context.term()
+    (record,) = coordinator.history
+    assert record.status == "complete" and record.survivors == ("honest",) and record.dropped == ("fuzz_0",)
+    assert record.metrics.get("dropped_left") == 1.0
+    # The same round without the fuzzer, state machine only.
+    alone = Coordinator(FederatedConfig(num_clients=1, clients_per_round=1, min_clients=1, num_rounds=1), weights)
+    alone.handle(b"h", [bytes(f) for f in Hello("honest", 10).to_frames()], 0.0)
+    alone.tick(0.0)
+    alone.handle(b"h", [bytes(f) for f in Update("honest", 1, "train", 10, {"loss": 0.5}, good).to_frames()], 0.1)
+    assert alone.completed == 1
+    assert all(coordinator.weights[n].tobytes() == alone.weights[n].tobytes() for n in weights)
+
+
+def test_a_strangers_tensor_message_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A connection that never said HELLO may only say HELLO (no tensors), BYE or ERROR. Anything carrying
+    tensors is refused as "unknown connection" whatever it holds, so it must be refused *before* decoding:
+    joining a chunked tensor and scanning it for NaN costs the broker's only thread time and memory in
+    proportion to what a stranger chose to send (up to ``max_message_bytes``, 256 MiB, per message)."""
+    port = free_port()
+    config = FederatedConfig(
+        num_clients=1, clients_per_round=1, min_clients=1, num_rounds=1,
+        broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp_path / "s.db"), start_timeout_s=600.0))
+    coordinator = Coordinator(config, {"w": np.zeros(4, np.float32)})
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    loop = BrokerLoop(coordinator, config.broker.bind, context=context)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    stranger = context.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.connect(f"tcp://127.0.0.1:{port}")
+    # 16 MiB in two 8 MiB chunks: every frame passes MAXMSGSIZE, the whole is well within the limits.
+    frames = Update("x", 1, "train", 1, {}, {"w": np.ones(4 * 1024 * 1024, np.float32)}).to_frames()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        stranger.send_multipart(frames, copy=False)
+        error = _recv(stranger, Error, timeout_ms=60_000)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        loop.stop()
+        thread.join(timeout=10)
+        stranger.close()
+        context.term()
+    assert error.code == "unknown_worker"
+    assert peak < 2 * 1024 * 1024, f"refusing a stranger's 16 MiB message allocated {peak / 2**20:.0f} MiB"

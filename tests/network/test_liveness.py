@@ -1,0 +1,107 @@
+"""Liveness over real processes: a frozen worker (SIGSTOP) is a dropout within the heartbeat timeout,
+and once thawed (SIGCONT) it comes back and takes part in a later round.
+
+A frozen process keeps its TCP connection open (the kernel still acknowledges), so neither ZeroMQ nor
+``ROUTER_MANDATORY`` notices anything: only the application heartbeat's expiry can find it. That is what
+this test measures, from the broker's own log timestamps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from federated.broker.store import RoundStore
+
+from conftest import BIN, Proc, broker_config, free_port
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+HEARTBEAT_INTERVAL_S = 0.2
+HEARTBEAT_TIMEOUT_S = 2.0
+#: Scheduling delay allowed on top of the timeout (a loaded 2-core machine running other tests).
+SLACK_S = 1.0
+
+
+def _log_time(line: str) -> float:
+    """Unix time of a broker log line (``%(asctime)s``: ``2025-01-31 12:34:56,789 ...``)."""
+    stamp = " ".join(line.split(" ", 2)[:2])
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_frozen_worker_is_dropped_within_the_timeout_and_rejoins_after_thawing(tmp_path: Path,
+                                                                                procs: list[Proc]) -> None:
+    port = free_port()
+    store_path = tmp_path / "store.db"
+    # start_timeout_s is long so that the round after the freeze waits for the thawed worker instead of
+    # starting without it (min_clients=2 would allow that); the frozen round itself cannot wait for it.
+    config = broker_config(tmp_path, heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+                           heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, start_timeout_s=30.0, round_timeout_s=60.0)
+    broker = Proc([str(BIN / "flbroker"), "--bind", f"tcp://127.0.0.1:{port}", "--config", str(config),
+                   "--store", str(store_path), "--events", "-v", "--num-clients", "3", "--clients-per-round", "3",
+                   "--min-clients", "2", "--num-rounds", "3", "--local-epochs", "30"])
+    procs.append(broker)
+    workers = [Proc([str(BIN / "flworker"), "--client-id", f"w{i}", "--server-address", f"127.0.0.1:{port}",
+                     "--dataset", "digits", "--shard", str(i), "--num-shards", "3"]) for i in range(3)]
+    procs.extend(workers)
+    frozen = workers[0]
+
+    rounds = []
+    stopped_at = seen_drop_at = None
+    try:
+        for event in broker.events(timeout=120):
+            if event["event"] != "round":
+                continue
+            rounds.append(event)
+            if event["round"] == 1:
+                # Round 2 starts as round 1 is recorded, with w0 still live: freezing it now puts a frozen
+                # worker in round 2's cohort (it cannot have trained round 2 within these milliseconds).
+                stopped_at = time.time()
+                os.kill(frozen.popen.pid, signal.SIGSTOP)
+            elif event["round"] == 2:
+                seen_drop_at = time.time()
+                os.kill(frozen.popen.pid, signal.SIGCONT)
+    finally:
+        if frozen.popen.poll() is None:
+            os.kill(frozen.popen.pid, signal.SIGCONT)  # never leave a stopped process behind
+    assert broker.wait(30) == 0
+    for w in workers:
+        assert w.wait(30) == 0  # the thawed worker too: it got the final BYE like the others
+
+    assert stopped_at is not None and seen_drop_at is not None
+    summary = [(r["round"], r["status"], r["participants"], r["dropped"], r["metrics"]) for r in rounds]
+    assert [r["status"] for r in rounds] == ["complete"] * 3, summary
+    round1, round2, round3 = rounds
+    assert sorted(round1["survivors"]) == ["w0", "w1", "w2"], summary
+    # The frozen round: w0 was selected, then dropped for silence; the others carried the round.
+    assert sorted(round2["participants"]) == ["w0", "w1", "w2"]
+    assert round2["dropped"] == ["w0"] and sorted(round2["survivors"]) == ["w1", "w2"], summary
+    assert round2["metrics"].get("dropped_timeout") == 1.0, summary
+
+    # Detection latency, on the broker's clock: from SIGSTOP to its "missed its heartbeats" line. The
+    # worker's last heartbeat left at most one interval before the freeze, so the bound is the timeout.
+    (line,) = [ln for ln in broker.stderr_lines if "worker w0 missed its heartbeats" in ln]
+    detected_s = _log_time(line) - stopped_at
+    # (That the timeout found it, not a disconnect, is the record's dropped_timeout above.)
+    assert 0.0 < detected_s <= HEARTBEAT_TIMEOUT_S + SLACK_S, f"w0 detected {detected_s:.2f} s after SIGSTOP"
+    # And the round record reached us (through the broker's stdout pipe) soon after.
+    assert seen_drop_at - stopped_at <= HEARTBEAT_TIMEOUT_S + 10.0
+
+    # Thawed, it reconnected (its broker went silent for longer than the timeout) and joined round 3.
+    assert sorted(round3["participants"]) == ["w0", "w1", "w2"]
+    assert sorted(round3["survivors"]) == ["w0", "w1", "w2"] and round3["dropped"] == [], summary
+    assert any("worker w0 joined" in ln for ln in broker.stderr_lines[broker.stderr_lines.index(line):])
+
+    with RoundStore(store_path, readonly=True) as store:
+        recorded = store.list_rounds()
+        assert [r.round for r in recorded] == [1, 2, 3]
+        assert recorded[1].dropped == ("w0",) and recorded[1].metrics["dropped_timeout"] == 1.0
+        assert "w0" in recorded[2].survivors
+        counters = {w["worker_id"]: w for w in store.list_workers()}
+        assert counters["w0"]["rounds_dropped"] == 1 and counters["w0"]["rounds_completed"] == 2
+        assert counters["w1"]["rounds_dropped"] == 0 and counters["w1"]["rounds_completed"] == 3
