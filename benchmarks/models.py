@@ -23,3 +23,23 @@ class WideMLP(nn.Module):
 
 def wide_mlp(input_shape: tuple[int, ...] = (64,), num_classes: int = 10) -> WideMLP:
     return WideMLP(input_shape, num_classes)
+
+
+class HugeMLP(nn.Module):
+    """64 -> 7040 -> 7040 -> classes: about 50.1M parameters (200 MB of float32), the large-model case."""
+
+    def __init__(self, input_shape: tuple[int, ...] = (64,), num_classes: int = 10, width: int = 7040) -> None:
+        super().__init__()
+        features = 1
+        for dim in input_shape:
+            features *= dim
+        self.layers = [nn.Linear(features, width), nn.Linear(width, width), nn.Linear(width, num_classes)]
+
+    def __call__(self, x):  # type: ignore[no-untyped-def]
+        x = nn.relu(self.layers[0](x))
+        x = nn.relu(self.layers[1](x))
+        return self.layers[2](x)
+
+
+def huge_mlp(input_shape: tuple[int, ...] = (64,), num_classes: int = 10) -> HugeMLP:
+    return HugeMLP(input_shape, num_classes)
