@@ -58,6 +58,9 @@ FLAG_TO_KEY = {
     "adaptive_clip": "privacy.adaptive_clip",
 }
 
+#: Flags that only mean something with differential privacy on.
+_DP_FLAGS = ("dp_clip", "noise_multiplier", "delta", "accountant", "dp_sampling_rate", "adaptive_clip")
+
 _OPTIONS = [
     click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML settings file."),
     click.option("--num-clients", type=int, help="Number of workers in the federation."),
@@ -117,9 +120,15 @@ def build_config(params: dict[str, Any], extra: dict[str, Any] | None = None) ->
     overrides = {key: params.get(flag) for flag, key in FLAG_TO_KEY.items()}
     overrides.update(extra or {})
     try:
-        return load_config(params.get("config_file"), overrides)
+        config = load_config(params.get("config_file"), overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    given = [f"--{flag.replace('_', '-')}" for flag in _DP_FLAGS if params.get(flag) is not None]
+    if given and config.privacy.mode == "none":
+        # A DP setting without a DP mode would train without privacy while the user believes otherwise.
+        raise click.UsageError(f"{', '.join(given)} given, but differential privacy is off; "
+                               "choose --dp record|central|distributed (or set --privacy-budget)")
+    return config
 
 
 def setup_logging(verbose: int, *, quiet: bool = False) -> None:
@@ -128,6 +137,8 @@ def setup_logging(verbose: int, *, quiet: bool = False) -> None:
     if quiet and verbose == 0:
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # dp-accounting logs, through absl, each RDP order it skips as it searches; that is not news to a user.
+    logging.getLogger("absl").setLevel(max(level, logging.ERROR))
 
 
 def emit_json(obj: dict[str, Any]) -> None:

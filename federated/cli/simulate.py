@@ -164,6 +164,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
         sel = selectors.DefaultSelector()
         sel.register(broker.stdout, selectors.EVENT_READ)
         last_event = time.monotonic()
+        workers_gone = 0.0
         buffer = b""
         while True:
             if sel.select(timeout=0.5):
@@ -181,8 +182,12 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
                     elif event.get("event") == "done":
                         done = event
             if all(w.poll() is not None for w in workers) and not done:
-                click.echo("Error: every worker process exited before training finished", err=True)
-                break
+                # Workers exit on the broker's BYE, which it sends before its final "done" event: give
+                # the broker time to finish writing (a dead broker closes its stdout, which ends the loop).
+                workers_gone = workers_gone or time.monotonic()
+                if time.monotonic() - workers_gone > 30.0:
+                    click.echo("Error: every worker process exited before training finished", err=True)
+                    break
             if time.monotonic() - last_event > silence_limit:
                 click.echo(f"Error: no progress for {silence_limit:.0f} s; stopping", err=True)
                 break

@@ -84,6 +84,9 @@ class PrivacyLedger:
             self.q, self.steps = 1.0, 1
         self.accountant = PrivacyAccountant(p.accountant)
         self.rounds_charged = 0
+        # Epsilon after k charged rounds, by k: every round is the same event, and the broker asks for the
+        # next round's epsilon before charging it, so each figure is computed once (0.1-0.5 s each).
+        self._epsilon_after: dict[int, float] = {}
         self.calibrated = p.noise_multiplier is None
         if p.noise_multiplier is None and self.mode == "distributed":
             assert self.budget is not None
@@ -157,17 +160,24 @@ class PrivacyLedger:
 
     def epsilon(self) -> float:
         """Epsilon spent so far at ``delta`` (0 before the first round)."""
-        if self.mode == "distributed":
-            return self._skellam_epsilon(self.sigma, self.rounds_charged) if self.rounds_charged else 0.0
-        return self.accountant.epsilon(self.delta) if self.accountant.events else 0.0
+        if self.rounds_charged == 0:
+            return 0.0
+        if self.rounds_charged not in self._epsilon_after:
+            self._epsilon_after[self.rounds_charged] = (
+                self._skellam_epsilon(self.sigma, self.rounds_charged) if self.mode == "distributed"
+                else self.accountant.epsilon(self.delta))
+        return self._epsilon_after[self.rounds_charged]
 
     def next_round_epsilon(self) -> float:
         """The epsilon spent once the next round is charged (inf when sigma is 0: no privacy at all)."""
         if self.sigma == 0:
             return math.inf
-        if self.mode == "distributed":
-            return self._skellam_epsilon(self.sigma, self.rounds_charged + 1)
-        return self.accountant.would_spend(self.q, self.sigma, self.steps, self.delta)
+        k = self.rounds_charged + 1
+        if k not in self._epsilon_after:
+            self._epsilon_after[k] = (
+                self._skellam_epsilon(self.sigma, k) if self.mode == "distributed"
+                else self.accountant.would_spend(self.q, self.sigma, self.steps, self.delta))
+        return self._epsilon_after[k]
 
     def allows_next_round(self) -> bool:
         """False if the next round would spend past the budget (always True without a budget)."""
@@ -219,6 +229,7 @@ class PrivacyLedger:
         if not math.isclose(sigma, self.sigma, rel_tol=1e-9) and not self.calibrated:
             raise ValueError(f"privacy state was recorded with noise multiplier {sigma}, not {self.sigma}")
         self.sigma, self.accountant, self.rounds_charged = sigma, accountant, rounds
+        self._epsilon_after.clear()
         if self.mode == "distributed":
             self.frac_bits = self._skellam_frac_bits(sigma)
             self.skellam_mu = self._plan(sigma, self.frac_bits).mu_per_worker

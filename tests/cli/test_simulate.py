@@ -90,3 +90,14 @@ def test_baseline_json() -> None:
     assert {"final_accuracy", "final_loss", "wall_s"} <= out.keys()
     # 2 rounds x 2 local epochs x 10/10 clients -> at least 4 passes over the union.
     assert out["epochs"] >= 4 and out["final_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--noise-multiplier", "2"], "--noise-multiplier given, but differential privacy is off"),
+    (["--dp", "none", "--dp-clip", "0.5"], "--dp-clip given, but differential privacy is off"),
+    (["--adaptive-clip"], "privacy.adaptive_clip"),
+])
+def test_dp_settings_without_a_dp_mode_are_refused_not_ignored(tmp_path: Path, flags: list[str], named: str) -> None:
+    result = CliRunner().invoke(fl, ["simulate", "--store", str(tmp_path / "s.db"), *flags])
+    assert result.exit_code == 2 and named in result.output
+    assert not (tmp_path / "s.db").exists()
