@@ -260,15 +260,7 @@ class LocalTrainer:
                 # Let MLX compute this step while Python queues the next one; no host sync per step.
                 mx.async_eval(loss_sum, correct, self._model.state, optimizer.state)
             mx.eval(loss_sum, correct)
-        local = get_weights(self._model)
-        update = {name: local[name] - global32[name] for name in local}
-        return FitResult(
-            update=update,
-            num_samples=n,
-            loss=_scalar(loss_sum) / n,
-            accuracy=_scalar(correct) / n,
-            train_s=time.perf_counter() - start,
-        )
+        return self._result(global32, n, loss_sum, correct, n, start)
 
     def _fit_dp(
         self,
@@ -334,17 +326,17 @@ class LocalTrainer:
                     correct = correct + batch_correct
                     mx.async_eval(loss_sum, correct, self._model.state, optimizer.state)
             mx.eval(loss_sum, correct)
+        return self._result(global32, n, loss_sum, correct, max(seen, 1), start, dp_steps=total_steps,
+                            dp_sampling_rate=q)
+
+    def _result(self, global32: dict[str, np.ndarray], n: int, loss_sum: mx.array, correct: mx.array,
+                seen: int, start: float, **dp: Any) -> FitResult:
+        """The fit's outcome: the update (local minus global weights) and the mean loss and accuracy over
+        the ``seen`` examples that were trained on."""
         local = get_weights(self._model)
-        update = {name: local[name] - global32[name] for name in local}
-        return FitResult(
-            update=update,
-            num_samples=n,
-            loss=_scalar(loss_sum) / max(seen, 1),
-            accuracy=_scalar(correct) / max(seen, 1),
-            train_s=time.perf_counter() - start,
-            dp_steps=total_steps,
-            dp_sampling_rate=q,
-        )
+        return FitResult(update={name: local[name] - global32[name] for name in local}, num_samples=n,
+                         loss=_scalar(loss_sum) / seen, accuracy=_scalar(correct) / seen,
+                         train_s=time.perf_counter() - start, **dp)
 
     def evaluate(
         self, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
