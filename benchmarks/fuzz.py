@@ -57,7 +57,6 @@ import queue
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from typing import Any
 import numpy as np
 import yaml
 import zmq
+from procs import cpu_s, free_port, rss_mb
 
 from federated.broker.store import RoundStore
 from federated.protocol import (
@@ -108,10 +108,6 @@ WINDOW = 32
 # ----------------------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _MORE_REFUSALS = re.compile(r"and (\d+) more refusals since the last line")
@@ -173,23 +169,8 @@ class Child:
         self.popen.wait(timeout=30)
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
 
 
-def cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds used so far by process ``pid`` (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Job:

@@ -42,6 +42,15 @@ def _config(**kw: Any) -> FederatedConfig:
     return make_config(**base)
 
 
+def _started(store: RoundStore, config: FederatedConfig) -> Harness:
+    """A broker on a fresh run in ``store`` (as ``serve`` starts one) with workers w1..w5 joined."""
+    store.set_meta("config", config.to_dict(resolved=True))
+    store.save_initial(initial_weights())
+    h = Harness(config, store=store)
+    h.join("w1", "w2", "w3", "w4", "w5")
+    return h
+
+
 def test_a_coordinator_restored_from_the_store_continues_exactly(tmp_path: Path) -> None:
     config = _config()
     with RoundStore(tmp_path / "s.db") as store:
@@ -79,9 +88,7 @@ def test_a_coordinator_restored_from_the_store_continues_exactly(tmp_path: Path)
 def test_only_the_newest_state_file_is_kept_and_a_failed_round_keeps_the_optimizer_state(tmp_path: Path) -> None:
     config = _config()
     with RoundStore(tmp_path / "s.db") as store:
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
-        h.join("w1", "w2", "w3", "w4", "w5")
+        h = _started(store, config)
         _play(h, 3, np.random.default_rng(2), fail={3})
         files = sorted(p.name for p in (tmp_path / "checkpoints").glob("state_*"))
         loaded = store.load_resume()
@@ -95,10 +102,7 @@ def test_only_the_newest_state_file_is_kept_and_a_failed_round_keeps_the_optimiz
 def test_a_store_of_another_run_is_refused_naming_the_settings(tmp_path: Path) -> None:
     config = _config()
     with RoundStore(tmp_path / "s.db") as store:
-        store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
-        h.join("w1", "w2", "w3", "w4", "w5")
+        h = _started(store, config)
         _play(h, 1, np.random.default_rng(3))
         other = _config(seed=5, compression="q8")
         with pytest.raises(StoreError, match=r"other settings \(compression, seed\)"):
@@ -113,10 +117,7 @@ def test_a_store_of_another_run_is_refused_naming_the_settings(tmp_path: Path) -
 def test_missing_state_file_is_an_error_not_a_silent_reset(tmp_path: Path) -> None:
     config = _config()
     with RoundStore(tmp_path / "s.db") as store:
-        store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
-        h.join("w1", "w2", "w3", "w4", "w5")
+        h = _started(store, config)
         _play(h, 1, np.random.default_rng(4))
         for path in (tmp_path / "checkpoints").glob("state_*"):
             path.unlink()
