@@ -210,7 +210,9 @@ class SecureConfig:
     frac_bits: int | None = None
     stage_timeout_s: float = 30.0
 
-    def validate(self, cohort: int, prefix: str = "secure") -> None:
+    def validate(self, cohort: int, prefix: str = "secure", ring_bits: int = 32) -> None:
+        """Raise ConfigError naming the first bad field; ``ring_bits`` 16 checks the settings for the
+        16-bit sums of quantized compression."""
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"{prefix}.enabled", f"must be true or false, got {self.enabled!r}")
         _number(f"{prefix}.clip", self.clip, 0.0, 1e9, open_lo=True)
@@ -226,17 +228,23 @@ class SecureConfig:
             raise ConfigError("clients_per_round", f"secure aggregation needs at least 3 workers per round "
                                                    f"(with 2, each learns the other's update), got {cohort}")
         try:
-            self.round_params(cohort, vector_length=1)
+            self.round_params(cohort, vector_length=1, ring_bits=ring_bits)
         except ValueError as exc:  # ParameterError is a ValueError
             raise ConfigError(prefix, str(exc)) from None
 
-    def round_params(self, cohort: int, vector_length: int, n_max: int | None = None) -> Any:
+    def round_params(self, cohort: int, vector_length: int, n_max: int | None = None, ring_bits: int = 32) -> Any:
         """The :class:`~federated.crypto.params.SecAggParams` for a round of ``cohort`` workers, whose
-        fixed-point scale is safe for sums of up to ``n_max`` inputs (default: ``cohort``).
+        fixed-point scale is safe for sums of up to ``n_max`` inputs (default: ``cohort``) in
+        Z_2^ring_bits.
+
+        With ``ring_bits`` 16 (quantized compression) every worker's weight is 1 and each worker's grid
+        must have at least 255 levels over [-clip, clip] (8 bits' worth).
 
         Raises ParameterError (a ValueError) if the settings cannot work for that cohort: a threshold
-        larger than the neighbours, an odd degree below n - 1, or a fixed-point scale whose sum could wrap.
+        larger than the neighbours, an odd degree below n - 1, a fixed-point scale whose sum could wrap,
+        or a 16-bit grid coarser than 8 bits.
         """
+        from federated.crypto.errors import ParameterError
         from federated.crypto.fixedpoint import max_frac_bits
         from federated.crypto.graph import default_degree, default_threshold
         from federated.crypto.params import SecAggParams
@@ -248,9 +256,18 @@ class SecureConfig:
         if not 1 <= threshold <= degree:
             raise ValueError(f"threshold must be in [1, {degree}] (the neighbours per worker), got {threshold}")
         n_max = max(n_max or cohort, cohort)
-        frac_bits = self.frac_bits if self.frac_bits is not None else max_frac_bits(n_max, self.clip, self.weight_cap)
-        params = SecAggParams(threshold, degree, float(self.clip), self.weight_cap, frac_bits, n_max, vector_length)
+        # 16 bits leave no room for sample counts: a weight of 1024 alone would take 10 of them.
+        weight_cap = 1 if ring_bits == 16 else self.weight_cap
+        frac_bits = (self.frac_bits if self.frac_bits is not None
+                     else max_frac_bits(n_max, self.clip, weight_cap, ring_bits))
+        params = SecAggParams(threshold, degree, float(self.clip), weight_cap, frac_bits, n_max, vector_length,
+                              ring_bits)
         params.validate()
+        if ring_bits == 16 and self.clip * 2**frac_bits < 127:
+            raise ParameterError(
+                f"16-bit sums of {n_max} inputs leave each worker {self.clip * 2**frac_bits:.4g} levels per "
+                f"sign over [-clip, clip] (clip={self.clip}, frac_bits={frac_bits}), fewer than 8-bit "
+                f"quantization's 127; use fewer workers per round (or smaller buckets) or no quantization")
         return params
 
 
@@ -405,15 +422,16 @@ class FederatedConfig:
                 f"{agg.rule!r} needs each worker's update, which secure aggregation hides from the broker; "
                 f"use the bucketed mode (aggregation.bucket_size / --buckets S): the broker securely sums "
                 f"random buckets of S workers and applies {agg.rule!r} across the bucket means"))
+        self._validate_compression()
+        ring_bits = self.secure_plan().ring_bits if self.secure.enabled else 32
         if self.secure.enabled and agg.bucket_size is not None:
             if agg.bucket_size < 3:
                 raise ConfigError("aggregation.bucket_size", f"secure buckets need at least 3 workers (with 2, each "
                                                              f"learns the other's update), got {agg.bucket_size}")
             # A bucket holds s to 2s - 1 workers (a remainder joins the last full bucket).
-            self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round))
+            self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round), ring_bits=ring_bits)
         else:
-            self.secure.validate(self.clients_per_round)
-        self._validate_compression()
+            self.secure.validate(self.clients_per_round, ring_bits=ring_bits)
 
     def _validate_privacy(self) -> None:
         if not isinstance(self.privacy, PrivacyConfig):
@@ -460,19 +478,21 @@ class FederatedConfig:
         from federated.compression import make_codec
 
         try:
-            codec = make_codec(self.compression)
+            make_codec(self.compression)
         except ValueError as exc:
             raise ConfigError("compression", str(exc)) from None
         if self.secure.enabled:
-            if not codec.secure_compatible:
-                raise ConfigError("compression", (
-                    f"{self.compression!r} cannot run under secure aggregation: each worker keeps different "
-                    f"coordinates, so the masked vectors no longer add up coordinate by coordinate; use "
-                    f"randk:F (every worker keeps the same coordinates) or no compression"))
-            if not (self.compression.startswith("randk:") and "+" not in self.compression):
-                raise ConfigError("compression", (
-                    f"{self.compression!r} under secure aggregation is not built yet; the secure-compatible "
-                    f"codec available is randk:F (every worker masks the same shared coordinates)"))
+            try:
+                self.secure_plan()
+            except ValueError as exc:
+                raise ConfigError("compression", str(exc)) from None
+
+    def secure_plan(self) -> Any:
+        """What ``compression`` becomes under secure aggregation (a
+        :class:`~federated.compression.secure.SecurePlan`). Raises ValueError if it cannot run there."""
+        from federated.compression.secure import secure_plan
+
+        return secure_plan(self.compression)
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

@@ -507,7 +507,8 @@ class Coordinator:
         buckets = assign_buckets(sample, size)
         n_max = cfg.clients_per_round if size is None else min(2 * size - 1, cfg.clients_per_round)
         length = vector_length(self.weights, self._secure_kept())
-        params = [cfg.secure.round_params(len(b), length, n_max=n_max) for b in buckets]
+        ring_bits = cfg.secure_plan().ring_bits
+        params = [cfg.secure.round_params(len(b), length, n_max=n_max, ring_bits=ring_bits) for b in buckets]
         if self.privacy is not None and self.privacy.mode == "distributed":
             # Unweighted, clipped to the DP clip, at the scale whose sum leaves room for the noise.
             params = [replace(p, clip=self.privacy.clip, weight_cap=1, frac_bits=self.privacy.frac_bits)
@@ -516,14 +517,14 @@ class Coordinator:
 
     def _secure_kept(self) -> int | None:
         """Coordinates each worker masks under shared random-k compression (None: all of them)."""
-        if self._codec is None:
-            return None
-        return kept_count(self.num_params, self._codec.fraction)
+        fraction = self.config.secure_plan().fraction
+        return None if fraction is None else kept_count(self.num_params, fraction)
 
     def _secure_indices(self, round_id: int) -> np.ndarray | None:
-        if self._codec is None:
+        fraction = self.config.secure_plan().fraction
+        if fraction is None:
             return None
-        return shared_indices(self.num_params, self._codec.fraction, compression_seed(self.config.seed, round_id))
+        return shared_indices(self.num_params, fraction, compression_seed(self.config.seed, round_id))
 
     def _stage_wait(self, stage: str) -> float:
         """Seconds a secure stage may take: masked inputs wait for training, the others are quick."""

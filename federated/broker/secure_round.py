@@ -53,7 +53,7 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
     worker of the round); the others are zero in the mean update.
     Raises ``ValueError`` if the summed weight is not positive (no real input was summed).
     """
-    data, weight = decode_sum(total, params.frac_bits)
+    data, weight = decode_sum(total, params.frac_bits, params.ring_bits)
     if not weight > 0:
         raise ValueError(f"the secure sum has weight {weight}; nothing to average")
     mean = data[:-2] / weight

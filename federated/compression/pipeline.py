@@ -1,7 +1,8 @@
 """Codec specs: :func:`make_codec` builds a codec from a config string; :func:`ratio` measures it.
 
-Specs: ``"none"``; ``"q8"``, ``"q4"``, ``"q2"``; ``"topk:F"``, ``"randk:F"`` with F in (0, 1]; and
-``"topk:F+qK"``, ``"randk:F+qK"`` (sparsify, then quantize the kept values to K bits).
+Specs: ``"none"``; ``"q8"``, ``"q4"``, ``"q2"``; ``"topk:F"``, ``"randk:F"`` with F in (0, 1];
+``"randk:F+ef"`` (random-k with error feedback; top-k always has it); and ``"topk:F+qK"``,
+``"randk:F+qK"``, ``"randk:F+ef+qK"`` (sparsify, then quantize the kept values to K bits).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from federated.compression.sparsify import RandomK, TopK
 __all__ = ["SPECS", "make_codec", "ratio"]
 
 #: The allowed spec forms, as quoted in error messages.
-SPECS = ("none", "q8", "q4", "q2", "topk:F", "randk:F", "topk:F+q8", "randk:F+q8")
+SPECS = ("none", "q8", "q4", "q2", "topk:F", "randk:F", "randk:F+ef", "topk:F+q8", "randk:F+q8", "randk:F+ef+q8")
 
 _QUANT = re.compile(r"q(\d+)")
-_SPARSE = re.compile(r"(topk|randk):([^+]+)(?:\+q(\d+))?")
+_SPARSE = re.compile(r"(topk|randk):([^+]+)(\+ef)?(?:\+q(\d+))?")
 
 
 def _bad(spec: str, why: str = "") -> ValueError:
@@ -55,10 +56,12 @@ def make_codec(spec: str, *, salt: int | None = None) -> Codec:
             raise _bad(spec, f" ({m.group(2)!r} is not a number)") from None
         if not math.isfinite(fraction) or not 0 < fraction <= 1:
             raise _bad(spec, f" (fraction {m.group(2)} is not in (0, 1])")
-        quantizer = _quantizer(spec, m.group(3), salt) if m.group(3) else None
+        quantizer = _quantizer(spec, m.group(4), salt) if m.group(4) else None
         if m.group(1) == "topk":
+            if m.group(3):
+                raise _bad(spec, " (top-k always has error feedback; drop +ef)")
             return TopK(fraction, quantizer=quantizer)
-        return RandomK(fraction, quantizer=quantizer)
+        return RandomK(fraction, quantizer=quantizer, error_feedback=bool(m.group(3)))
     raise _bad(spec)
 
 

@@ -18,8 +18,8 @@ Wire layout: k = 8 sends the codes as int8; k = 4 and k = 2 add ``L`` to make th
 or 4 of them per uint8 byte, first coordinate in the low bits, so 4-bit codes really cost half a byte.
 Payload bytes are ``ceil(n * k / 8) + 4`` (the 4 being the float32 scale, which travels in ``meta``).
 
-Under secure aggregation per-worker scales differ, so quantized payloads are not summed directly: the
-lead uses quantization there only through the fixed-point path (:mod:`federated.crypto.fixedpoint`).
+Under secure aggregation per-worker scales differ, so these payloads are not summed directly: there,
+``q8`` becomes 16-bit fixed-point sums on a grid shared by every worker (:mod:`federated.compression.secure`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Fixed-point encoding of weighted model updates into Z_2^32, the group the masks live in.
+"""Fixed-point encoding of weighted model updates into Z_2^32, the group the masks live in, and its
+16-bit reduction.
 
 A worker with update ``x`` (flat floats) and weight ``w`` (its sample count, capped by the caller at
 ``weight_cap``) sends ``encode(x, w)``: ``x`` is L2-clipped to ``clip``, multiplied by ``w``, scaled by
@@ -15,6 +16,12 @@ for the weight; rounding adds at most 1).
 Error: each encoded coordinate is within one unit (2^-f after decoding) of ``w * clip_l2(x)``, and the
 rounding is unbiased, so a decoded sum of n encodings is within ``n * 2^-f`` of the exact weighted sum per
 coordinate (typically ``sqrt(n) * 2^-f``); the weight sum is exact.
+
+Ring width: reducing mod 2^16 is a ring homomorphism from Z_2^32 onto Z_2^16, so a worker may send only
+the low 16 bits of each masked coordinate and the masks still cancel in the (16-bit) sum. That halves the
+masked input and is how quantization works under secure aggregation. Every bound above then has
+``2^(ring_bits - 1)`` in place of ``2^31``, so the scale 2^f is coarser: with ``ring_bits = 16`` a sum of n
+inputs leaves each worker about ``2^15 / n`` levels per unit of ``max(clip, 1) * weight_cap``.
 """
 
 from __future__ import annotations
@@ -27,11 +34,14 @@ import numpy as np
 from federated.crypto import prg
 from federated.crypto.errors import ParameterError
 
-__all__ = ["MAX_FRAC_BITS", "check_no_wrap", "clip_l2", "decode_sum", "encode", "max_abs", "max_frac_bits"]
+__all__ = ["MAX_FRAC_BITS", "RING_BITS", "check_no_wrap", "clip_l2", "decode_sum", "encode", "max_abs",
+           "max_frac_bits", "reduce_ring"]
 
 #: ``max_frac_bits`` never goes above this: float32 updates carry 24 significant bits, so finer
 #: fixed-point steps would only spend headroom that a larger cohort could use.
 MAX_FRAC_BITS = 24
+#: The ring widths a masked input can travel in: Z_2^32 (the default) and Z_2^16 (quantized).
+RING_BITS = (32, 16)
 _WRAP_LIMIT = 2**31
 
 
@@ -41,7 +51,9 @@ def max_abs(clip: float, weight_cap: int) -> float:
     return weight_cap * max(clip, 1.0)
 
 
-def _validate(n_max: int, clip: float, weight_cap: int) -> None:
+def _validate(n_max: int, clip: float, weight_cap: int, ring_bits: int = 32) -> None:
+    if ring_bits not in RING_BITS:
+        raise ParameterError(f"ring_bits must be one of {RING_BITS}, got {ring_bits!r}")
     if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 1:
         raise ParameterError(f"n_max must be an integer >= 1, got {n_max!r}")
     if not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
@@ -50,54 +62,69 @@ def _validate(n_max: int, clip: float, weight_cap: int) -> None:
         raise ParameterError(f"weight_cap must be an integer >= 1, got {weight_cap!r}")
 
 
-def _fits(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> bool:
+def _fits(n_max: int, clip: float, weight_cap: int, frac_bits: int, ring_bits: int) -> bool:
     # Exact rational arithmetic: a float product could round a just-too-large bound below 2^31.
     bound = weight_cap * max(Fraction(clip), Fraction(1)) * 2**frac_bits
-    return bool(n_max * (bound + 1) < _WRAP_LIMIT)
+    return bool(n_max * (bound + 1) < 2 ** (ring_bits - 1))
 
 
-def _largest_safe(n_max: int, clip: float, weight_cap: int) -> int | None:
+def _largest_safe(n_max: int, clip: float, weight_cap: int, ring_bits: int) -> int | None:
     best = None
     for frac_bits in range(MAX_FRAC_BITS + 1):
-        if not _fits(n_max, clip, weight_cap, frac_bits):
+        if not _fits(n_max, clip, weight_cap, frac_bits, ring_bits):
             break
         best = frac_bits
     return best
 
 
-def _wrap_error(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> ParameterError:
-    safe = _largest_safe(n_max, clip, weight_cap)
+def _wrap_error(n_max: int, clip: float, weight_cap: int, frac_bits: int, ring_bits: int) -> ParameterError:
+    safe = _largest_safe(n_max, clip, weight_cap, ring_bits)
     advice = (f"the largest safe frac_bits is {safe}" if safe is not None
               else "no frac_bits is safe; lower n_max, clip or weight_cap")
     return ParameterError(
         f"secure-aggregation sum could wrap: n_max={n_max}, clip={clip}, weight_cap={weight_cap}, "
         f"frac_bits={frac_bits} give n_max * (weight_cap * max(clip, 1) * 2^frac_bits + 1) = "
-        f"{float(n_max * (max_abs(clip, weight_cap) * 2**frac_bits + 1)):.4g} >= 2^31; {advice}")
+        f"{float(n_max * (max_abs(clip, weight_cap) * 2**frac_bits + 1)):.4g} >= 2^{ring_bits - 1} "
+        f"({ring_bits}-bit sums); {advice}")
 
 
-def check_no_wrap(n_max: int, clip: float, weight_cap: int, frac_bits: int) -> None:
-    """Raise ``ParameterError`` unless the sum of ``n_max`` encodings can never wrap mod 2^32, i.e.
-    ``n_max * (max_abs(clip, weight_cap) * 2^frac_bits + 1) < 2^31``.
+def check_no_wrap(n_max: int, clip: float, weight_cap: int, frac_bits: int, ring_bits: int = 32) -> None:
+    """Raise ``ParameterError`` unless the sum of ``n_max`` encodings can never wrap mod 2^ring_bits,
+    i.e. ``n_max * (max_abs(clip, weight_cap) * 2^frac_bits + 1) < 2^(ring_bits - 1)``.
 
     The message names every parameter and the largest safe ``frac_bits`` (or says that none is).
     """
-    _validate(n_max, clip, weight_cap)
+    _validate(n_max, clip, weight_cap, ring_bits)
     if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or frac_bits < 0:
         raise ParameterError(f"frac_bits must be an integer >= 0, got {frac_bits!r}")
-    if not _fits(n_max, clip, weight_cap, frac_bits):
-        raise _wrap_error(n_max, clip, weight_cap, frac_bits)
+    if not _fits(n_max, clip, weight_cap, frac_bits, ring_bits):
+        raise _wrap_error(n_max, clip, weight_cap, frac_bits, ring_bits)
 
 
-def max_frac_bits(n_max: int, clip: float, weight_cap: int) -> int:
+def max_frac_bits(n_max: int, clip: float, weight_cap: int, ring_bits: int = 32) -> int:
     """The largest ``frac_bits`` in [0, 24] that passes ``check_no_wrap``.
 
     Raises ``ParameterError`` if even ``frac_bits = 0`` could wrap.
     """
-    _validate(n_max, clip, weight_cap)
-    safe = _largest_safe(n_max, clip, weight_cap)
+    _validate(n_max, clip, weight_cap, ring_bits)
+    safe = _largest_safe(n_max, clip, weight_cap, ring_bits)
     if safe is None:
-        raise _wrap_error(n_max, clip, weight_cap, 0)
+        raise _wrap_error(n_max, clip, weight_cap, 0, ring_bits)
     return safe
+
+
+def reduce_ring(values: np.ndarray, ring_bits: int) -> np.ndarray:
+    """``values`` (uint32, in Z_2^32) reduced to Z_2^ring_bits, in the narrowest unsigned dtype that
+    holds it: uint32 unchanged for 32 bits, the low halves as uint16 for 16. Raises ``ValueError`` for
+    another width or a non-uint32 array."""
+    array = np.asarray(values)
+    if array.dtype != np.uint32:
+        raise ValueError(f"values must be uint32, got {array.dtype}")
+    if ring_bits == 32:
+        return array
+    if ring_bits == 16:
+        return array.astype(np.uint16)  # keeps the low 16 bits: reduction mod 2^16
+    raise ValueError(f"ring_bits must be one of {RING_BITS}, got {ring_bits!r}")
 
 
 def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
@@ -152,17 +179,20 @@ def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed
     return out
 
 
-def decode_sum(total: np.ndarray, frac_bits: int) -> tuple[np.ndarray, float]:
+def decode_sum(total: np.ndarray, frac_bits: int, ring_bits: int = 32) -> tuple[np.ndarray, float]:
     """Decode a sum of encodings: ``(float64 data sum, weight sum)``, both scaled back by 2^-frac_bits.
 
-    Reads each uint32 as two's complement int32, which is the true sum while ``check_no_wrap`` holds.
-    Raises ``ValueError`` if ``total`` is not a non-empty 1-D uint32 array.
+    Reads each uint32 as a two's complement integer of ``ring_bits`` bits (only the low ``ring_bits``
+    count), which is the true sum while ``check_no_wrap`` holds for that width.
+    Raises ``ValueError`` if ``total`` is not a non-empty 1-D uint32 array or the width is not supported.
     """
     array = np.asarray(total)
     if array.dtype != np.uint32 or array.ndim != 1 or array.shape[0] < 1:
         raise ValueError(f"total must be a non-empty 1-D uint32 array, got {array.dtype} {array.shape}")
     if isinstance(frac_bits, bool) or not isinstance(frac_bits, int) or frac_bits < 0:
         raise ValueError(f"frac_bits must be an integer >= 0, got {frac_bits!r}")
-    signed = np.ascontiguousarray(array).view(np.int32)
+    if ring_bits not in RING_BITS:
+        raise ValueError(f"ring_bits must be one of {RING_BITS}, got {ring_bits!r}")
+    signed = np.ascontiguousarray(array).view(np.int32) if ring_bits == 32 else array.astype(np.uint16).view(np.int16)
     scale = 2.0**-frac_bits
     return signed[:-1].astype(np.float64) * scale, float(signed[-1]) * scale

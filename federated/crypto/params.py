@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from federated.crypto.errors import ParameterError
-from federated.crypto.fixedpoint import check_no_wrap
+from federated.crypto.fixedpoint import RING_BITS, check_no_wrap
 
 __all__ = ["SecAggParams", "advertise_message", "session_id", "sign_of"]
 
@@ -25,7 +27,9 @@ class SecAggParams:
     more means the complete graph of the original protocol); ``clip``: L2 bound of an update;
     ``weight_cap``: a worker's sample weight is ``min(num_samples, weight_cap)``; ``frac_bits``: fixed-point
     scale 2^frac_bits; ``n_max``: the most inputs that can be summed (the cohort size);
-    ``vector_length``: coordinates of an encoded input (model parameters + loss + accuracy + weight).
+    ``vector_length``: coordinates of an encoded input (model parameters + loss + accuracy + weight);
+    ``ring_bits``: the sum lives in Z_2^ring_bits, 32 or 16 (masked inputs then travel as uint16: the
+    low halves of the 32-bit masked words, see :mod:`federated.crypto.fixedpoint`).
     """
 
     threshold: int
@@ -35,6 +39,7 @@ class SecAggParams:
     frac_bits: int
     n_max: int
     vector_length: int
+    ring_bits: int = 32
 
     def validate(self) -> None:
         """Raise :class:`ParameterError` naming the first bad value (this arrives over the network)."""
@@ -49,7 +54,14 @@ class SecAggParams:
             raise ParameterError(f"secagg.threshold ({self.threshold}) cannot exceed secagg.degree ({self.degree})")
         if self.vector_length > 1 << 28:
             raise ParameterError(f"secagg.vector_length {self.vector_length} is too large")
-        check_no_wrap(self.n_max, float(self.clip), self.weight_cap, self.frac_bits)
+        if self.ring_bits not in RING_BITS or isinstance(self.ring_bits, bool):
+            raise ParameterError(f"secagg.ring_bits must be one of {RING_BITS}, got {self.ring_bits!r}")
+        check_no_wrap(self.n_max, float(self.clip), self.weight_cap, self.frac_bits, self.ring_bits)
+
+    @property
+    def wire_dtype(self) -> np.dtype[Any]:
+        """The dtype a masked input travels in: uint32, or uint16 for 16-bit sums."""
+        return np.dtype(np.uint32 if self.ring_bits == 32 else np.uint16)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,7 +49,8 @@ _EXPECTS = {"advertise": AdvertiseKeys, "share_keys": ShareKeys, "masked_input":
 
 @dataclass(frozen=True)
 class SecAggResult:
-    """The unmasked sum (uint32, mod 2^32) over ``survivors``, and who dropped at which stage."""
+    """The unmasked sum over ``survivors`` (uint32 holding the sum mod 2^ring_bits), and who dropped at
+    which stage."""
 
     total: np.ndarray
     survivors: tuple[str, ...]
@@ -111,8 +112,9 @@ class SecAggBroker:
         self._shares[wid] = msg
 
     def _on_masked_input(self, wid: str, msg: MaskedInput) -> None:
-        if msg.masked.shape != (self.params.vector_length,):
-            raise ProtocolViolation(f"masked input must have {self.params.vector_length} coordinates")
+        if msg.masked.shape != (self.params.vector_length,) or msg.masked.dtype != self.params.wire_dtype:
+            raise ProtocolViolation(f"masked input must be {self.params.vector_length} coordinates of "
+                                    f"{self.params.wire_dtype}")
         self._masked[wid] = msg
 
     def _on_unmask(self, wid: str, msg: UnmaskShares) -> None:
@@ -237,6 +239,8 @@ class SecAggBroker:
                     # u shared keys, so its neighbour v received u's shares and added sign(v, u) *
                     # PRG(s_vu) to its input: take it back out of the sum.
                     add_mask(total, mask_seed(s_u, s_pk_of[v], self.session), -sign_of(v, u))
+        if self.params.ring_bits < 32:
+            total &= np.uint32((1 << self.params.ring_bits) - 1)  # the sum is only defined mod 2^ring_bits
         self.stage = "done"
         self.result = SecAggResult(total, tuple(survivors), dict(self.dropped),
                                    {w: self._masked[w].train_s for w in survivors})

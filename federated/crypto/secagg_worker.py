@@ -6,7 +6,7 @@ Stages, each driven by one broker message::
     on_roster(R)       -> ShareKeys       verify R, compute the session and neighbour graph, Shamir-share
                                           s and a fresh self-mask seed b among the neighbours, encrypted
     on_shares(S)       -> None            decrypt the neighbours' shares addressed to us
-    masked_input(x)    -> MaskedInput     y = x + PRG(b) + sum_v sign(u,v) PRG(s_uv)  (mod 2^32)
+    masked_input(x)    -> MaskedInput     y = x + PRG(b) + sum_v sign(u,v) PRG(s_uv)  (mod 2^32, or 2^16)
     on_unmask(Q)       -> UnmaskShares    b-shares of survivors, s-shares of dropped, never both; once
 
 Each method refuses (raises) anything out of order or against the rules, and a refused request never
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from federated.crypto import shamir
 from federated.crypto.errors import DecryptionError, ProtocolViolation, SignatureError
+from federated.crypto.fixedpoint import reduce_ring
 from federated.crypto.graph import neighbours
 from federated.crypto.params import SecAggParams, advertise_message, session_id, sign_of
 from federated.crypto.prg import add_mask
@@ -189,7 +190,9 @@ class SecAggWorker:
         for v in self.mask_peers:
             add_mask(y, mask_seed(self._s_sk, self._s_pk_of[v], self.session), sign_of(self.worker_id, v))
         self.stage = "unmask"
-        return MaskedInput(self.worker_id, self.round_id, y, train_s)
+        # Under 16-bit sums only the low halves travel: reduction mod 2^16 commutes with the sum, so the
+        # masks still cancel, and the low half of a uniform mask is uniform.
+        return MaskedInput(self.worker_id, self.round_id, reduce_ring(y, self.params.ring_bits), train_s)
 
     def on_unmask(self, request: UnmaskRequest) -> UnmaskShares:
         """Stage 4, answered once: reveal b-shares of survivors and s-shares of dropped neighbours.

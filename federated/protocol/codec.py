@@ -38,6 +38,7 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "bfloat16": np.dtype("<u2"),
     "int8": np.dtype("i1"),
     "uint8": np.dtype("u1"),
+    "uint16": np.dtype("<u2"),  # masked inputs of 16-bit secure sums
     "int32": np.dtype("<i4"),
     "uint32": np.dtype("<u4"),
     "int64": np.dtype("<i8"),

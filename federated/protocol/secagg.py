@@ -156,12 +156,14 @@ class Shares:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Worker -> broker: its encoded input plus all its masks (uint32, mod 2^32), and its compute time."""
+    """Worker -> broker: its encoded input plus all its masks (uint32 mod 2^32, or uint16 mod 2^16 for
+    16-bit sums), and its compute time. Which of the two a round expects is checked by the broker's
+    state machine."""
 
     KIND: ClassVar[Kind] = Kind.MASKED_INPUT
     worker_id: str
     round_id: int
-    masked: np.ndarray  # (length,) uint32
+    masked: np.ndarray  # (length,) uint32 or uint16
     train_s: float
 
     def to_frames(self) -> list[bytes | memoryview]:
@@ -172,8 +174,8 @@ class MaskedInput:
     def from_envelope(cls, env: Envelope, limits: Limits) -> MaskedInput:
         f = Fields(env.header, env.kind, limits)
         masked = env.tensors.get("masked")
-        if masked is None or masked.dtype != np.uint32 or masked.ndim != 1:
-            raise MalformedMessage("MASKED_INPUT: tensor 'masked' must be a uint32 vector")
+        if masked is None or masked.dtype not in (np.uint32, np.uint16) or masked.ndim != 1:
+            raise MalformedMessage("MASKED_INPUT: tensor 'masked' must be a uint32 or uint16 vector")
         return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), masked,
                    f.float("train_s", 0.0, 86400.0))
 

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from federated.aggregation.vectors import flatten
-from federated.compression import make_codec
+from federated.compression import make_codec, secure_plan
 from federated.compression.sparsify import shared_indices
 from federated.crypto.errors import CryptoError
 from federated.crypto.keyfiles import WorkerKeys
@@ -470,18 +470,27 @@ class WorkerLoop:
             try:
                 params = SecAggParams.from_dict(task.config["secagg"])
                 indices = None
+                # Under secure aggregation a codec only picks the shared coordinates (and, through the
+                # TASK's ring_bits, the 16-bit sums that quantize): see federated.compression.secure.
                 spec = str(task.config.get("compression", "none"))
-                if spec != "none":  # only shared random-k is allowed under secure aggregation
-                    codec = make_codec(spec)
+                plan = secure_plan(spec)
+                to_encode: Any = update
+                if plan.error_feedback:
+                    codec = s.codecs.get(spec)
+                    if codec is None:  # one per session and spec: the residual lives in it
+                        codec = s.codecs[spec] = make_codec(spec)
+                    _, to_encode = codec.select(flatten(update, np.float32),
+                                                round_seed=int(task.config["compression_seed"]))
+                elif plan.fraction is not None:
                     size = sum(int(v.size) for v in update.values())
-                    indices = shared_indices(size, codec.fraction, int(task.config["compression_seed"]))
+                    indices = shared_indices(size, plan.fraction, int(task.config["compression_seed"]))
                 privacy = task.config.get("privacy") or {}
                 mu = privacy.get("skellam_mu") if isinstance(privacy, dict) else None
                 if mu is not None and (isinstance(mu, bool) or not isinstance(mu, (int, float))):
                     raise ValueError(f"privacy.skellam_mu must be a number, got {mu!r}")
-                encoded = encode_input(update, metrics, len(s.data.y), params, indices,
+                encoded = encode_input(to_encode, metrics, len(s.data.y), params, indices,
                                        skellam_mu=None if mu is None else float(mu))
-            except (ValueError, KeyError, AttributeError) as exc:  # AttributeError: a codec without a fraction
+            except (ValueError, KeyError) as exc:
                 return Error("bad_task", str(exc), task.round_id).to_frames()
             return _SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + wait_s)
         spec = task.config.get("compression", "none")

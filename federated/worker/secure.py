@@ -24,13 +24,15 @@ from federated.privacy.skellam import add_share
 __all__ = ["SecureRound", "encode_input"]
 
 
-def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float], num_samples: int,
+def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping[str, float], num_samples: int,
                  params: SecAggParams, indices: np.ndarray | None = None, *,
                  skellam_mu: float | None = None) -> np.ndarray:
     """Fixed-point encoding of this worker's contribution (uint32, ``params.vector_length``).
 
-    ``indices``: under shared random-k compression, the coordinates of this round (the same on every
-    worker), and only those are encoded.
+    ``update``: by tensor name, or already flat (in sorted tensor-name order, and already reduced to
+    the round's shared coordinates when the caller did the random-k selection itself, as error feedback
+    needs). ``indices``: under shared random-k compression, the coordinates of this round (the same on
+    every worker), and only those of ``update`` are encoded.
 
     ``skellam_mu`` (distributed DP): add this worker's share of Skellam noise, ``Poisson(mu) - Poisson(mu)``
     per update coordinate in the integer domain, drawn from an OS-seeded generator the broker cannot
@@ -41,7 +43,7 @@ def encode_input(update: Mapping[str, np.ndarray], metrics: Mapping[str, float],
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
     """
     bound = max(float(params.clip), 1.0)
-    flat = flatten(update)
+    flat = np.asarray(update).reshape(-1) if isinstance(update, np.ndarray) else flatten(update)
     clipped = clip_l2(flat if indices is None else flat[indices], float(params.clip))
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)

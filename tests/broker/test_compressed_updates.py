@@ -55,6 +55,38 @@ def test_compression_settings_are_checked() -> None:
         load_config(None, {"compression": "zip"})
     with pytest.raises(ConfigError, match="add up"):
         load_config(None, {"compression": "topk:0.1", "secure.enabled": True})
+    with pytest.raises(ConfigError, match="save nothing over q8"):
+        load_config(None, {"compression": "randk:0.5+q4", "secure.enabled": True})
+    with pytest.raises(ConfigError, match="top-k always has error feedback"):
+        load_config(None, {"compression": "topk:0.1+ef"})
+    # 16-bit sums of 200 workers leave each fewer than 8 bits' worth of levels over [-clip, clip].
+    with pytest.raises(ConfigError, match="fewer than 8-bit"):
+        load_config(None, {"compression": "q8", "secure.enabled": True, "num_clients": 200,
+                           "clients_per_round": 200})
+    load_config(None, {"compression": "q8", "secure.enabled": True, "num_clients": 100, "clients_per_round": 100})
+
+
+@pytest.mark.parametrize(("spec", "kept"), [("q8", 7), ("randk:0.5+q8", 4), ("randk:0.5+ef+q8", 4)])
+def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept: int) -> None:
+    from federated.config import SecureConfig
+    from test_secure_coordinator import FakeWorker, run_round
+
+    # Different sample counts: under 16-bit sums every worker weighs 1, so the mean is unweighted.
+    workers = [FakeWorker(f"w{i}", 10 + 90 * i, 0.1 * (i + 1)) for i in range(4)]
+    config = FederatedConfig(num_clients=4, clients_per_round=4, num_rounds=1, compression=spec,
+                             secure=SecureConfig(enabled=True, clip=2.0),
+                             broker=BrokerConfig(heartbeat_interval_s=100, heartbeat_timeout_s=1000))
+    coordinator, received = run_round(workers, config=config)
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
+    masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
+    assert len(masked) == 4 and all(m.dtype == np.uint16 and m.size == kept + 3 for m in masked)
+    for m in masked:  # masked, never a worker's plain encoding
+        assert not any(np.array_equal(m, w.encoded.astype(np.uint16)) for w in workers)
+    values = np.concatenate([coordinator.weights[k].ravel() for k in sorted(coordinator.weights)])
+    assert np.count_nonzero(values) == kept
+    # The unweighted mean of 0.1, 0.2, 0.3, 0.4 (the sample-weighted one would be 0.33).
+    np.testing.assert_allclose(values[values != 0], 0.25, atol=2e-3)
 
 
 def test_secure_round_with_shared_random_k_masks_only_the_shared_coordinates() -> None:

@@ -13,6 +13,7 @@ from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import Bye, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
+from federated.compression.secure import secure_plan
 from federated.compression.sparsify import shared_indices
 from federated.worker.secure import encode_input
 
@@ -33,10 +34,10 @@ class FakeWorker:
             params = SecAggParams.from_dict(msg.config["secagg"])
             self.machine = SecAggWorker(self.wid, self.identity, msg.round_id, params)
             indices = None
-            if msg.config.get("compression", "none") != "none":
+            plan = secure_plan(msg.config.get("compression", "none"))
+            if plan.fraction is not None:
                 size = sum(int(v.size) for v in self.update.values())
-                indices = shared_indices(size, float(msg.config["compression"].split(":")[1]),
-                                         msg.config["compression_seed"])
+                indices = shared_indices(size, plan.fraction, msg.config["compression_seed"])
             self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params, indices)
             return self.machine.advertise()
         if not isinstance(msg, (Roster, Shares, UnmaskRequest)):

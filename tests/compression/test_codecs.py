@@ -27,7 +27,7 @@ from federated.compression import (
 from federated.protocol import Kind, decode, encode
 
 ALL_SPECS = ["none", "q8", "q4", "q2", "topk:0.125", "randk:0.125", "topk:0.03125+q8", "randk:0.25+q8",
-             "topk:0.5+q4", "randk:0.5+q2"]
+             "topk:0.5+q4", "randk:0.5+q2", "randk:0.25+ef", "randk:0.25+ef+q8"]
 
 
 def vector(n: int, seed: int = 0) -> np.ndarray:
@@ -147,7 +147,31 @@ def test_topk_residual_carries_over() -> None:
     np.testing.assert_array_equal(np.flatnonzero(second), np.sort(np.argsort(-np.abs(x - first))[:20]))
 
 
-@pytest.mark.parametrize("spec", ["topk:0.05", "topk:0.05+q8", "topk:0.1+q2"])
+def test_randk_residual_carries_over_and_select_matches_encode() -> None:
+    x = vector(200)
+    codec = make_codec("randk:0.25+ef")
+    assert isinstance(codec, RandomK) and codec.error_feedback
+    first = codec.decode(codec.encode(x, round_seed=0), 200)
+    assert codec.residual is not None
+    np.testing.assert_allclose(codec.residual, x - first)
+    # Next round, the residual rides along: the sent values are x + residual at the new indices.
+    twin = make_codec("randk:0.25+ef")
+    assert isinstance(twin, RandomK)
+    twin.encode(x, round_seed=0)
+    idx, values = twin.select(x, round_seed=1)
+    second = codec.decode(codec.encode(x, round_seed=1), 200)
+    np.testing.assert_allclose(second[idx], values, rtol=1e-6)
+    np.testing.assert_allclose(values, (x + (x - first))[idx], rtol=1e-6)
+    np.testing.assert_allclose(codec.residual, twin.residual, rtol=1e-6)
+    # Without feedback, nothing is kept.
+    plain = RandomK(0.25)
+    plain.select(x, round_seed=0)
+    assert plain.residual is None
+    with pytest.raises(ValueError, match="residual"):
+        codec.select(vector(100), round_seed=2)
+
+
+@pytest.mark.parametrize("spec", ["topk:0.05", "topk:0.05+q8", "topk:0.1+q2", "randk:0.25+ef", "randk:0.25+ef+q8"])
 def test_error_feedback_sum_of_sent_tracks_sum_of_inputs(spec: str) -> None:
     codec = make_codec(spec, salt=3)
     total_in = np.zeros(500, np.float64)
@@ -158,7 +182,7 @@ def test_error_feedback_sum_of_sent_tracks_sum_of_inputs(spec: str) -> None:
         total_sent += codec.decode(codec.encode(x, round_seed=r), 500)
     # Error feedback: sum(sent) = sum(inputs) - residual exactly, and the residual stays bounded, so the
     # gap is tiny next to the sums themselves.
-    assert isinstance(codec, TopK) and codec.residual is not None
+    assert isinstance(codec, (TopK, RandomK)) and codec.residual is not None
     np.testing.assert_allclose(total_sent + codec.residual, total_in, atol=1e-2)
     assert np.linalg.norm(total_sent - total_in) < 0.1 * np.linalg.norm(total_in)
 
@@ -285,7 +309,7 @@ def test_compressed_rejects_non_wire_dtypes_and_unsafe_meta() -> None:
     with pytest.raises(TypeError, match="wire dtype"):
         Compressed({"x": np.zeros(2, np.float64)}, {}, 16)
     with pytest.raises(TypeError, match="wire dtype"):
-        Compressed({"x": np.zeros(2, np.uint16)}, {}, 4)
+        Compressed({"x": np.zeros(2, np.int16)}, {}, 4)
     with pytest.raises(ValueError, match="finite"):
         Compressed({}, {"scale": float("inf")}, 0)
     with pytest.raises(TypeError):
@@ -322,3 +346,24 @@ def test_public_surface_is_sorted_and_importable() -> None:
     assert exported == sorted(exported, key=lambda s: (not s.isupper(), s))
     for symbol in exported:
         assert hasattr(module, symbol)
+
+
+@pytest.mark.parametrize(("spec", "fraction", "ring_bits", "ef"), [
+    ("none", None, 32, False), ("randk:0.25", 0.25, 32, False), ("randk:0.25+ef", 0.25, 32, True),
+    ("q8", None, 16, False), ("randk:0.5+q8", 0.5, 16, False), ("randk:0.25+ef+q8", 0.25, 16, True)])
+def test_secure_plan_of_each_allowed_spec(spec: str, fraction: float | None, ring_bits: int, ef: bool) -> None:
+    from federated.compression import secure_plan
+
+    plan = secure_plan(spec)
+    assert (plan.fraction, plan.ring_bits, plan.error_feedback) == (fraction, ring_bits, ef)
+
+
+@pytest.mark.parametrize(("spec", "why"), [("topk:0.1", "keeps different coordinates"),
+                                           ("topk:0.1+q8", "keeps different coordinates"),
+                                           ("q4", "save nothing over q8"), ("randk:0.5+q2", "save nothing"),
+                                           ("zip", "unknown compression spec")])
+def test_secure_plan_refuses_with_the_reason(spec: str, why: str) -> None:
+    from federated.compression import secure_plan
+
+    with pytest.raises(ValueError, match=why):
+        secure_plan(spec)

@@ -158,3 +158,35 @@ def test_same_seed_same_encoding() -> None:
     update, seed = _vector(50, 0.1), os.urandom(32)
     first = fixedpoint.encode(update, 2, clip=1.0, frac_bits=12, seed=seed)
     assert np.array_equal(first, fixedpoint.encode(update, 2, clip=1.0, frac_bits=12, seed=seed))
+
+
+@pytest.mark.parametrize(("clip", "n_max"), [(1.0, 10), (10.0, 10), (0.5, 100)])
+def test_sixteen_bit_sums_at_the_bound_decode_exactly(clip: float, n_max: int) -> None:
+    # The largest frac_bits for 16-bit sums; n_max workers at the extreme, encoded in Z_2^32, reduced to
+    # their low 16 bits and summed mod 2^16: the decoded sum equals the 32-bit one.
+    frac_bits = fixedpoint.max_frac_bits(n_max, clip, 1, ring_bits=16)
+    assert frac_bits < fixedpoint.max_frac_bits(n_max, clip, 1)
+    with pytest.raises(ParameterError, match=r"2\^15 \(16-bit sums\)"):
+        fixedpoint.check_no_wrap(n_max, clip, 1, frac_bits + 1, ring_bits=16)
+    for sign in (1.0, -1.0):
+        update = np.array([sign * clip, 0.0, sign * clip / 3])
+        encodings = [fixedpoint.encode(update, 1, clip=clip, frac_bits=frac_bits, seed=os.urandom(32))
+                     for _ in range(n_max)]
+        reduced = [fixedpoint.reduce_ring(e, 16) for e in encodings]
+        assert all(r.dtype == np.uint16 for r in reduced)
+        total16 = np.sum(np.stack(reduced).astype(np.uint32), axis=0, dtype=np.uint32) & np.uint32(0xFFFF)
+        data16, weight16 = fixedpoint.decode_sum(total16, frac_bits, ring_bits=16)
+        data32, weight32 = fixedpoint.decode_sum(_sum(encodings), frac_bits)
+        np.testing.assert_array_equal(data16, data32)
+        assert weight16 == weight32 == n_max
+
+
+def test_ring_width_is_checked() -> None:
+    with pytest.raises(ParameterError, match="ring_bits"):
+        fixedpoint.check_no_wrap(10, 1.0, 1, 4, ring_bits=8)
+    with pytest.raises(ValueError, match="ring_bits"):
+        fixedpoint.reduce_ring(np.zeros(3, np.uint32), 8)
+    with pytest.raises(ValueError, match="uint32"):
+        fixedpoint.reduce_ring(np.zeros(3, np.int64), 16)
+    with pytest.raises(ValueError, match="ring_bits"):
+        fixedpoint.decode_sum(np.zeros(3, np.uint32), 4, ring_bits=24)

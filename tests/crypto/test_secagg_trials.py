@@ -32,6 +32,7 @@ class Trial:
     length: int
     drops: dict[str, set[str]]
     seen_by_broker: list[np.ndarray] = field(default_factory=list)
+    ring_bits: int = 32
 
 
 def _wire(msg):  # type: ignore[no-untyped-def]
@@ -42,7 +43,7 @@ def _wire(msg):  # type: ignore[no-untyped-def]
 def run(trial: Trial, rng: random.Random) -> tuple[SecAggBroker, dict[str, np.ndarray], set[str]]:
     ids = [f"w{i:02d}" for i in range(trial.n)]
     params = SecAggParams(threshold=trial.threshold, degree=trial.degree, clip=1.0, weight_cap=1, frac_bits=0,
-                          n_max=trial.n, vector_length=trial.length)
+                          n_max=trial.n, vector_length=trial.length, ring_bits=trial.ring_bits)
     keys = {w: generate_identity() for w in ids}
     broker = SecAggBroker(7, ids, params, {w: pub for w, (_, pub) in keys.items()})
     workers = {w: SecAggWorker(w, keys[w][0], 7, params) for w in ids}
@@ -93,22 +94,23 @@ def feasible(trial: Trial, broker: SecAggBroker) -> bool:
     return all(len(set(graph[u]) & u4) >= t for u in u2)
 
 
-def random_trial(rng: random.Random) -> Trial:
+def random_trial(rng: random.Random, ring_bits: int = 32) -> Trial:
     n = rng.randint(3, 10)
     degree = n - 1 if rng.random() < 0.5 or n < 5 else rng.choice([d for d in range(2, n - 1, 2)] or [n - 1])
     threshold = rng.randint(1, degree)
     ids = [f"w{i:02d}" for i in range(n)]
     rate = rng.choice([0.0, 0.1, 0.25, 0.4])
     drops = {s: {w for w in ids if rng.random() < rate / 2} for s in STAGES}
-    return Trial(n, degree, threshold, rng.randint(1, 24), drops)
+    return Trial(n, degree, threshold, rng.randint(1, 24), drops, ring_bits=ring_bits)
 
 
 @pytest.mark.slow
-def test_thousand_random_trials_give_the_exact_sum_or_a_clean_abort() -> None:
-    rng = random.Random(20261128)
+@pytest.mark.parametrize(("ring_bits", "trials"), [(32, 1000), (16, 300)])
+def test_random_trials_give_the_exact_sum_or_a_clean_abort(ring_bits: int, trials: int) -> None:
+    rng = random.Random(20261128 + ring_bits)
     outcomes = {"done": 0, "aborted": 0}
-    for _ in range(1000):
-        trial = random_trial(rng)
+    for _ in range(trials):
+        trial = random_trial(rng, ring_bits)
         broker, inputs, _ = run(trial, rng)
         outcomes[broker.stage] += 1
         if broker.stage == "done":
@@ -117,6 +119,8 @@ def test_thousand_random_trials_give_the_exact_sum_or_a_clean_abort() -> None:
             expected = np.zeros(trial.length, dtype=np.uint32)
             for w in survivors:
                 expected += inputs[w]
+            # 16-bit sums: the sum of the full 32-bit inputs, reduced mod 2^16.
+            expected &= np.uint32((1 << ring_bits) - 1)
             np.testing.assert_array_equal(broker.result.total, expected)
             all_ids = {f"w{i:02d}" for i in range(trial.n)}
             assert survivors == all_ids - trial.drops["advertise"] - trial.drops["roster"] - trial.drops["shares"]
@@ -124,7 +128,7 @@ def test_thousand_random_trials_give_the_exact_sum_or_a_clean_abort() -> None:
         else:
             assert broker.stage == "aborted" and broker.error
             assert not feasible(trial, broker), f"aborted although feasible: {trial} {broker.error}"
-    assert outcomes["done"] > 500 and outcomes["aborted"] > 20, outcomes
+    assert outcomes["done"] > trials // 2 and outcomes["aborted"] > trials // 50, outcomes
 
 
 def test_broker_never_holds_an_unmasked_input() -> None:
@@ -145,6 +149,34 @@ def test_broker_never_holds_an_unmasked_input() -> None:
         # ... and so does each bit position of the 32-bit words.
         ones = np.unpackbits(masked.view(np.uint8)).reshape(-1, 32).mean(axis=0)
         assert np.all(np.abs(ones - 0.5) < 0.02)
+
+
+def test_sixteen_bit_masked_inputs_are_uniform_and_never_the_input() -> None:
+    rng = random.Random(2)
+    trial = Trial(6, 5, 3, 50_000, {s: set() for s in STAGES}, ring_bits=16)
+    broker, inputs, _ = run(trial, rng)
+    assert broker.stage == "done"
+    for masked in trial.seen_by_broker:
+        assert masked.dtype == np.uint16  # half the bytes of a 32-bit masked input
+        for x in inputs.values():
+            assert np.count_nonzero(masked == (x & 0xFFFF)) <= 5  # chance: 50,000 / 2^16 expected 0.8
+        counts = np.bincount(masked.view(np.uint8), minlength=256)
+        expected = masked.nbytes / 256
+        assert float(((counts - expected) ** 2 / expected).sum()) < 400
+        ones = np.unpackbits(masked.view(np.uint8)).reshape(-1, 16).mean(axis=0)
+        assert np.all(np.abs(ones - 0.5) < 0.02)
+
+
+def test_broker_refuses_a_masked_input_of_the_wrong_width() -> None:
+    broker, workers, out = _ready_workers()
+    for w, msg in out:
+        broker.receive(w, workers[w].on_roster(msg))
+    for w, msg in broker.advance():
+        workers[w].on_shares(msg)
+    good = workers["w0"].masked_input(np.zeros(4, np.uint32))
+    narrow = type(good)(good.worker_id, good.round_id, good.masked.astype(np.uint16), 0.0)
+    with pytest.raises(ProtocolViolation, match="uint32"):
+        broker.receive("w0", _wire(narrow))
 
 
 def _ready_workers(n: int = 4, t: int = 2) -> tuple[SecAggBroker, dict[str, SecAggWorker], list]:

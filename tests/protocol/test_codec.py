@@ -83,9 +83,12 @@ def test_bfloat16_travels_as_uint16_bits() -> None:
     np.testing.assert_array_equal(restored, values)
 
 
-def test_plain_uint16_is_not_allowed_without_a_wire_dtype() -> None:
-    with pytest.raises(BadTensor, match="not allowed"):
-        encode(Kind.UPDATE, {}, {"w": np.zeros(3, np.uint16)})
+def test_plain_uint16_travels_as_uint16_not_bfloat16() -> None:
+    # uint16 is for 16-bit masked inputs; only an explicit wire dtype makes bit patterns bfloat16.
+    arr = np.array([0, 0x7F80, 0xFFFF], np.uint16)
+    frames = encode(Kind.UPDATE, {}, {"w": arr})
+    assert json.loads(bytes(frames[2]))["tensors"][0]["dtype"] == "uint16"
+    np.testing.assert_array_equal(decode(as_bytes(frames)).tensors["w"], arr)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int16, np.uint64, np.bool_, np.complex64])
@@ -310,7 +313,7 @@ def test_tensors_field_must_be_a_list() -> None:
         decode(frames_with_header({"tensors": {"name": "x"}}))
 
 
-@pytest.mark.parametrize("dtype", ["float64", "bool", "object", "complex64", "<f4", "uint16", "", None, 5])
+@pytest.mark.parametrize("dtype", ["float64", "bool", "object", "complex64", "<f4", "int16", "", None, 5])
 def test_tensor_dtype_not_allowed(dtype: Any) -> None:
     with pytest.raises(BadTensor, match="not allowed"):
         decode(frames_with_header({"tensors": [tensor_desc(dtype=dtype)]}, b"\x00" * 8))
