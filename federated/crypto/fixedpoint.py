@@ -135,9 +135,15 @@ def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
     if not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound <= 0:
         raise ValueError(f"clip bound must be a finite number > 0, got {bound!r}")
     out = np.array(update, dtype=np.float64, copy=True).reshape(-1)
-    if not np.isfinite(out).all():
+    # One BLAS dot product both measures the norm and catches Inf/NaN (either makes it non-finite);
+    # only then is the slower element-wise check needed, to tell them from squares that overflow.
+    squared = float(np.dot(out, out))
+    if math.isfinite(squared):
+        norm = math.sqrt(squared)
+    elif not np.isfinite(out).all():
         raise ValueError("update has non-finite values")
-    norm = float(np.linalg.norm(out))
+    else:
+        norm = float(np.linalg.norm(out))
     if norm > bound:
         out *= bound / norm
     return out
@@ -164,17 +170,21 @@ def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed
         raise ValueError(f"weight * 2^frac_bits = {unit} does not fit in an int32")
     scaled = clip_l2(array, clip)
     scaled *= unit
-    floor = np.floor(scaled)
+    rounded = np.floor(scaled)
     # floor(v) + [u < frac(v)] has the distribution of floor(v + u) but is exact: v + u would round away
-    # the low bits of u once |v| > 2^21, biasing the rounding.
-    up = prg.uniform01(seed, scaled.shape[0]) < (scaled - floor)
-    rounded = floor.astype(np.int64) + up
+    # the low bits of u once |v| > 2^21, biasing the rounding. u is a keystream word k / 2^32, and
+    # k < frac * 2^32 is the same test as k / 2^32 < frac (scaling by 2^32 is exact), done in place.
+    frac = np.subtract(scaled, rounded, out=scaled)
+    frac *= 2.0**32
+    rounded += prg.keystream_u32(seed, frac.shape[0]) < frac
     # |v| <= w * clip * 2^f by construction; the clamp only absorbs float rounding in clip_l2 and the
     # scaling, so the wrap guarantee of check_no_wrap holds exactly.
     limit = math.floor(Fraction(clip) * unit) + 1
     np.clip(rounded, -limit, limit, out=rounded)
-    out = np.empty(scaled.shape[0] + 1, dtype=np.uint32)
-    out[:-1] = rounded & 0xFFFFFFFF  # two's complement in Z_2^32
+    out = np.empty(rounded.shape[0] + 1, dtype=np.uint32)
+    # Integers below 2^31 in magnitude: exact as int64, and the int64 -> uint32 cast keeps the low 32
+    # bits, which is two's complement in Z_2^32.
+    out[:-1] = rounded.astype(np.int64)
     out[-1] = unit
     return out
 
