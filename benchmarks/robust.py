@@ -25,7 +25,8 @@ RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geom
          "centered_clipping", "norm_bounding")
 
 
-def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | None = None) -> dict[str, Any]:
+def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | None = None,
+        secure_clip: float | None = None) -> dict[str, Any]:
     name = f"{attack}-{rule}-{secure_buckets}"
     args = [sys.executable, "-m", "federated.cli.main", "simulate", "--num-clients", "20", "--num-rounds", str(rounds),
             "--partition", "dirichlet:0.5", "--seed", "0", "--aggregation", rule, "--json",
@@ -34,6 +35,8 @@ def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | No
         args += ["--byzantine-fraction", "0.2", "--attack", attack]
     if secure_buckets:
         args += ["--secure", "--buckets", str(secure_buckets)]
+        if secure_clip is not None:
+            args += ["--secure-clip", str(secure_clip)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         return {"case": "accuracy", "attack": attack, "rule": rule, "secure": bool(secure_buckets),
@@ -48,7 +51,8 @@ def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | No
         selected_bad += len(attackers)
         selected_good += r["participants"] - len(attackers)
     return {"case": "accuracy", "attack": attack, "rule": rule, "secure": bool(secure_buckets),
-            "bucket_size": secure_buckets, "final_accuracy": result["final_accuracy"],
+            "bucket_size": secure_buckets, "secure_clip": secure_clip if secure_buckets else None,
+            "final_accuracy": result["final_accuracy"],
             "failed_rounds": result["failed_rounds"],
             "detected": round(tp / selected_bad, 3) if attackers and not secure_buckets else None,
             "false_positive": round(fp / selected_good, 3) if selected_good and not secure_buckets else None}
@@ -62,14 +66,19 @@ def main() -> None:
     parser.add_argument("--secure-rules", default="median,centered_clipping",
                         help="rules to run in the bucketed secure mode")
     parser.add_argument("--bucket-size", type=int, default=3)
+    parser.add_argument("--secure-clip", type=float, default=3.0,
+                        help="L2 clip of each update in the bucketed secure mode (bounds an attacker's weight)")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the aggregation-speed run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for attack in args.attacks.split(","):
-            for rule in args.rules.split(","):
+            for rule in filter(None, args.rules.split(",")):
                 print(json.dumps(run(tmp, attack, rule, args.rounds)), flush=True)
             for rule in filter(None, args.secure_rules.split(",")):
-                print(json.dumps(run(tmp, attack, rule, args.rounds, args.bucket_size)), flush=True)
+                print(json.dumps(run(tmp, attack, rule, args.rounds, args.bucket_size, args.secure_clip)), flush=True)
+    if args.skip_speed:
+        return
     speed = subprocess.run([sys.executable, str(Path(__file__).with_name("aggregation_speed.py"))],
                            capture_output=True, text=True, check=True, timeout=1200)
     print(speed.stdout.strip().splitlines()[-1], flush=True)

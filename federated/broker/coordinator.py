@@ -43,6 +43,7 @@ from federated.broker.secure_round import (
     combine,
     decode_round,
     vector_length,
+    within_clip,
 )
 from federated.broker.selection import Selector
 from federated.broker.store import RoundRecord, RoundStore
@@ -592,6 +593,18 @@ class Coordinator:
             return out + self._fail(rnd, survivors)
         indices = self._secure_indices(rnd.round_id)
         decoded = [decode_round(result.total, machine.params, self.weights, indices) for machine, result in results]
+        if self.privacy is None or self.privacy.mode != "distributed":
+            # A mean outside the clip bound proves a member skipped clipping: leave that bucket out.
+            kept = [i for i, ((m, r), d) in enumerate(zip(results, decoded, strict=True))
+                    if within_clip(d, m.params, len(r.survivors))]
+            for i in sorted(set(range(len(results))) - set(kept)):
+                log.warning("round %d: bucket of %s sums to a mean beyond the clip bound %.4g; left out (a member "
+                            "sent an unclipped input)", rnd.round_id, ", ".join(results[i][1].survivors),
+                            results[i][0].params.clip)
+            if not kept:
+                return out + self._fail(rnd, survivors, error="every secure sum was beyond the clip bound (a worker "
+                                                              "sent an unclipped input); model unchanged")
+            results, decoded = [results[i] for i in kept], [decoded[i] for i in kept]
         local_s = {w: t for _, result in results for w, t in result.train_s.items()}
         try:
             merged = self._across_buckets(decoded)

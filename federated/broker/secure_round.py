@@ -23,7 +23,7 @@ from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
 
 __all__ = ["EXTRA_COORDINATES", "DecodedSum", "SecureRound", "assign_buckets", "combine", "decode_round",
-           "vector_length"]
+           "vector_length", "within_clip"]
 
 #: Coordinates after the model update: weight * loss, weight * accuracy, weight.
 EXTRA_COORDINATES = 3
@@ -62,6 +62,18 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
         full[indices] = mean
         mean = full
     return DecodedSum(unflatten(mean, reference), weight, float(data[-2] / weight), float(data[-1] / weight))
+
+
+def within_clip(decoded: DecodedSum, params: SecAggParams, survivors: int) -> bool:
+    """Whether a bucket's mean update could have come from honest inputs: each honest input is L2-clipped
+    to ``params.clip`` and weighted, so the weighted mean has norm at most ``clip``, plus the fixed-point
+    rounding (under one unit of 2^-frac_bits per coordinate and input). A larger mean proves that some
+    member sent an input outside the bound (an encoder that skipped clipping). Not meaningful with
+    distributed DP, whose noise is added on purpose."""
+    dims = params.vector_length - EXTRA_COORDINATES
+    slack = math.sqrt(dims) * survivors * 2.0**-params.frac_bits / decoded.weight
+    norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in decoded.mean_update.values()))
+    return norm <= params.clip * (1 + 1e-9) + slack
 
 
 _ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")

@@ -3,6 +3,9 @@ bucketed secure mode driven by real secure-aggregation workers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -10,7 +13,9 @@ from federated.aggregation import RULES
 from federated.broker.coordinator import Coordinator
 from federated.config import AGGREGATION_RULES, AggregationConfig, BrokerConfig, ConfigError, FederatedConfig, \
     SecureConfig, load_config
-from federated.protocol import Hello, Update
+from federated.crypto.params import SecAggParams
+from federated.protocol import Hello, Task, Update
+from federated.worker.secure import encode_input
 
 from test_secure_coordinator import FakeWorker, run_round
 
@@ -92,3 +97,45 @@ def test_bucketed_secure_round_sees_only_bucket_sums_and_resists_an_attacker() -
     assert len(masked) == 9 and not any(isinstance(m, Update) for m in received)
     for m in masked:
         assert all(np.count_nonzero(m == w.encoded) <= 1 for w in workers)
+
+
+class UnclippedWorker(FakeWorker):
+    """A cheater that encodes its update without the round's clip (a malicious encoder)."""
+
+    def answer(self, msg: Any) -> Any:
+        if isinstance(msg, Task):
+            reply = super().answer(msg)
+            params = SecAggParams.from_dict(msg.config["secagg"])
+            self.encoded = encode_input(self.update, {}, self.samples, replace(params, clip=1e4))
+            return reply
+        return super().answer(msg)
+
+
+@pytest.mark.parametrize("bucket_size", [None, 3])
+def test_a_sum_beyond_the_clip_bound_is_left_out(bucket_size: int | None) -> None:
+    workers = [FakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [UnclippedWorker("evil", 10, -30.0)]
+    config = FederatedConfig(num_clients=9, clients_per_round=9, num_rounds=1, min_clients=2,
+                             secure=SecureConfig(enabled=True, clip=1.0),
+                             aggregation=AggregationConfig(rule="median" if bucket_size else "mean",
+                                                           bucket_size=bucket_size),
+                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+    coordinator, _ = run_round(workers, config=config)
+    (record,) = coordinator.history
+    if bucket_size is None:  # one sum, provably not honest: the round fails and the model stays
+        assert record.status == "failed" and "beyond the clip bound" in (record.error or "")
+        assert all(np.all(v == 0) for v in coordinator.weights.values())
+    else:  # the cheater's bucket is left out; the other two agree on 0.1
+        assert record.status == "complete", record.error
+        np.testing.assert_allclose(coordinator.weights["w"], 0.1, atol=0.01)
+
+
+def test_honest_sums_at_the_clip_bound_are_kept() -> None:
+    # Every worker exactly at the bound (norm 1 after clipping): no honest bucket may be left out.
+    workers = [FakeWorker(f"w{i}", 10 + i, 5.0) for i in range(6)]
+    config = FederatedConfig(num_clients=6, clients_per_round=6, num_rounds=1, min_clients=2,
+                             secure=SecureConfig(enabled=True, clip=1.0),
+                             aggregation=AggregationConfig(rule="median", bucket_size=3),
+                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+    coordinator, _ = run_round(workers, config=config)
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
