@@ -78,8 +78,9 @@ _OPTIONS = [
     click.option("--optimizer", help="sgd | adam"),
     click.option("--momentum", type=float, help="SGD momentum."),
     click.option("--proximal-mu", type=float, help="FedProx proximal term mu (0: plain FedAvg)."),
-    click.option("--compression", help="Update codec: none | q8 | q4 | q2 | topk:F | randk:F | topk:F+q8 | "
-                                       "randk:F+q8 (F: fraction of coordinates kept)."),
+    click.option("--compression", help="Update codec: none | q8 | q4 | q2 | topk:F | randk:F | randk:F+ef | "
+                                       "topk:F+q8 | randk:F+q8 | randk:F+ef+q8 (F: fraction of coordinates "
+                                       "kept; +ef: error feedback). Under --secure: none, randk:F[+ef][+q8], q8."),
     click.option("--privacy-budget", type=float, help="Total epsilon allowed at --delta; no round starts that "
                                                        "would exceed it (default DP mode: central)."),
     click.option("--dp", help="Differential privacy: none | record (DP-SGD in workers) | central (the broker "
