@@ -155,6 +155,8 @@ class Coordinator:
         self.rng = random.Random(config.seed)
         self.selector = Selector(config.selection, self.rng)
         self._codec = make_codec(config.compression) if config.compression != "none" else None
+        # What the codec becomes under secure aggregation (shared coordinates, ring width), once.
+        self._secure_codec = config.secure_plan() if config.secure.enabled else None
         #: Differential privacy: the accountant and budget (None without DP). Calibrates sigma if asked.
         self.privacy = PrivacyLedger(config, self.num_params) if config.privacy.mode != "none" else None
         self.next_round_id = first_round
@@ -508,7 +510,7 @@ class Coordinator:
         buckets = assign_buckets(sample, size)
         n_max = cfg.clients_per_round if size is None else min(2 * size - 1, cfg.clients_per_round)
         length = vector_length(self.weights, self._secure_kept())
-        ring_bits = cfg.secure_plan().ring_bits
+        ring_bits = self._secure_codec.ring_bits if self._secure_codec is not None else 32
         params = [cfg.secure.round_params(len(b), length, n_max=n_max, ring_bits=ring_bits) for b in buckets]
         if self.privacy is not None and self.privacy.mode == "distributed":
             # Unweighted, clipped to the DP clip, at the scale whose sum leaves room for the noise.
@@ -518,11 +520,11 @@ class Coordinator:
 
     def _secure_kept(self) -> int | None:
         """Coordinates each worker masks under shared random-k compression (None: all of them)."""
-        fraction = self.config.secure_plan().fraction
+        fraction = self._secure_codec.fraction if self._secure_codec is not None else None
         return None if fraction is None else kept_count(self.num_params, fraction)
 
     def _secure_indices(self, round_id: int) -> np.ndarray | None:
-        fraction = self.config.secure_plan().fraction
+        fraction = self._secure_codec.fraction if self._secure_codec is not None else None
         if fraction is None:
             return None
         return shared_indices(self.num_params, fraction, compression_seed(self.config.seed, round_id))

@@ -121,6 +121,14 @@ class _Session:
     def hello(self) -> Hello:
         return Hello(self.data.worker_id, len(self.data.y), ("train", "secagg"), self.identity_hex)
 
+    def codec(self, spec: str) -> Any:
+        """This client's codec for ``spec``, made once: error feedback's residual lives in it. Its
+        quantizer's rounding is salted with the client id. Raises ``ValueError`` for a bad spec."""
+        codec = self.codecs.get(spec)
+        if codec is None:
+            codec = self.codecs[spec] = make_codec(spec, salt=task_seed(0, 0, self.data.worker_id))
+        return codec
+
 
 @dataclass(frozen=True)
 class _SecureInput:
@@ -476,11 +484,8 @@ class WorkerLoop:
                 plan = secure_plan(spec)
                 to_encode: Any = update
                 if plan.error_feedback:
-                    codec = s.codecs.get(spec)
-                    if codec is None:  # one per session and spec: the residual lives in it
-                        codec = s.codecs[spec] = make_codec(spec)
-                    _, to_encode = codec.select(flatten(update, np.float32),
-                                                round_seed=int(task.config["compression_seed"]))
+                    _, to_encode = s.codec(spec).select(flatten(update, np.float32),
+                                                        round_seed=int(task.config["compression_seed"]))
                 elif plan.fraction is not None:
                     size = sum(int(v.size) for v in update.values())
                     indices = shared_indices(size, plan.fraction, int(task.config["compression_seed"]))
@@ -496,10 +501,8 @@ class WorkerLoop:
         spec = task.config.get("compression", "none")
         if spec != "none":
             try:
-                codec = s.codecs.get(spec)
-                if codec is None:  # one per session and spec: top-k's error feedback lives in it
-                    codec = s.codecs[spec] = make_codec(str(spec), salt=task_seed(0, 0, wid))
-                packed = codec.encode(flatten(update, np.float32), round_seed=int(task.config["compression_seed"]))
+                packed = s.codec(str(spec)).encode(flatten(update, np.float32),
+                                                   round_seed=int(task.config["compression_seed"]))
             except (ValueError, TypeError, KeyError) as exc:
                 return Error("bad_task", f"compression: {exc}", task.round_id).to_frames()
             return Update(wid, task.round_id, task.stage, len(s.data.y), metrics, packed.tensors,
