@@ -52,6 +52,7 @@ from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
 from federated.crypto.keyfiles import Enrolment
+from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
 from federated.privacy.clipping import AdaptiveClipper
 from federated.privacy.ledger import PrivacyLedger
 from federated.privacy.noise import noise_rng
@@ -595,24 +596,35 @@ class Coordinator:
             return out + self._fail(rnd, survivors)
         indices = self._secure_indices(rnd.round_id)
         decoded = [decode_round(result.total, machine.params, self.weights, indices) for machine, result in results]
-        if self.privacy is None or self.privacy.mode != "distributed":
-            # A mean outside the clip bound proves a member skipped clipping: leave that bucket out.
-            kept = [i for i, ((m, r), d) in enumerate(zip(results, decoded, strict=True))
-                    if within_clip(d, m.params, len(r.survivors))]
-            for i in sorted(set(range(len(results))) - set(kept)):
-                log.warning("round %d: bucket of %s sums to a mean beyond the clip bound %.4g; left out (a member "
-                            "sent an unclipped input)", rnd.round_id, ", ".join(results[i][1].survivors),
-                            results[i][0].params.clip)
-            if not kept:
-                return out + self._fail(rnd, survivors, error="every secure sum was beyond the clip bound (a worker "
-                                                              "sent an unclipped input); model unchanged")
-            results, decoded = [results[i] for i in kept], [decoded[i] for i in kept]
+        results, decoded, rejected = self._plausible(rnd.round_id, results, decoded)
+        if not results:
+            return out + self._fail(rnd, survivors, error="every secure sum was beyond the clip bound (a worker "
+                                                          "sent an unclipped input); model unchanged")
+        for wid in rejected:
+            rnd.dropped[wid] = "its bucket's sum was beyond the clip bound"
+        survivors = [w for w in survivors if w not in rejected]
         local_s = {w: t for _, result in results for w, t in result.train_s.items()}
         try:
             merged = self._across_buckets(decoded)
         except ValueError as exc:
             return out + self._fail(rnd, survivors, error=f"{exc}; model unchanged")
-        return out + self._complete(rnd, survivors, decoded=merged, local_s=local_s)
+        return out + self._complete(rnd, survivors, decoded=merged, local_s=local_s, suspects=rejected)
+
+    def _plausible(self, round_id: int, results: list[tuple[SecAggBroker, SecAggResult]], decoded: list[DecodedSum]
+                   ) -> tuple[list[tuple[SecAggBroker, SecAggResult]], list[DecodedSum], tuple[str, ...]]:
+        """The buckets whose mean honest inputs could have produced, their decoded sums, and the members of
+        the others (suspects: one of them skipped clipping). Distributed DP's noise is exempt."""
+        if self.privacy is not None and self.privacy.mode == "distributed":
+            return results, decoded, ()
+        keep = [within_clip(d, m.params, len(r.survivors)) for (m, r), d in zip(results, decoded, strict=True)]
+        rejected: list[str] = []
+        for ok, (machine, result) in zip(keep, results, strict=True):
+            if not ok:
+                log.warning("round %d: bucket of %s sums to a mean beyond the clip bound %.4g; left out (a member "
+                            "sent an unclipped input)", round_id, ", ".join(result.survivors), machine.params.clip)
+                rejected.extend(result.survivors)
+        return ([r for ok, r in zip(keep, results, strict=True) if ok],
+                [d for ok, d in zip(keep, decoded, strict=True) if ok], tuple(sorted(rejected)))
 
     def _across_buckets(self, decoded: list[DecodedSum]) -> DecodedSum:
         """One bucket, or the mean: the weighted mean. A robust rule: the rule across bucket means."""
@@ -642,8 +654,9 @@ class Coordinator:
         return []
 
     def _complete(self, rnd: _Round, survivors: list[str], *, decoded: DecodedSum | None = None,
-                  local_s: Mapping[str, float] | None = None) -> list[Outbound]:
-        suspects: tuple[str, ...] = ()
+                  local_s: Mapping[str, float] | None = None, suspects: tuple[str, ...] = ()) -> list[Outbound]:
+        """Apply the round's mean (the plain rule's, or ``decoded`` under secure aggregation) and record it.
+        ``suspects``: workers a secure round already suspects; plain rounds get theirs from detection."""
         if decoded is None:
             updates = [rnd.updates[w] for w in survivors]
             try:

@@ -127,6 +127,9 @@ def test_a_sum_beyond_the_clip_bound_is_left_out(bucket_size: int | None) -> Non
     else:  # the cheater's bucket is left out; the other two agree on 0.1
         assert record.status == "complete", record.error
         np.testing.assert_allclose(coordinator.weights["w"], 0.1, atol=0.01)
+        # Its bucket (the cheater and two others) is suspected and not counted among the survivors.
+        assert "evil" in record.suspects and len(record.suspects) == 3
+        assert set(record.suspects) <= set(record.dropped) and not set(record.suspects) & set(record.survivors)
 
 
 def test_honest_sums_at_the_clip_bound_are_kept() -> None:
