@@ -38,22 +38,24 @@ def _run(script: str, *flags: str, timeout: float) -> dict[str, Any]:
 
 def test_fuzz_benchmark_small() -> None:
     result = _run("fuzz.py", "--count", "2000", "--timeout", "120", timeout=300)
-    assert result["messages"] == 2000 and result["seconds"] > 0 and result["msgs_per_s"] > 0
-    assert result["broker_alive"] is True
-    assert result["honest_rounds_completed"] == result["honest_rounds_expected"] == 4
+    # Every assertion shows the whole result: a failure under load must say which figure moved.
+    shown = json.dumps(result)
+    assert result["messages"] == 2000 and result["seconds"] > 0 and result["msgs_per_s"] > 0, shown
+    assert result["broker_alive"] is True, shown
+    assert result["honest_rounds_completed"] == result["honest_rounds_expected"] == 4, shown
     assert result["state_unchanged"] is True, result["checks"]
-    assert result["checks"]["checkpoints_bit_identical"] and result["checks"]["survivors_exactly_honest"]
+    assert result["checks"]["checkpoints_bit_identical"] and result["checks"]["survivors_exactly_honest"], shown
     # The broker refused the messages that should be refused, and only those (its log has one line per
     # refusal; a few may be lost with a connection libzmq closes for an oversize frame). Some ERROR
     # answers are lost to the flooding sockets' full queues and to those closed connections.
-    assert abs(result["refusals_logged"] - result["errors_expected"]) <= 5
+    assert abs(result["refusals_logged"] - result["errors_expected"]) <= 5, shown
     # (A hello socket the broker forgot gets a few refusals of its keep-alive heartbeats on top.)
-    assert 0.8 * result["errors_expected"] <= result["errors_received"] <= result["errors_expected"] + 10
+    assert 0.8 * result["errors_expected"] <= result["errors_received"] <= result["errors_expected"] + 10, shown
     # Every kind of fuzz ran, the deep ones included.
     for category in ("random_frames", "hello_bad_id", "update_wrong_round", "replay_captured", "cur_float16",
                      "header_over_limit", "huge_declared", "secagg_in_plain_round"):
-        assert result["categories"].get(category, 0) > 0, category
-    assert result["rounds_during_fuzz"] == 4
+        assert result["categories"].get(category, 0) > 0, (category, shown)
+    assert result["rounds_during_fuzz"] == 4, shown
 
 
 def test_soak_benchmark_small() -> None:
