@@ -244,6 +244,11 @@ class Coordinator:
             return self._maybe_finish(now)
         if isinstance(msg, Error):
             log.warning("worker %s reported an error: %s: %s", wid, msg.code, msg.message)
+            if self.round is not None and msg.round_id == self.round.round_id:
+                # It refused or failed this round's work and will not answer: a dropout now, not at the
+                # deadline (up to the round timeout later).
+                self._drop(wid, f"error {msg.code}")
+                return self._maybe_finish(now)
             return []
         return self._refuse(route, "wrong_direction", f"{type(msg).__name__} is sent by the broker, not to it")
 
@@ -594,14 +599,13 @@ class Coordinator:
             return out + self._fail(rnd, [], error=f"secure aggregation aborted: {error}; model unchanged")
         if len(survivors) < self.config.min_clients:
             return out + self._fail(rnd, survivors)
-        indices = self._secure_indices(rnd.round_id)
-        decoded = [decode_round(result.total, machine.params, self.weights, indices) for machine, result in results]
-        results, decoded, rejected = self._plausible(rnd.round_id, results, decoded)
+        results, decoded, rejected = self._plausible(rnd.round_id, results)
         if not results:
-            return out + self._fail(rnd, survivors, error="every secure sum was beyond the clip bound (a worker "
-                                                          "sent an unclipped input); model unchanged")
+            return out + self._fail(rnd, survivors, error="no secure sum could come from honest inputs (a mean "
+                                                          "beyond the clip bound, or a weight that is not "
+                                                          "positive); model unchanged")
         for wid in rejected:
-            rnd.dropped[wid] = "its bucket's sum was beyond the clip bound"
+            rnd.dropped[wid] = "its bucket's sum was not one honest inputs could give"
         survivors = [w for w in survivors if w not in rejected]
         local_s = {w: t for _, result in results for w, t in result.train_s.items()}
         try:
@@ -610,21 +614,29 @@ class Coordinator:
             return out + self._fail(rnd, survivors, error=f"{exc}; model unchanged")
         return out + self._complete(rnd, survivors, decoded=merged, local_s=local_s, suspects=rejected)
 
-    def _plausible(self, round_id: int, results: list[tuple[SecAggBroker, SecAggResult]], decoded: list[DecodedSum]
+    def _plausible(self, round_id: int, results: list[tuple[SecAggBroker, SecAggResult]]
                    ) -> tuple[list[tuple[SecAggBroker, SecAggResult]], list[DecodedSum], tuple[str, ...]]:
-        """The buckets whose mean honest inputs could have produced, their decoded sums, and the members of
-        the others (suspects: one of them skipped clipping). Distributed DP's noise is exempt."""
-        if self.privacy is not None and self.privacy.mode == "distributed":
-            return results, decoded, ()
-        keep = [within_clip(d, m.params, len(r.survivors)) for (m, r), d in zip(results, decoded, strict=True)]
+        """Decode each bucket's sum and keep those that honest inputs could have produced: a positive
+        summed weight and a mean within the clip bound (distributed DP's noise is exempt from the bound). Returns the kept buckets, their decoded sums, and the members of the
+        others (suspects: one of them sent an input no honest encoder makes)."""
+        indices = self._secure_indices(round_id)
+        bounded = self.privacy is None or self.privacy.mode != "distributed"
+        kept: list[tuple[SecAggBroker, SecAggResult]] = []
+        decoded: list[DecodedSum] = []
         rejected: list[str] = []
-        for ok, (machine, result) in zip(keep, results, strict=True):
-            if not ok:
-                log.warning("round %d: bucket of %s sums to a mean beyond the clip bound %.4g; left out (a member "
-                            "sent an unclipped input)", round_id, ", ".join(result.survivors), machine.params.clip)
+        for machine, result in results:
+            try:
+                d = decode_round(result.total, machine.params, self.weights, indices)
+                if bounded and not within_clip(d, machine.params, len(result.survivors)):
+                    raise ValueError(f"its mean is beyond the clip bound {machine.params.clip:.4g}")
+            except ValueError as exc:
+                log.warning("round %d: bucket of %s left out, a member sent an input no honest encoder makes: %s",
+                            round_id, ", ".join(result.survivors), exc)
                 rejected.extend(result.survivors)
-        return ([r for ok, r in zip(keep, results, strict=True) if ok],
-                [d for ok, d in zip(keep, decoded, strict=True) if ok], tuple(sorted(rejected)))
+                continue
+            kept.append((machine, result))
+            decoded.append(d)
+        return kept, decoded, tuple(sorted(rejected))
 
     def _across_buckets(self, decoded: list[DecodedSum]) -> DecodedSum:
         """One bucket, or the mean: the weighted mean. A robust rule: the rule across bucket means."""

@@ -28,7 +28,7 @@ from federated.crypto.errors import ProtocolViolation, ReconstructionError, Sign
 from federated.crypto.graph import neighbours
 from federated.crypto.params import SecAggParams, advertise_message, session_id, sign_of
 from federated.crypto.prg import add_mask
-from federated.crypto.primitives import public_bytes, verify
+from federated.crypto.primitives import public_bytes, verify, x25519_shared
 from federated.crypto.secagg_worker import mask_seed
 from federated.protocol.secagg import (
     AdvertiseKeys,
@@ -76,6 +76,9 @@ class SecAggBroker:
         self.error = ""
         self.result: SecAggResult | None = None
         self._keys: dict[str, tuple[bytes, bytes]] = {}
+        # A throwaway key to try each advertised key against: a low-order point (no usable shared secret)
+        # is refused on arrival, not left to make every honest worker refuse the roster.
+        self._probe = X25519PrivateKey.generate()
         self._sigs: dict[str, bytes] = {}
         self._shares: dict[str, ShareKeys] = {}
         self._masked: dict[str, MaskedInput] = {}
@@ -103,6 +106,8 @@ class SecAggBroker:
         verify(self.identities[wid], msg.signature, advertise_message(self.round_id, wid, msg.c_pk, msg.s_pk))
         if any(msg.c_pk in k or msg.s_pk in k for k in self._keys.values()) or msg.c_pk == msg.s_pk:
             raise ProtocolViolation("advertised keys repeat another worker's keys")
+        x25519_shared(self._probe, msg.c_pk)  # ProtocolViolation for a low-order point
+        x25519_shared(self._probe, msg.s_pk)
         self._keys[wid] = (msg.c_pk, msg.s_pk)
         self._sigs[wid] = msg.signature
 
@@ -122,6 +127,11 @@ class SecAggBroker:
         survivors = set(self._masked)
         if set(msg.b_owners) - (peers & survivors) or set(msg.s_owners) - (peers - survivors):
             raise ProtocolViolation("unmask shares for workers this worker does not hold, or of the wrong kind")
+        for row in (*msg.b_shares, *msg.s_shares):
+            try:
+                shamir.from_bytes(bytes(row))
+            except ValueError as exc:  # refused on arrival, so the sender's state is unchanged
+                raise ProtocolViolation(f"unmask share: {exc}") from None
         self._unmask[wid] = msg
 
     def drop(self, worker_id: str, reason: str) -> None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from federated.broker.coordinator import Coordinator, Outbound
+from federated.compression.secure import secure_plan
+from federated.compression.sparsify import shared_indices
 from federated.config import BrokerConfig, FederatedConfig, SecureConfig
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
-from federated.protocol import Bye, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
-from federated.compression.secure import secure_plan
-from federated.compression.sparsify import shared_indices
+from federated.protocol import Bye, Error, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
 from federated.worker.secure import encode_input
 
 WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
@@ -125,3 +125,23 @@ def test_plain_updates_are_refused_in_a_secure_round() -> None:
     assert coordinator.round is not None and coordinator.round.secure is not None
     out = coordinator.handle(b"w0", Update("w0", coordinator.round.round_id, "train", 10, {}, WEIGHTS).to_frames(), 0.1)
     assert decode_message(out[0].frames).code == "wrong_stage"
+
+
+class RefusingWorker(FakeWorker):
+    """Refuses the roster (as a worker does when a signature fails) with an ERROR, and says nothing more."""
+
+    def answer(self, msg: Any) -> Any:
+        if isinstance(msg, Roster):
+            return Error("secagg_refused", "roster signature does not verify", msg.round_id)
+        return super().answer(msg)
+
+
+def test_a_worker_reporting_an_error_for_the_round_is_dropped_at_once() -> None:
+    # run_round stops when no message is left in flight and never advances the clock to a deadline: the
+    # round finishes only if the ERROR itself drops the worker.
+    workers = [FakeWorker(f"w{i}", 10, 0.1 * (i + 1)) for i in range(4)] + [RefusingWorker("w4", 10, 9.0)]
+    coordinator, _ = run_round(workers)
+    (record,) = coordinator.history
+    assert record.status == "complete", record.error
+    assert "w4" in record.dropped and "w4" not in record.survivors
+    np.testing.assert_allclose(coordinator.weights["b"], np.mean([0.1, 0.2, 0.3, 0.4]), atol=1e-2)
