@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import mlx.nn as nn
+from mlx import nn
 
 
 class WideMLP(nn.Module):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from federated.config import ClientConfig
 from federated.models import get_weights

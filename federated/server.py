@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from federated.broker.service import BrokerOutcome, serve
 from federated.broker.store import RoundRecord

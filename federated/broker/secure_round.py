@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from federated.aggregation.vectors import flatten, unflatten
+from federated.aggregation.vectors import unflatten
 from federated.crypto.fixedpoint import decode_sum
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from federated.cli.exit_codes import CONFIG_ERROR, INTERRUPTED, OK
+from federated.cli.exit_codes import CONFIG_ERROR, INTERRUPTED
 from federated.cli.options import setup_logging
 from federated.config import ClientConfig, ConfigError
 
@@ -124,4 +124,4 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
     code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned, min_noise_multiplier=dp_min_noise)
-    sys.exit(code if code in (OK, INTERRUPTED) else code)
+    sys.exit(code)

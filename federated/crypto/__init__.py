@@ -28,6 +28,7 @@ from federated.crypto.errors import (
 from federated.crypto.fixedpoint import check_no_wrap, clip_l2, max_abs, max_frac_bits
 from federated.crypto.graph import default_degree, default_threshold, degree_for, neighbours
 from federated.crypto.keyfiles import BrokerKeys, EnrolledWorker, Enrolment, KeyFileError, WorkerKeys
+from federated.crypto.params import SecAggParams
 from federated.crypto.prg import add_mask, keystream_u32, uniform01
 from federated.crypto.primitives import (
     aead_decrypt,
@@ -40,12 +41,9 @@ from federated.crypto.primitives import (
     verify,
     x25519_shared,
 )
-from federated.crypto.shamir import PRIME, SHARE_BYTES, lagrange_at_zero
-
-# Secure-aggregation state machines (no I/O): parameters, the worker side, the broker side.
-from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
 from federated.crypto.secagg_worker import SecAggWorker
+from federated.crypto.shamir import PRIME, SHARE_BYTES, lagrange_at_zero
 
 __all__ = [
     "PRIME",

@@ -12,17 +12,6 @@ from federated.protocol.errors import (
 )
 from federated.protocol.kinds import Kind
 from federated.protocol.limits import CHUNK_BYTES, Limits
-from federated.protocol.secagg import (
-    CIPHERTEXT_BYTES,
-    SHARE_BYTES,
-    AdvertiseKeys,
-    MaskedInput,
-    Roster,
-    ShareKeys,
-    Shares,
-    UnmaskRequest,
-    UnmaskShares,
-)
 from federated.protocol.messages import (
     Bye,
     Error,
@@ -34,6 +23,17 @@ from federated.protocol.messages import (
     Welcome,
     decode_message,
     validate_worker_id,
+)
+from federated.protocol.secagg import (
+    CIPHERTEXT_BYTES,
+    SHARE_BYTES,
+    AdvertiseKeys,
+    MaskedInput,
+    Roster,
+    ShareKeys,
+    Shares,
+    UnmaskRequest,
+    UnmaskShares,
 )
 
 __all__ = [

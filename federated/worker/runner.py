@@ -12,8 +12,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-import mlx.nn as nn
 import numpy as np
+from mlx import nn
 
 from federated.models import ModelError, build_model
 from federated.worker.trainer import LocalTrainer, TrainConfig
@@ -30,7 +30,7 @@ def _call_factory(spec: str) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
         model = factory()
-    except Exception as exc:  # noqa: BLE001 - any failure of user code is reported as a model error
+    except Exception as exc:
         raise ModelError(f"model factory {spec!r} failed: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory {spec!r} returned {type(model).__name__}, not an mlx.nn.Module")

@@ -68,8 +68,9 @@ def test_compression_settings_are_checked() -> None:
 
 @pytest.mark.parametrize(("spec", "kept"), [("q8", 7), ("randk:0.5+q8", 4), ("randk:0.5+ef+q8", 4)])
 def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept: int) -> None:
-    from federated.config import SecureConfig
     from test_secure_coordinator import FakeWorker, run_round
+
+    from federated.config import SecureConfig
 
     # Different sample counts: under 16-bit sums every worker weighs 1, so the mean is unweighted.
     workers = [FakeWorker(f"w{i}", 10 + 90 * i, 0.1 * (i + 1)) for i in range(4)]
@@ -90,8 +91,9 @@ def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept:
 
 
 def test_secure_round_with_shared_random_k_masks_only_the_shared_coordinates() -> None:
-    from federated.config import SecureConfig
     from test_secure_coordinator import FakeWorker, run_round
+
+    from federated.config import SecureConfig
 
     workers = [FakeWorker(f"w{i}", 10, 0.25) for i in range(4)]
     config = FederatedConfig(num_clients=4, clients_per_round=4, num_rounds=1, compression="randk:0.5",

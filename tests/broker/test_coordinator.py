@@ -32,7 +32,6 @@ from federated.protocol import (
     Update,
     Welcome,
     decode_message,
-    encode,
 )
 
 T0 = 1000.0

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_coordinator import Harness, initial_weights, make_config, tasked
 
 from federated.broker.service import _resume
 from federated.broker.store import RoundStore
 from federated.config import ConfigError, FederatedConfig, PrivacyConfig, SecureConfig
 from federated.privacy import compute_epsilon
-
-from test_coordinator import Harness, initial_weights, make_config, tasked
 
 ALL = ["w1", "w2", "w3"]
 

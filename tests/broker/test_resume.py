@@ -10,13 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_coordinator import BROKER, Harness, initial_weights, make_config, tasked
 
 from federated.broker.errors import StoreError
 from federated.broker.service import _resume
 from federated.broker.store import RoundStore
 from federated.config import FederatedConfig
-
-from test_coordinator import BROKER, Harness, initial_weights, make_config, tasked
 
 
 def _play(h: Harness, rounds: int, rng: np.random.Generator, *, fail: set[int] = frozenset()) -> None:

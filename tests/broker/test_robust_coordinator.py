@@ -8,16 +8,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_secure_coordinator import FakeWorker, run_round
 
 from federated.aggregation import RULES
 from federated.broker.coordinator import Coordinator
-from federated.config import AGGREGATION_RULES, AggregationConfig, BrokerConfig, ConfigError, FederatedConfig, \
-    SecureConfig, load_config
+from federated.config import (
+    AGGREGATION_RULES,
+    AggregationConfig,
+    BrokerConfig,
+    ConfigError,
+    FederatedConfig,
+    SecureConfig,
+    load_config,
+)
 from federated.crypto.params import SecAggParams
 from federated.protocol import Hello, Task, Update
 from federated.worker.secure import encode_input
-
-from test_secure_coordinator import FakeWorker, run_round
 
 WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
-
-from conftest import BIN, Proc, broker_config, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

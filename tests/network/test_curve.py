@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from conftest import BIN, Proc, broker_config, free_port
 
 from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
@@ -19,8 +20,6 @@ from federated.config import BrokerConfig, FederatedConfig
 from federated.crypto import keyfiles
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
 from federated.transport import curve_client
-
-from conftest import BIN, Proc, broker_config, free_port
 
 pytestmark = [pytest.mark.network]
 

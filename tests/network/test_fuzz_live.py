@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 import zmq
+from conftest import Proc, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,8 +37,6 @@ from federated.protocol import (
     encode,
 )
 from federated.worker.runner import model_config
-
-from conftest import Proc, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

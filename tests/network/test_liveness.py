@@ -15,10 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
-
-from conftest import BIN, Proc, broker_config, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
-
-from conftest import BIN, Proc, broker_config, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

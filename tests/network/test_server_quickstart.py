@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, Proc
 
 from federated.broker.store import RoundStore
-
-from conftest import BIN, Proc
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

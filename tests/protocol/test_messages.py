@@ -22,7 +22,6 @@ from federated.protocol import (
     Message,
     ProtocolError,
     Task,
-    UnknownKind,
     Update,
     Welcome,
     decode_message,
