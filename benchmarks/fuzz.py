@@ -518,8 +518,10 @@ class Mutator:
         return frames
 
     def error_or_bye(self, own: str | None, safe: int, cur: int) -> Frames:
-        if own is not None:  # a BYE would make a hello socket leave: not fuzz
-            return _b(Error("fuzz", "an error report", cur).to_frames())
+        if own is not None:
+            # A BYE, or an ERROR about the current round, would make a hello socket leave its round (the
+            # broker drops a worker that reports one): not fuzz. An ERROR about an earlier round is.
+            return _b(Error("fuzz", "an error report", cur - 1).to_frames())
         return self.rng.choice([_b(Error("fuzz", "x", 1).to_frames()), _b(Bye("", "bye").to_frames()),
                                 _b(Bye("client_0", "bye").to_frames())])
 
