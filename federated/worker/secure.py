@@ -7,7 +7,6 @@ on the I/O thread as the broker's stage messages arrive. Layout of the encoded v
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from federated.aggregation.vectors import flatten
-from federated.crypto.fixedpoint import clip_l2, encode
+from federated.crypto.fixedpoint import encode
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_worker import SecAggWorker
 from federated.privacy.noise import noise_rng, skellam_share
@@ -43,26 +42,29 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
     """
     bound = max(float(params.clip), 1.0)
-    flat = np.asarray(update).reshape(-1) if isinstance(update, np.ndarray) else flatten(update)
-    clipped = clip_l2(flat if indices is None else flat[indices], float(params.clip))
+    if isinstance(update, np.ndarray):
+        flat = update.reshape(-1)
+    else:
+        # Flattened in the tensors' own precision (float32 for MLX models): widening is the encoder's
+        # job, a block at a time, not a whole float64 copy's.
+        flat = flatten(update, np.result_type(*update.values())) if update else np.zeros(0)
+    part = flat if indices is None else flat[indices]
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
     if skellam_mu is not None:
         loss = accuracy = 0.0
         num_samples = 1
-    vector = np.concatenate([clipped, [loss, accuracy]])
-    if vector.size + 1 != params.vector_length:
-        raise ValueError(f"the update has {vector.size - 2} coordinates to send; the round expects "
+    if part.size + 3 != params.vector_length:
+        raise ValueError(f"the update has {part.size} coordinates to send; the round expects "
                          f"{params.vector_length - 3}")
-    # Each coordinate is already within the bound, so encode() must not clip again: give it an L2 bound
-    # the vector cannot exceed.
-    no_clip = math.sqrt(float(params.clip) ** 2 + bound**2 + 1.0) * 2.0
     weight = max(1, min(num_samples, params.weight_cap))
-    encoded = encode(vector, weight, clip=no_clip, frac_bits=params.frac_bits, seed=os.urandom(32))
+    # The update is clipped to the clip bound; loss and accuracy ride along unclipped, already within it.
+    encoded = encode(part, weight, clip=float(params.clip), frac_bits=params.frac_bits, seed=os.urandom(32),
+                     extra=(loss, accuracy))
     if skellam_mu is None:
         return encoded
     share = np.zeros(encoded.shape[0], dtype=np.int64)
-    share[: clipped.size] = skellam_share(clipped.size, skellam_mu, noise_rng())
+    share[: part.size] = skellam_share(part.size, skellam_mu, noise_rng())
     return add_share(encoded, share)
 
 

@@ -190,3 +190,52 @@ def test_ring_width_is_checked() -> None:
         fixedpoint.reduce_ring(np.zeros(3, np.int64), 16)
     with pytest.raises(ValueError, match="ring_bits"):
         fixedpoint.decode_sum(np.zeros(3, np.uint32), 4, ring_bits=24)
+
+
+def _reference_encode(update: np.ndarray, weight: int, clip: float, frac_bits: int, seed: bytes,
+                      extra: tuple[float, ...] = ()) -> np.ndarray:
+    """The encoding written out whole-vector, as the definition reads: clip, scale, floor, add 1 where
+    keystream word i / 2^32 is below the fraction of coordinate i."""
+    x = np.asarray(update, dtype=np.float64)
+    norm = float(np.sqrt(np.sum(x * x)))
+    if norm > clip:
+        x = x * (clip / norm)
+    v = np.concatenate([x, np.asarray(extra, dtype=np.float64)]) * (weight * 2**frac_bits)
+    rounded = np.floor(v) + (prg.keystream_u32(seed, v.shape[0]) < (v - np.floor(v)) * 2.0**32)
+    return np.concatenate([rounded.astype(np.int64), [weight * 2**frac_bits]]).astype(np.uint32)
+
+
+@pytest.mark.parametrize("length", [1, fixedpoint._BLOCK - 1, fixedpoint._BLOCK, 2 * fixedpoint._BLOCK + 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_encoding_equals_the_whole_vector_definition(length: int, dtype: type) -> None:
+    # The encoder works a cache-sized block at a time and widens float32 per block; across block edges
+    # and for either input precision it must give the definition's integers, keystream word for word.
+    # Unclipped (norm below clip), so no float difference in the norm can move a coordinate.
+    update = _vector(length, 1e-3).astype(dtype)
+    seed = os.urandom(32)
+    got = fixedpoint.encode(update, 7, clip=1e6, frac_bits=20, seed=seed, extra=(0.25, 1.0))
+    np.testing.assert_array_equal(got, _reference_encode(update, 7, 1e6, 20, seed, (0.25, 1.0)))
+
+
+def test_clipped_float32_update_stays_within_one_unit_of_the_clipped_vector() -> None:
+    update = _vector(3 * fixedpoint._BLOCK + 5, 1.0).astype(np.float32)
+    frac_bits, weight, clip = 16, 3, 0.5
+    encoded = fixedpoint.encode(update, weight, clip=clip, frac_bits=frac_bits, seed=os.urandom(32))
+    data, w = fixedpoint.decode_sum(encoded, frac_bits)
+    assert w == weight
+    exact = weight * fixedpoint.clip_l2(update.astype(np.float64), clip)
+    assert np.max(np.abs(data - exact)) <= 2.0**-frac_bits * (1 + 1e-9)
+    assert np.linalg.norm(data) <= weight * clip + np.sqrt(data.size) * 2.0**-frac_bits
+
+
+def test_extra_values_ride_unclipped_and_are_checked() -> None:
+    seed = os.urandom(32)
+    update = np.full(100, 10.0)  # clipped to norm 1 ...
+    encoded = fixedpoint.encode(update, 2, clip=1.0, frac_bits=10, seed=seed, extra=(1.0, -0.5))
+    data, weight = fixedpoint.decode_sum(encoded, 10)
+    assert data.shape == (102,) and weight == 2.0
+    assert abs(float(np.linalg.norm(data[:100])) - 2.0) < 0.1  # ... and the extras are not
+    np.testing.assert_array_equal(data[100:], [2.0, -1.0])  # exact: multiples of a unit
+    for bad in [(1.5,), (float("nan"),), (float("inf"),), (0.0, -2.0)]:
+        with pytest.raises(ValueError, match="extra values"):
+            fixedpoint.encode(update, 1, clip=1.0, frac_bits=10, seed=seed, extra=bad)
