@@ -27,6 +27,7 @@ inputs leaves each worker about ``2^15 / n`` levels per unit of ``max(clip, 1) *
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -207,19 +208,20 @@ def _round_block(values: np.ndarray, pre_scale: float | None, unit: int, limit: 
     np.copyto(out, rounded, casting="unsafe")  # integers within the clamp: exact
 
 
-def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed: bytes,
+def encode(update: np.ndarray | Sequence[np.ndarray], weight: int, *, clip: float, frac_bits: int, seed: bytes,
            extra: tuple[float, ...] = ()) -> np.ndarray:
     """The uint32 encoding of ``weight * clip_l2(update, clip)`` at scale 2^frac_bits, then ``weight *
     extra[i] * 2^frac_bits`` for each ``extra`` value (not clipped), then ``weight * 2^frac_bits`` as the
     last coordinate (length ``len(update) + len(extra) + 1``).
 
-    ``update`` is float32 or float64 (a float32 update is never copied to float64 whole: the work is
-    done in cache-sized blocks). ``extra`` carries scalars such as the loss; each must be finite and at
-    most ``max(clip, 1)`` in magnitude, the bound ``check_no_wrap`` assumes. ``seed`` (32 bytes, fresh per
-    encoding) drives the stochastic rounding: keystream word ``i`` of ``prg.keystream_u32`` rounds
-    coordinate ``i``. ``weight`` must be an integer >= 1 that the caller has already capped at
-    ``weight_cap``. Raises ``ValueError`` for a non-1-D or non-finite update, an out-of-range extra, a bad
-    weight, clip, frac_bits or seed.
+    ``update`` is a flat float32 or float64 vector, or a sequence of them read as their concatenation
+    (a model's tensors, without copying them into one vector). Nothing is widened to float64 whole: the
+    work is done in cache-sized blocks. ``extra`` carries scalars such as the loss; each must be finite
+    and at most ``max(clip, 1)`` in magnitude, the bound ``check_no_wrap`` assumes. ``seed`` (32 bytes,
+    fresh per encoding) drives the stochastic rounding: word ``i`` of ``prg.keystream_u32(seed, ...)``
+    rounds coordinate ``i``. ``weight`` must be an integer >= 1 that the caller has already capped at
+    ``weight_cap``. Raises ``ValueError`` for a non-1-D or non-finite update, an out-of-range extra, a
+    bad weight, clip, frac_bits or seed.
     """
     if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
         raise ValueError(f"weight must be an integer >= 1, got {weight!r}")
@@ -227,11 +229,12 @@ def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed
         raise ValueError(f"frac_bits must be an integer in [0, 30], got {frac_bits!r}")
     if not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
         raise ValueError(f"clip bound must be a finite number > 0, got {clip!r}")
-    array = np.asarray(update)
-    if array.ndim != 1:
-        raise ValueError(f"update must be a flat vector, got shape {array.shape}")
-    if array.dtype not in (np.float32, np.float64):
-        array = array.astype(np.float64)
+    parts = [np.asarray(p) for p in ([update] if isinstance(update, np.ndarray) else update)]
+    for i, part in enumerate(parts):
+        if part.ndim != 1:
+            raise ValueError(f"update must be a flat vector, got shape {part.shape}")
+        if part.dtype not in (np.float32, np.float64):
+            parts[i] = part.astype(np.float64)
     tail = np.array(extra, dtype=np.float64).reshape(-1)
     if tail.size and (not np.isfinite(tail).all() or np.abs(tail).max() > max(clip, 1.0)):
         raise ValueError(f"extra values must be finite and within max(clip, 1) = {max(clip, 1.0)}, got {extra!r}")
@@ -239,27 +242,28 @@ def encode(update: np.ndarray, weight: int, *, clip: float, frac_bits: int, seed
     unit = weight * 2**frac_bits  # exact: an integer well below 2^53
     if unit >= _WRAP_LIMIT:
         raise ValueError(f"weight * 2^frac_bits = {unit} does not fit in an int32")
-    norm = math.sqrt(_squared_norm(array))
+    norm = math.sqrt(sum(_squared_norm(part) for part in parts))
     pre_scale = clip / norm if norm > clip else None
-    n, m = array.shape[0], tail.shape[0]
-    words = prg.keystream_u32(seed, n + m)
-    out = np.empty(n + m + 1, dtype=np.uint32)
+    n = sum(part.shape[0] for part in parts) + tail.shape[0]
+    out = np.empty(n + 1, dtype=np.uint32)
     limit = math.floor(Fraction(clip) * unit) + 1
     tail_limit = math.floor(max(Fraction(clip), Fraction(1)) * unit) + 1
     # Two's complement in Z_2^32 is the low 32 bits of the signed integer: write through an int32 view
     # when every value fits one, else through int64 and keep the low words.
     wide = max(limit, tail_limit) >= _WRAP_LIMIT
-    signed = np.empty(n + m, dtype=np.int64) if wide else out[:-1].view(np.int32)
-    size = min(_BLOCK, max(n, m, 1))
+    signed = np.empty(n, dtype=np.int64) if wide else out[:-1].view(np.int32)
+    keystream = prg.Keystream(seed, _BLOCK)
+    size = min(_BLOCK, max(n, 1))
     scaled, rounded = np.empty(size), np.empty(size)
     below = np.empty(size, dtype=bool)
-    for start in range(0, n, _BLOCK):
-        stop = min(start + _BLOCK, n)
-        k = stop - start
-        _round_block(array[start:stop], pre_scale, unit, limit, words[start:stop], signed[start:stop],
-                     scaled[:k], rounded[:k], below[:k])
-    if m:
-        _round_block(tail, None, unit, tail_limit, words[n:], signed[n:], scaled[:m], rounded[:m], below[:m])
+    offset = 0
+    for part, scale, bound in [(p, pre_scale, limit) for p in parts] + [(tail, None, tail_limit)]:
+        for start in range(0, part.shape[0], _BLOCK):
+            block = part[start:start + _BLOCK]
+            k = block.shape[0]
+            _round_block(block, scale, unit, bound, keystream.next(k), signed[offset:offset + k],
+                         scaled[:k], rounded[:k], below[:k])
+            offset += k
     if wide:
         out[:-1] = signed  # the int64 -> uint32 cast keeps the low 32 bits
     out[-1] = unit

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
-__all__ = ["SEED_BYTES", "add_mask", "keystream_u32", "uniform01"]
+__all__ = ["SEED_BYTES", "Keystream", "add_mask", "keystream_u32", "uniform01"]
 
 #: Length of a PRG seed (an AES-256 key).
 SEED_BYTES = 32
@@ -66,6 +66,33 @@ def keystream_u32(seed: bytes, length: int) -> np.ndarray:
         encryptor.update_into(_ZEROS[:size], target[start:start + size + _SLACK])
     words = out[:total].view(_LE_U32)
     return words.astype(np.uint32, copy=False)  # a no-op on little-endian hosts
+
+
+class Keystream:
+    """The keystream of ``seed`` read in order, up to ``block_words`` words at a time: the words of
+    ``keystream_u32(seed, n)`` without a whole ``n``-word array (for work done a cache-sized block at a
+    time). Raises ``ValueError`` for a bad seed or block size."""
+
+    def __init__(self, seed: bytes, block_words: int) -> None:
+        self._encryptor = _encryptor(seed)
+        _check_length(block_words)
+        if not 0 < block_words <= _CHUNK_BYTES // 4:
+            raise ValueError(f"block_words must be in [1, {_CHUNK_BYTES // 4}], got {block_words}")
+        self._block_words = int(block_words)
+        self._buffer = np.empty(4 * self._block_words + _SLACK, dtype=np.uint8)
+
+    def next(self, count: int) -> np.ndarray:
+        """The next ``count`` (<= ``block_words``) uint32 words: a view that the next call overwrites.
+
+        Raises ``ValueError`` if ``count`` is negative or above the block size.
+        """
+        _check_length(count)
+        if count > self._block_words:
+            raise ValueError(f"count {count} is above the block size {self._block_words}")
+        size = 4 * int(count)
+        # CTR continues the counter across calls on one encryptor, so blocks concatenate seamlessly.
+        self._encryptor.update_into(_ZEROS[:size], self._buffer.data[:size + _SLACK])
+        return self._buffer[:size].view(_LE_U32)
 
 
 def add_mask(acc: np.ndarray, seed: bytes, sign: int) -> None:

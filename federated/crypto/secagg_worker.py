@@ -69,13 +69,24 @@ def mask_seed(own_s: X25519PrivateKey, peer_s_pk: bytes, session: bytes) -> byte
     return hkdf(x25519_shared(own_s, peer_s_pk), salt=session, info=b"fl-secagg mask")
 
 
-@functools.lru_cache(maxsize=4096)
-def _verified(public: bytes, signature: bytes, message: bytes) -> bool:
-    """``verify``, remembering successes: the virtual clients of one simulation process all check the
-    same roster. Failures raise and are never cached; the key is the exact bytes, so a hit proves the
-    same check passed before."""
-    verify(public, signature, message)
-    return True
+@functools.lru_cache(maxsize=64)
+def _checked_roster(round_id: int, params: SecAggParams, ids: tuple[str, ...], c_pks: tuple[bytes, ...],
+                    s_pks: tuple[bytes, ...], idents: tuple[bytes, ...], signatures: tuple[bytes, ...]
+                    ) -> tuple[bytes, dict[str, tuple[str, ...]]]:
+    """Verify every entry's signature, then ``(session id, neighbour graph)`` of this roster.
+
+    Remembered: the virtual clients of one simulation process all check the same roster, and all of
+    this is a pure function of the public roster. Failures raise and are never cached; the key is the
+    exact bytes, so a hit proves the same checks passed before. The graph is shared between callers:
+    read it, never change it.
+    """
+    for wid, c, s, ident, sig in zip(ids, c_pks, s_pks, idents, signatures, strict=True):
+        try:
+            verify(ident, sig, advertise_message(round_id, wid, c, s))
+        except SignatureError as exc:
+            raise SignatureError(f"roster entry for {wid!r} is not signed by its identity key") from exc
+    session = session_id(round_id, params, ids, c_pks, s_pks, idents)
+    return session, neighbours(ids, params.degree, session)
 
 
 def _raw_private(key: X25519PrivateKey) -> bytes:
@@ -100,6 +111,7 @@ class SecAggWorker:
         self.neighbours: tuple[str, ...] = ()
         self._s_pk_of: dict[str, bytes] = {}
         self._shares_from: dict[str, tuple[int, int]] = {}  # u -> (share of s_u, share of b_u)
+        self._share_keys: dict[str, bytes] = {}  # neighbour -> AES-GCM key of our pair
         self.mask_peers: tuple[str, ...] = ()
 
     def _expect(self, stage: str, round_id: int) -> None:
@@ -128,23 +140,18 @@ class SecAggWorker:
             raise ProtocolViolation("roster ids must be sorted")
         if self.worker_id not in ids:
             raise ProtocolViolation("this worker is not in the roster")
-        c_pks = [bytes(r) for r in roster.c_pk]
-        s_pks = [bytes(r) for r in roster.s_pk]
-        idents = [bytes(r) for r in roster.identity]
+        c_pks = tuple(bytes(r) for r in roster.c_pk)
+        s_pks = tuple(bytes(r) for r in roster.s_pk)
+        idents = tuple(bytes(r) for r in roster.identity)
         me = ids.index(self.worker_id)
         if c_pks[me] != self.c_pk or s_pks[me] != self.s_pk:
             raise ProtocolViolation("the roster misrepresents this worker's keys")
         if len(set(c_pks)) != len(c_pks) or len(set(s_pks)) != len(s_pks):
             raise ProtocolViolation("the roster repeats a public key")
-        for wid, c, s, ident, sig in zip(ids, c_pks, s_pks, idents, roster.signature, strict=True):
-            try:
-                _verified(ident, bytes(sig), advertise_message(self.round_id, wid, c, s))
-            except SignatureError as exc:
-                raise SignatureError(f"roster entry for {wid!r} is not signed by its identity key") from exc
-        self.session = session_id(self.round_id, self.params, ids, c_pks, s_pks, idents)
+        self.session, graph = _checked_roster(self.round_id, self.params, tuple(ids), c_pks, s_pks, idents,
+                                              tuple(bytes(sig) for sig in roster.signature))
         self.ids = ids
         self._s_pk_of = dict(zip(ids, s_pks))
-        graph = neighbours(ids, self.params.degree, self.session)
         self.neighbours = graph[self.worker_id]
         if len(self.neighbours) < self.params.threshold:
             raise ProtocolViolation(f"{len(self.neighbours)} neighbours cannot hold shares with threshold "
@@ -155,11 +162,11 @@ class SecAggWorker:
         c_pk_of = dict(zip(ids, c_pks))
         out = np.empty((len(self.neighbours), CIPHERTEXT_BYTES), dtype=np.uint8)
         for row, (v, s_sh, b_sh) in enumerate(zip(self.neighbours, s_shares, b_shares, strict=True)):
-            key = share_key(self._c_sk, c_pk_of[v], self.session)
+            # The same key decrypts what v sends us (stage 2): derived once, not twice.
+            key = self._share_keys[v] = share_key(self._c_sk, c_pk_of[v], self.session)
             blob = aead_encrypt(key, shamir.to_bytes(s_sh) + shamir.to_bytes(b_sh),
                                 share_aad(self.session, self.worker_id, v))
             out[row] = np.frombuffer(blob, dtype=np.uint8)
-        self._c_pk_of = c_pk_of
         self.stage = "shares"
         return ShareKeys(self.worker_id, self.round_id, self.neighbours, out)
 
@@ -171,8 +178,7 @@ class SecAggWorker:
             raise ProtocolViolation(f"shares from non-neighbours: {sorted(stray)[:3]}")
         received: dict[str, tuple[int, int]] = {}
         for u, blob in zip(shares.senders, shares.ciphertexts, strict=True):
-            key = share_key(self._c_sk, self._c_pk_of[u], self.session)
-            plain = aead_decrypt(key, bytes(blob), share_aad(self.session, u, self.worker_id))
+            plain = aead_decrypt(self._share_keys[u], bytes(blob), share_aad(self.session, u, self.worker_id))
             if len(plain) != 2 * SHARE_BYTES:
                 raise DecryptionError(f"share from {u!r} has the wrong length")
             received[u] = (shamir.from_bytes(plain[:SHARE_BYTES]), shamir.from_bytes(plain[SHARE_BYTES:]))
@@ -180,12 +186,16 @@ class SecAggWorker:
         self.mask_peers = tuple(sorted(received))
         self.stage = "masked_input"
 
-    def masked_input(self, encoded: np.ndarray, train_s: float = 0.0) -> MaskedInput:
-        """Stage 3: mask our fixed-point input with b and with every neighbour that shared keys."""
+    def masked_input(self, encoded: np.ndarray, train_s: float = 0.0, *, in_place: bool = False) -> MaskedInput:
+        """Stage 3: mask our fixed-point input with b and with every neighbour that shared keys.
+
+        ``in_place``: mask ``encoded`` itself (a caller that gives the array up saves a copy of the
+        whole vector); otherwise it is left unchanged. Raises ValueError for a wrong dtype or length.
+        """
         self._expect("masked_input", self.round_id)
         if encoded.dtype != np.uint32 or encoded.shape != (self.params.vector_length,):
             raise ValueError(f"encoded input must be uint32 of length {self.params.vector_length}")
-        y = encoded.copy()
+        y = encoded if in_place else encoded.copy()
         add_mask(y, self._b, +1)
         for v in self.mask_peers:
             add_mask(y, mask_seed(self._s_sk, self._s_pk_of[v], self.session), sign_of(self.worker_id, v))

@@ -447,7 +447,9 @@ class WorkerLoop:
             return
         sec.sent_input = True
         started = time.perf_counter()
-        self._send(s, sec.machine.masked_input(sec.encoded, sec.local_s).to_frames())
+        # The encoding is ours alone and never used again: mask it where it lies.
+        encoded, sec.encoded = sec.encoded, None
+        self._send(s, sec.machine.masked_input(encoded, sec.local_s, in_place=True).to_frames())
         log.debug("%s: masked input sent (%.1f ms)", s.data.worker_id, (time.perf_counter() - started) * 1e3)
 
     # ------------------------------------------------------------------ training thread

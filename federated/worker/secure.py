@@ -42,20 +42,23 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
     """
     bound = max(float(params.clip), 1.0)
+    part: np.ndarray | list[np.ndarray]
     if isinstance(update, np.ndarray):
-        flat = update.reshape(-1)
+        part = update.reshape(-1) if indices is None else update.reshape(-1)[indices]
+    elif indices is None:
+        # The tensors themselves, in sorted-name order: the encoder reads them as one vector, a block
+        # at a time, so no whole-model copy is made (nor a float64 one).
+        part = [np.asarray(update[k]).reshape(-1) for k in sorted(update)]
     else:
-        # Flattened in the tensors' own precision (float32 for MLX models): widening is the encoder's
-        # job, a block at a time, not a whole float64 copy's.
-        flat = flatten(update, np.result_type(*update.values())) if update else np.zeros(0)
-    part = flat if indices is None else flat[indices]
+        part = flatten(update, np.result_type(*update.values()))[indices]
+    size = part.size if isinstance(part, np.ndarray) else sum(p.size for p in part)
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
     if skellam_mu is not None:
         loss = accuracy = 0.0
         num_samples = 1
-    if part.size + 3 != params.vector_length:
-        raise ValueError(f"the update has {part.size} coordinates to send; the round expects "
+    if size + 3 != params.vector_length:
+        raise ValueError(f"the update has {size} coordinates to send; the round expects "
                          f"{params.vector_length - 3}")
     weight = max(1, min(num_samples, params.weight_cap))
     # The update is clipped to the clip bound; loss and accuracy ride along unclipped, already within it.
@@ -64,7 +67,7 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     if skellam_mu is None:
         return encoded
     share = np.zeros(encoded.shape[0], dtype=np.int64)
-    share[: part.size] = skellam_share(part.size, skellam_mu, noise_rng())
+    share[:size] = skellam_share(size, skellam_mu, noise_rng())
     return add_share(encoded, share)
 
 

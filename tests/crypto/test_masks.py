@@ -151,3 +151,17 @@ def test_keystream_and_uniform01_arguments() -> None:
     assert u.dtype == np.float64 and u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 0.01
     assert np.all(u * 2**32 == np.floor(u * 2**32))  # multiples of 2^-32
+
+
+def test_keystream_blocks_concatenate_to_the_keystream() -> None:
+    seed = os.urandom(32)
+    stream = prg.Keystream(seed, 1000)
+    pieces = [stream.next(k).copy() for k in (1000, 1, 0, 333, 1000)]
+    assert np.array_equal(np.concatenate(pieces), prg.keystream_u32(seed, 2334))
+    with pytest.raises(ValueError, match="block size"):
+        stream.next(1001)
+    for bad in (0, -1, (1 << 18) + 1):
+        with pytest.raises(ValueError):
+            prg.Keystream(seed, bad)
+    with pytest.raises(ValueError):
+        prg.Keystream(bytes(16), 10)

@@ -66,7 +66,8 @@ def run(trial: Trial, rng: random.Random) -> tuple[SecAggBroker, dict[str, np.nd
                 broker.receive(w, _wire(workers[w].on_roster(msg)))
             elif stage == "shares":
                 workers[w].on_shares(msg)
-                masked = _wire(workers[w].masked_input(inputs[w]))
+                # Half mask a copy in place (as the worker loop does), half leave the input alone.
+                masked = _wire(workers[w].masked_input(inputs[w].copy(), in_place=rng.random() < 0.5))
                 trial.seen_by_broker.append(masked.masked)
                 broker.receive(w, masked)
             else:
@@ -198,6 +199,24 @@ def test_worker_refuses_a_roster_with_a_forged_signature() -> None:
     bad = Roster(roster.round_id, roster.ids, roster.c_pk, roster.s_pk, roster.identity, forged)
     with pytest.raises(SignatureError):
         workers["w0"].on_roster(bad)
+
+
+def test_a_remembered_roster_check_never_passes_a_forgery() -> None:
+    # Workers of one process share the roster check; after one accepted the real roster, a copy with
+    # one signature bit flipped (or one key swapped for another worker's) must still be refused.
+    _, workers, out = _ready_workers()
+    roster: Roster = out[0][1]
+    workers["w0"].on_roster(roster)
+    forged = roster.signature.copy()
+    forged[2, 5] ^= 0x10
+    with pytest.raises(SignatureError):
+        workers["w1"].on_roster(Roster(roster.round_id, roster.ids, roster.c_pk, roster.s_pk, roster.identity, forged))
+    swapped = roster.s_pk.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]
+    with pytest.raises(SignatureError):
+        workers["w1"].on_roster(Roster(roster.round_id, roster.ids, roster.c_pk, swapped, roster.identity,
+                                       roster.signature))
+    workers["w1"].on_roster(roster)  # the real one is still fine
 
 
 def test_worker_refuses_overlapping_small_and_repeated_unmask_requests() -> None:
