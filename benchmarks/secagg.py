@@ -84,17 +84,17 @@ def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
             "worker_mask_s": round(statistics.median(mask_times), 4)}
 
 
-def round_times(mode: str, tmp: Path, clients: int, rounds: int) -> list[float]:
+def round_times(mode: str, tmp: Path, clients: int, rounds: int, epochs: int) -> list[float]:
     """Round durations (s) of one ``fl simulate`` run, the first round (compiling) left out.
 
     ``mode``: ``secure``; ``plain`` (FedAvg, detection off: the same aggregation a secure round does);
     ``plain_detect`` (the plain default, which also scores every update for Byzantine detection, work a
     secure round cannot do).
     """
-    run_dir = tmp / f"{mode}{clients}"
+    run_dir = tmp / f"{mode}{clients}e{epochs}"
     run_dir.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "federated.cli.main", "simulate", "--num-clients", str(clients), "--num-rounds",
-            str(rounds), "--local-epochs", "1", "--model", "benchmarks.models:wide_mlp", "--json", "--store",
+            str(rounds), "--local-epochs", str(epochs), "--model", "benchmarks.models:wide_mlp", "--json", "--store",
             str(run_dir / "store.db")]
     if mode == "secure":
         args.append("--secure")
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--rounds-only", action="store_true")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--local-epochs", type=int, action="append",
+                        help="local epochs per round (repeatable; default: 10, the configuration default, and 1, "
+                             "the least local work, where the secure overhead weighs most)")
     args = parser.parse_args()
     if not args.rounds_only:
         print(json.dumps({"case": "prg", "prg_gb_s": round(prg_throughput(), 2)}), flush=True)
@@ -121,15 +124,17 @@ def main() -> None:
                 for dropout in (0.0, 0.1, 0.3):
                     print(json.dumps(state_machine_case(n, d, dropout)), flush=True)
     if not args.skip_rounds:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            times = {mode: statistics.median(round_times(mode, Path(tmpdir), args.clients, args.rounds))
-                     for mode in ("plain", "plain_detect", "secure")}
-        print(json.dumps({"case": "round_ratio", "n": args.clients, "d": 1_060_106,
-                          "plain_round_s": round(times["plain"], 3),
-                          "plain_detect_round_s": round(times["plain_detect"], 3),
-                          "secure_round_s": round(times["secure"], 3),
-                          "ratio": round(times["secure"] / times["plain"], 3),
-                          "ratio_vs_plain_detect": round(times["secure"] / times["plain_detect"], 3)}))
+        for epochs in args.local_epochs or [10, 1]:
+            with tempfile.TemporaryDirectory() as tmpdir:
+                times = {mode: statistics.median(round_times(mode, Path(tmpdir), args.clients, args.rounds, epochs))
+                         for mode in ("plain", "plain_detect", "secure")}
+            print(json.dumps({"case": "round_ratio", "n": args.clients, "d": 1_060_106, "local_epochs": epochs,
+                              "plain_round_s": round(times["plain"], 3),
+                              "plain_detect_round_s": round(times["plain_detect"], 3),
+                              "secure_round_s": round(times["secure"], 3),
+                              "ratio": round(times["secure"] / times["plain"], 3),
+                              "ratio_vs_plain_detect": round(times["secure"] / times["plain_detect"], 3)}),
+                  flush=True)
 
 if __name__ == "__main__":
     main()

@@ -188,24 +188,25 @@ def _squared_norm(array: np.ndarray) -> float:
 
 def _round_block(values: np.ndarray, pre_scale: float | None, unit: int, limit: int, words: np.ndarray,
                  out: np.ndarray, scaled: np.ndarray, rounded: np.ndarray, below: np.ndarray) -> None:
-    """Stochastically round ``values * pre_scale * unit`` into ``out`` (int32 or int64), using the
-    keystream ``words`` (uint32) and scratch arrays of the same length, all in cache."""
+    """Stochastically round ``values * pre_scale * unit`` into ``out`` (int32 or int64, wide enough for
+    ``limit``), using the keystream ``words`` (uint32) and scratch arrays of the same length, all in cache."""
     np.copyto(scaled, values, casting="unsafe")  # exact: float32 and float64 both widen exactly
     if pre_scale is not None:
         scaled *= pre_scale
     scaled *= unit
     np.floor(scaled, out=rounded)
+    # |v| <= w * clip * 2^f, so floor(v) fits ``out`` (the clamp below catches float rounding's +-1).
+    np.copyto(out, rounded, casting="unsafe")
     # floor(v) + [u < frac(v)] has the distribution of floor(v + u) but is exact: v + u would round away
     # the low bits of u once |v| > 2^21, biasing the rounding. u is a keystream word k / 2^32, and
     # k < frac * 2^32 is the same test as k / 2^32 < frac (scaling by 2^32 is exact), done in place.
     frac = np.subtract(scaled, rounded, out=scaled)
     frac *= 2.0**32
     np.less(words, frac, out=below)
-    rounded += below
-    # |v| <= w * clip * 2^f by construction; the clamp only absorbs float rounding in the norm and the
-    # scaling, so the wrap guarantee of check_no_wrap holds exactly.
-    np.clip(rounded, -limit, limit, out=rounded)
-    np.copyto(out, rounded, casting="unsafe")  # integers within the clamp: exact
+    np.add(out, below, out=out)  # in the integers: half the bytes of a float64 pass
+    # The clamp only absorbs float rounding in the norm and the scaling, so the wrap guarantee of
+    # check_no_wrap holds exactly.
+    np.clip(out, -limit, limit, out=out)
 
 
 def encode(update: np.ndarray | Sequence[np.ndarray], weight: int, *, clip: float, frac_bits: int, seed: bytes,
@@ -250,7 +251,7 @@ def encode(update: np.ndarray | Sequence[np.ndarray], weight: int, *, clip: floa
     tail_limit = math.floor(max(Fraction(clip), Fraction(1)) * unit) + 1
     # Two's complement in Z_2^32 is the low 32 bits of the signed integer: write through an int32 view
     # when every value fits one, else through int64 and keep the low words.
-    wide = max(limit, tail_limit) >= _WRAP_LIMIT
+    wide = max(limit, tail_limit) + 1 >= _WRAP_LIMIT  # floor(v) + 1 before the clamp must fit too
     signed = np.empty(n, dtype=np.int64) if wide else out[:-1].view(np.int32)
     keystream = prg.Keystream(seed, _BLOCK)
     size = min(_BLOCK, max(n, 1))
