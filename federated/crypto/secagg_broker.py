@@ -1,7 +1,8 @@
 """The broker side of secure aggregation: a state machine with no I/O (DESIGN §5).
 
-The broker routes keys and encrypted shares, collects masked inputs, and finally asks the survivors for
-just enough shares to remove the masks. It only ever holds masked inputs, and what it can unmask is the
+The broker routes keys and encrypted shares, adds up masked inputs as they arrive, and finally asks the
+survivors for just enough shares to remove the masks. It only ever holds masked inputs (and keeps only
+their running sum), and what it can unmask is the
 sum over the survivors: each survivor's self-mask PRG(b_u) hides its input from the broker until it is
 removed from the *sum*, and the pairwise masks of a dropped worker are removed only in the sum too.
 
@@ -81,7 +82,10 @@ class SecAggBroker:
         self._probe = X25519PrivateKey.generate()
         self._sigs: dict[str, bytes] = {}
         self._shares: dict[str, ShareKeys] = {}
-        self._masked: dict[str, MaskedInput] = {}
+        # Masked inputs are summed on arrival (while the other workers still compute, not on the round's
+        # tail), so only their running sum is kept, with each sender's reported compute time (s).
+        self._masked: dict[str, float] = {}
+        self._sum: np.ndarray | None = None
         self._unmask: dict[str, UnmaskShares] = {}
         self.ids: tuple[str, ...] = ()
         self.session = b""
@@ -120,7 +124,10 @@ class SecAggBroker:
         if msg.masked.shape != (self.params.vector_length,) or msg.masked.dtype != self.params.wire_dtype:
             raise ProtocolViolation(f"masked input must be {self.params.vector_length} coordinates of "
                                     f"{self.params.wire_dtype}")
-        self._masked[wid] = msg
+        if self._sum is None:
+            self._sum = np.zeros(self.params.vector_length, dtype=np.uint32)
+        np.add(self._sum, msg.masked, out=self._sum)  # uint32 arithmetic wraps mod 2^32, as the protocol needs
+        self._masked[wid] = msg.train_s
 
     def _on_unmask(self, wid: str, msg: UnmaskShares) -> None:
         peers = set(self.graph[wid]) & set(self._shares)
@@ -233,9 +240,8 @@ class SecAggBroker:
                 b_points[owner].append((x_of[holder], shamir.from_bytes(bytes(row))))
             for owner, row in zip(msg.s_owners, msg.s_shares, strict=True):
                 s_points[owner].append((x_of[holder], shamir.from_bytes(bytes(row))))
-        total = np.zeros(self.params.vector_length, dtype=np.uint32)
-        for u in survivors:
-            total += self._masked[u].masked  # uint32 arithmetic wraps mod 2^32, as the protocol needs
+        total = self._sum if self._sum is not None else np.zeros(self.params.vector_length, dtype=np.uint32)
+        self._sum = None
         for u in survivors:
             add_mask(total, shamir.reconstruct(b_points[u], t), -1)
         s_pk_of = {w: self._keys[w][1] for w in self.ids}
@@ -253,7 +259,7 @@ class SecAggBroker:
             total &= np.uint32((1 << self.params.ring_bits) - 1)  # the sum is only defined mod 2^ring_bits
         self.stage = "done"
         self.result = SecAggResult(total, tuple(survivors), dict(self.dropped),
-                                   {w: self._masked[w].train_s for w in survivors})
+                                   {w: self._masked[w] for w in survivors})
         return []
 
 

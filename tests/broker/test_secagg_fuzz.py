@@ -170,7 +170,7 @@ def state_of(c: Coordinator) -> Any:
         [(m.stage, tuple(sorted(m.pending)), tuple(sorted(m.dropped.items())), m.error, m.result,
           tuple(sorted(m._keys.items())), tuple(sorted(m._sigs.items())),
           tuple(sorted((k, id(v)) for k, v in m._shares.items())),
-          tuple(sorted((k, id(v)) for k, v in m._masked.items())),
+          tuple(sorted(m._masked.items())), None if m._sum is None else m._sum.tobytes(),
           tuple(sorted((k, id(v)) for k, v in m._unmask.items()))) for m in machines],
     )
 
