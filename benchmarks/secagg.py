@@ -3,10 +3,13 @@
 State-machine cases (in memory, real cryptography), for n in {10, 100}, d in {100K, 1M} and dropout
 {0, 10, 30}% of the cohort after key sharing (so their masks must be rebuilt):
   - ``broker_unmask_s``: the broker closing the unmask stage (Shamir reconstruction + removing masks);
+  - ``broker_sum_s``: the broker adding the masked inputs into its running sum as they arrive (all of them);
   - ``worker_mask_s``: one worker computing its masked input (median over workers);
   - ``prg_gb_s``: mask PRG throughput (AES-256-CTR keystream added into a uint32 vector).
 Process cases: the secure/plain round-time ratio of ``fl simulate`` with 100 clients and a 1.06M-parameter
-model (``--rounds-only``/``--skip-rounds`` select parts), median round over ``--rounds`` minus the first.
+model (``--rounds-only``/``--skip-rounds`` select parts): the median round over ``--repeats`` runs per mode
+of ``--rounds`` rounds each (the first round of a run, which compiles, left out), at 10 local epochs (the
+default) and at 1 (the least local work, where the secure overhead weighs most).
 ``ratio`` compares like with like: a plain FedAvg round with Byzantine detection off, since a secure round
 cannot score individual updates. ``ratio_vs_plain_detect`` is against the plain default, detection on.
 Usage:
@@ -60,6 +63,7 @@ def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
     dropped = set(ids[: round(dropout * n)])
     x = np.arange(d, dtype=np.uint32)
     mask_times = []
+    sum_s = 0.0
     for w, shares in broker.advance():
         if w in dropped:
             broker.drop(w, "benchmark")
@@ -68,7 +72,9 @@ def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
         started = time.perf_counter()
         masked = workers[w].masked_input(x)
         mask_times.append(time.perf_counter() - started)
-        broker.receive(w, masked)
+        started = time.perf_counter()
+        broker.receive(w, masked)  # the broker adds each masked input to its running sum on arrival
+        sum_s += time.perf_counter() - started
     for w, request in broker.advance():
         broker.receive(w, workers[w].on_unmask(request))
     started = time.perf_counter()
@@ -81,6 +87,7 @@ def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
     return {"case": "state_machine", "outcome": broker.stage, "error": broker.error or None,
             "n": n, "d": d, "dropout": dropout, "degree": params.degree,
             "threshold": params.threshold, "broker_unmask_s": round(unmask, 4),
+            "broker_sum_s": round(sum_s, 4),
             "worker_mask_s": round(statistics.median(mask_times), 4)}
 
 
@@ -113,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds-only", action="store_true")
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per mode, alternating (medians over all)")
     parser.add_argument("--local-epochs", type=int, action="append",
                         help="local epochs per round (repeatable; default: 10, the configuration default, and 1, "
                              "the least local work, where the secure overhead weighs most)")
@@ -125,10 +133,15 @@ def main() -> None:
                     print(json.dumps(state_machine_case(n, d, dropout)), flush=True)
     if not args.skip_rounds:
         for epochs in args.local_epochs or [10, 1]:
-            with tempfile.TemporaryDirectory() as tmpdir:
-                times = {mode: statistics.median(round_times(mode, Path(tmpdir), args.clients, args.rounds, epochs))
-                         for mode in ("plain", "plain_detect", "secure")}
+            # Runs alternate between the modes, so a slow spell of a shared machine falls on all of them.
+            rounds: dict[str, list[float]] = {"plain": [], "plain_detect": [], "secure": []}
+            for repeat in range(args.repeats):
+                for mode, kept in rounds.items():
+                    with tempfile.TemporaryDirectory() as tmpdir:
+                        kept += round_times(mode, Path(tmpdir) / str(repeat), args.clients, args.rounds, epochs)
+            times = {mode: statistics.median(kept) for mode, kept in rounds.items()}
             print(json.dumps({"case": "round_ratio", "n": args.clients, "d": 1_060_106, "local_epochs": epochs,
+                              "runs_per_mode": args.repeats,
                               "plain_round_s": round(times["plain"], 3),
                               "plain_detect_round_s": round(times["plain_detect"], 3),
                               "secure_round_s": round(times["secure"], 3),
