@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["flatten", "unflatten"]
+__all__ = ["flatten", "flatten_rows", "unflatten"]
 
 
 def flatten(tensors: Mapping[str, np.ndarray], dtype: Any = np.float64) -> np.ndarray:
     """Concatenate ``tensors`` in sorted-name order into one ``dtype`` vector."""
     return np.concatenate([np.asarray(tensors[k], dtype).ravel() for k in sorted(tensors)])
+
+
+def flatten_rows(updates: Sequence[Mapping[str, np.ndarray]], out: np.ndarray | None = None) -> np.ndarray:
+    """The float32 matrix whose row ``i`` is ``flatten(updates[i])``, written row by row: one copy of
+    the data, not a flattened copy per update and then a stacked one.
+
+    ``out``: a float32 array to fill when its shape is (len(updates), parameters), as a caller that builds
+    such a matrix every round can reuse one (fresh pages of a large array cost more to fault in than to
+    fill); otherwise a new one is made. Raises ``ValueError`` if the updates differ in size.
+    """
+    sizes = [sum(int(np.size(t)) for t in u.values()) for u in updates]
+    if len(set(sizes)) > 1:
+        raise ValueError(f"updates differ in size: {sorted(set(sizes))[:3]}")
+    shape = (len(updates), sizes[0] if sizes else 0)
+    matrix = out if out is not None and out.shape == shape and out.dtype == np.float32 else \
+        np.empty(shape, dtype=np.float32)
+    for row, update in zip(matrix, updates, strict=True):
+        offset = 0
+        for name in sorted(update):
+            tensor = np.asarray(update[name]).reshape(-1)
+            row[offset:offset + tensor.size] = tensor
+            offset += tensor.size
+    return matrix
 
 
 def unflatten(vector: np.ndarray, reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
