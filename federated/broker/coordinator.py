@@ -158,7 +158,8 @@ class Coordinator:
         self._codec = make_codec(config.compression) if config.compression != "none" else None
         # What the codec becomes under secure aggregation (shared coordinates, ring width), once.
         self._secure_codec = config.secure_plan() if config.secure.enabled else None
-        self._rows: np.ndarray | None = None  # the plain rounds' update matrix, kept for reuse
+        # The plain rounds' update matrix (clients x parameters, float32), kept between rounds for reuse.
+        self._rows: np.ndarray | None = None
         #: Differential privacy: the accountant and budget (None without DP). Calibrates sigma if asked.
         self.privacy = PrivacyLedger(config, self.num_params) if config.privacy.mode != "none" else None
         self.next_round_id = first_round

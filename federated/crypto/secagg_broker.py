@@ -2,9 +2,9 @@
 
 The broker routes keys and encrypted shares, adds up masked inputs as they arrive, and finally asks the
 survivors for just enough shares to remove the masks. It only ever holds masked inputs (and keeps only
-their running sum), and what it can unmask is the
-sum over the survivors: each survivor's self-mask PRG(b_u) hides its input from the broker until it is
-removed from the *sum*, and the pairwise masks of a dropped worker are removed only in the sum too.
+their running sum), and what it can unmask is the sum over the survivors: each survivor's self-mask
+PRG(b_u) hides its input from the broker until it is removed from the *sum*, and the pairwise masks of a
+dropped worker are removed only in the sum too.
 
 Stages and what closes them (every answer in, or the caller's deadline via :meth:`advance`)::
 
