@@ -14,7 +14,7 @@ default) and at 1 (the least local work, where the secure overhead weighs most).
 cannot score individual updates. ``ratio_vs_plain_detect`` is against the plain default, detection on.
 Usage:
 
-    uv run python benchmarks/secagg.py [--skip-rounds] [--rounds-only]
+    uv run python benchmarks/secagg.py [--skip-rounds | --rounds-only] [--repeats N] [--local-epochs E ...]
 """
 
 from __future__ import annotations
