@@ -139,15 +139,7 @@ def clip_l2(update: np.ndarray, bound: float) -> np.ndarray:
     if not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound <= 0:
         raise ValueError(f"clip bound must be a finite number > 0, got {bound!r}")
     out = np.array(update, dtype=np.float64, copy=True).reshape(-1)
-    # One sum of products both measures the norm and catches Inf/NaN (either makes it non-finite); only
-    # then is the slower element-wise check needed, to tell them from squares that overflow.
-    squared = _dot_self(out)
-    if math.isfinite(squared):
-        norm = math.sqrt(squared)
-    elif not np.isfinite(out).all():
-        raise ValueError("update has non-finite values")
-    else:
-        norm = float(np.linalg.norm(out))
+    norm = _norm(out)
     if norm > bound:
         out *= bound / norm
     return out
@@ -163,8 +155,9 @@ def _dot_self(array: np.ndarray) -> float:
     return float(np.einsum("i,i->", array, array))
 
 
-def _squared_norm(array: np.ndarray) -> float:
-    """``sum(array**2)`` in float64, a block at a time (a float32 input is widened in cache, not copied).
+def _norm(array: np.ndarray) -> float:
+    """The L2 norm of a flat float vector, in float64, a block at a time (a float32 input is widened in
+    cache, not copied).
 
     Raises ``ValueError`` if ``array`` has a non-finite value.
     """
@@ -177,13 +170,15 @@ def _squared_norm(array: np.ndarray) -> float:
             block = scratch[: min(_BLOCK, array.shape[0] - start)]
             np.copyto(block, array[start:start + block.shape[0]], casting="unsafe")
             squared += _dot_self(block)
-    # Inf/NaN make the sum non-finite; only then is the element-wise check needed, to tell them from
-    # squares that overflow.
+    # One sum of products both measures the norm and catches Inf/NaN (either makes it non-finite); only
+    # then is the slower element-wise check needed, to tell them from squares that overflow. Those are
+    # summed again scaled by the largest magnitude (np.linalg.norm squares unscaled and overflows too).
     if math.isfinite(squared):
-        return squared
+        return math.sqrt(squared)
     if not np.isfinite(array).all():
         raise ValueError("update has non-finite values")
-    return float(np.linalg.norm(array.astype(np.float64))) ** 2
+    largest = float(np.abs(array).max())
+    return largest * math.sqrt(_dot_self(array.astype(np.float64) / largest))
 
 
 def _round_block(values: np.ndarray, pre_scale: float | None, unit: int, limit: int, words: np.ndarray,
@@ -243,7 +238,7 @@ def encode(update: np.ndarray | Sequence[np.ndarray], weight: int, *, clip: floa
     unit = weight * 2**frac_bits  # exact: an integer well below 2^53
     if unit >= _WRAP_LIMIT:
         raise ValueError(f"weight * 2^frac_bits = {unit} does not fit in an int32")
-    norm = math.sqrt(sum(_squared_norm(part) for part in parts))
+    norm = math.hypot(*(_norm(part) for part in parts))  # hypot: no overflow from squaring huge norms
     pre_scale = clip / norm if norm > clip else None
     n = sum(part.shape[0] for part in parts) + tail.shape[0]
     out = np.empty(n + 1, dtype=np.uint32)

@@ -256,3 +256,13 @@ def test_a_sequence_of_tensors_encodes_as_their_concatenation() -> None:
             assert np.max(np.abs(got.view(np.int32) - expected.view(np.int32))) <= 1
     with pytest.raises(ValueError, match="flat vector"):
         fixedpoint.encode([np.zeros(3), np.zeros((2, 2))], 1, clip=1.0, frac_bits=8, seed=seed)
+
+
+def test_huge_updates_clip_to_their_direction_not_to_zero() -> None:
+    # Squares of 1e200 overflow float64: the norm must still come out finite, so the update is scaled to
+    # the clip bound along its direction (in one part or split over several), not to zero.
+    update = np.array([3e200, -4e200, 0.0])
+    for parts in (update, [update[:1], update[1:]]):
+        data, _ = fixedpoint.decode_sum(fixedpoint.encode(parts, 1, clip=1.0, frac_bits=20, seed=os.urandom(32)), 20)
+        np.testing.assert_allclose(data, [0.6, -0.8, 0.0], atol=2.0**-19)
+    np.testing.assert_allclose(fixedpoint.clip_l2(update, 5.0), [3.0, -4.0, 0.0])

@@ -169,11 +169,7 @@ def test_sixteen_bit_masked_inputs_are_uniform_and_never_the_input() -> None:
 
 
 def test_broker_refuses_a_masked_input_of_the_wrong_width() -> None:
-    broker, workers, out = _ready_workers()
-    for w, msg in out:
-        broker.receive(w, workers[w].on_roster(msg))
-    for w, msg in broker.advance():
-        workers[w].on_shares(msg)
+    broker, workers = _masking_workers()
     good = workers["w0"].masked_input(np.zeros(4, np.uint32))
     narrow = type(good)(good.worker_id, good.round_id, good.masked.astype(np.uint16), 0.0)
     with pytest.raises(ProtocolViolation, match="uint32"):
@@ -189,6 +185,16 @@ def _ready_workers(n: int = 4, t: int = 2) -> tuple[SecAggBroker, dict[str, SecA
     for w in ids:
         broker.receive(w, workers[w].advertise())
     return broker, workers, broker.advance()
+
+
+def _masking_workers() -> tuple[SecAggBroker, dict[str, SecAggWorker]]:
+    """A round of four past key sharing: every worker holds its shares and may send its masked input."""
+    broker, workers, out = _ready_workers()
+    for w, msg in out:
+        broker.receive(w, workers[w].on_roster(msg))
+    for w, msg in broker.advance():
+        workers[w].on_shares(msg)
+    return broker, workers
 
 
 def test_worker_refuses_a_roster_with_a_forged_signature() -> None:
@@ -220,12 +226,9 @@ def test_a_remembered_roster_check_never_passes_a_forgery() -> None:
 
 
 def test_worker_refuses_overlapping_small_and_repeated_unmask_requests() -> None:
-    broker, workers, out = _ready_workers()
-    for w, msg in out:
-        broker.receive(w, workers[w].on_roster(msg))
-    for w, msg in broker.advance():
-        workers[w].on_shares(msg)
-        broker.receive(w, workers[w].masked_input(np.zeros(4, np.uint32)))
+    broker, workers = _masking_workers()
+    for w, worker in workers.items():
+        broker.receive(w, worker.masked_input(np.zeros(4, np.uint32)))
     worker = workers["w0"]
     session = worker.session
     for request in (UnmaskRequest(1, ("w0", "w1", "w2"), ("w2",), session),   # overlap
