@@ -81,19 +81,22 @@ def chance_agreements(coords: int, ring_bits: int, pairs: int, budget: float) ->
     """How many coordinates a masked input may share with an input by chance, and the false-alarm odds.
 
     If masks are uniform, the coordinates where a masked input equals a given input number
-    ``Binomial(coords, 2^-ring_bits)``. Returns the smallest ``k`` with ``pairs * P(X > k) <= budget`` (a union
-    bound over the ``pairs`` masked-input/input comparisons of a run, which need not be independent) and that
-    probability. The tail is summed term by term, not as ``1 - cdf``, which loses tails below 1e-16.
+    ``Binomial(coords, 2^-ring_bits)``. Returns the smallest ``k`` with ``pairs * P(X > k) <= budget``
+    (a union bound over the ``pairs`` masked-input/input comparisons of a run, which need not be
+    independent) and that probability. The tail is summed term by term, not as ``1 - cdf``, which
+    loses tails below 1e-16.
     """
     p = 2.0**-ring_bits
-    terms = [(1.0 - p) ** coords]  # P(X = 0), then P(X = i + 1) = P(X = i) * (coords - i) / (i + 1) * p / (1 - p)
+    terms = [(1.0 - p) ** coords]  # P(X = 0)
+    # P(X = i + 1) = P(X = i) * (coords - i) / (i + 1) * p / (1 - p)
     for i in range(min(coords, 200)):
         terms.append(terms[-1] * (coords - i) / (i + 1) * p / (1.0 - p))
     for k in range(len(terms) - 1):
         false_alarm = pairs * math.fsum(terms[k + 1:])
         if false_alarm <= budget:
             return k, false_alarm
-    raise ValueError(f"no bound of at most {len(terms) - 2} agreements meets {budget} for {coords} coordinates")
+    raise ValueError(f"no bound of at most {len(terms) - 2} agreements meets {budget} "
+                     f"for {coords} coordinates")
 
 
 def feasible(trial: Trial, broker: SecAggBroker) -> bool:
@@ -165,7 +168,8 @@ def test_broker_never_holds_an_unmasked_input() -> None:
     for masked in trial.seen_by_broker:
         for x in inputs.values():
             assert np.count_nonzero(masked == x) <= most  # unmasked, its own input would agree everywhere
-        # Masked inputs look uniform: byte histogram passes a chi-square test (255 dof: P(chi2 > 400) = 1.7e-8).
+        # Masked inputs look uniform: byte histogram passes a chi-square test
+        # (255 dof: P(chi2 > 400) = 1.7e-8).
         counts = np.bincount(masked.view(np.uint8), minlength=256)
         expected = masked.nbytes / 256
         chi2 = float(((counts - expected) ** 2 / expected).sum())
@@ -180,9 +184,10 @@ def test_sixteen_bit_masked_inputs_are_uniform_and_never_the_input() -> None:
     trial = Trial(6, 5, 3, 50_000, {s: set() for s in STAGES}, ring_bits=16)
     broker, inputs, _ = run(trial, rng)
     assert broker.stage == "done"
-    # Each of the 36 masked-input/input pairs agrees on Binomial(50,000, 2^-16) coordinates by chance (mean 0.76);
-    # allowing at most 8, a run fails by chance with probability 36 * P(X > 8) = 4.4e-6 (chance_agreements:
-    # exact binomial tail, union bound over the pairs). The old bound of 5 failed 36 * P(X > 5) = 0.5% of runs.
+    # Each of the 36 masked-input/input pairs agrees on Binomial(50,000, 2^-16) coordinates by chance
+    # (mean 0.76); allowing at most 8, a run fails by chance with probability 36 * P(X > 8) = 4.4e-6
+    # (chance_agreements: exact binomial tail, union bound over the pairs). The old bound of 5 failed
+    # 36 * P(X > 5) = 0.5% of runs.
     most, false_alarm = chance_agreements(50_000, 16, len(trial.seen_by_broker) * len(inputs), budget=1e-5)
     assert most == 8 and false_alarm == pytest.approx(4.4e-6, rel=0.01)
     for masked in trial.seen_by_broker:
