@@ -86,16 +86,54 @@ def run_round(workers: list[FakeWorker], vanish_at: dict[str, type] | None = Non
     return coordinator, received
 
 
+def _distinct(workers: list[FakeWorker]) -> list[FakeWorker]:
+    """Give each worker its own update, different in every coordinate (seeded per worker): a mean that
+    included a worker it should not (or left one out) then differs from the right one everywhere."""
+    for i, w in enumerate(workers):
+        rng = np.random.default_rng(1000 + i)
+        w.update = {k: rng.uniform(-1.0, 1.0, v.shape).astype(np.float32) for k, v in WEIGHTS.items()}
+    return workers
+
+
+def weighted_mean(workers: list[FakeWorker]) -> dict[str, np.ndarray]:
+    """The exact (float64) FedAvg mean of these workers' updates, weighted by sample count."""
+    total = sum(w.samples for w in workers)
+    return {k: sum(w.samples * w.update[k].astype(np.float64) for w in workers) / total for k in WEIGHTS}
+
+
+def fixed_point_atol(survivors: list[FakeWorker]) -> float:
+    """How far the secure mean of ``survivors`` may be from their exact weighted mean.
+
+    Each encoded coordinate is within one fixed-point unit (2^-frac_bits) of the worker's weight times its
+    update (``federated.crypto.fixedpoint``) and the summed weight is exact, so the decoded mean is within
+    ``len(survivors) * 2^-frac_bits / summed weight``. (The broker's float32 weights add a relative
+    2^-24, which the callers allow as ``rtol``.)
+    """
+    machine = survivors[0].machine
+    assert machine is not None
+    params = machine.params
+    weight = sum(max(1, min(w.samples, params.weight_cap)) for w in survivors)
+    return len(survivors) * 2.0**-params.frac_bits / weight
+
+
+#: float32 rounding of the new weights, relative to their size.
+RTOL = 2.0**-23
+
+
 def test_secure_round_gives_the_weighted_mean_and_never_sees_an_input() -> None:
-    workers = [FakeWorker(f"w{i}", s, d) for i, (s, d) in enumerate([(10, 0.1), (30, -0.2), (20, 0.4), (40, 0.0)])]
+    workers = _distinct([FakeWorker(f"w{i}", s, d)
+                         for i, (s, d) in enumerate([(10, 0.1), (30, -0.2), (20, 0.4), (40, 0.0)])])
     coordinator, received = run_round(workers)
     assert coordinator.completed == 1, coordinator.history
-    expected = sum(w.samples * w.update["w"][0, 0] for w in workers) / sum(w.samples for w in workers)
+    atol = fixed_point_atol(workers)
+    assert atol < 1e-4  # 4 / (100 * 2^12) with the default clip and weight cap
+    expected = weighted_mean(workers)
     for name, value in coordinator.weights.items():
-        np.testing.assert_allclose(value, expected, atol=1e-2)
+        np.testing.assert_allclose(value, expected[name], rtol=RTOL, atol=atol)
     (record,) = coordinator.history
     assert record.status == "complete" and record.num_samples == 100
-    assert record.train_loss == pytest.approx(1.0, abs=1e-2) and record.train_accuracy == pytest.approx(0.5, abs=1e-2)
+    assert record.train_loss == pytest.approx(1.0, abs=atol)
+    assert record.train_accuracy == pytest.approx(0.5, abs=atol)
     masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
     assert len(masked) == 4
     for m in masked:
@@ -106,13 +144,22 @@ def test_secure_round_gives_the_weighted_mean_and_never_sees_an_input() -> None:
 
 @pytest.mark.parametrize("stage", [Roster, Shares, UnmaskRequest])
 def test_a_worker_leaving_at_any_stage_leaves_an_exact_result(stage: type) -> None:
-    workers = [FakeWorker(f"w{i}", 10, 0.1 * (i + 1)) for i in range(5)]
+    # Distinct updates and sample counts: with w2's update equal to the others' mean (as this test once
+    # had), the value check could not tell w2 in from w2 out.
+    workers = _distinct([FakeWorker(f"w{i}", 10 * (i + 1), 0.0) for i in range(5)])
     coordinator, _ = run_round(workers, {"w2": stage})
     (record,) = coordinator.history
     assert record.status == "complete", record.error
+    # Leaving before its masked input was sent (roster, shares) is a dropout; leaving at unmasking is
+    # not (its input is in the sum, and the others' shares unmask it).
     included = [w for w in workers if w.wid != "w2" or stage is UnmaskRequest]
-    expected = np.mean([w.update["b"][0] for w in included])
-    np.testing.assert_allclose(coordinator.weights["b"], expected, atol=1e-2)
+    other = [w for w in workers if w not in included] or [w for w in workers if w.wid != "w2"]
+    atol = fixed_point_atol(included)
+    expected, wrong = weighted_mean(included), weighted_mean(other)
+    for name, value in coordinator.weights.items():
+        # The check can tell the two apart in every coordinate, by far more than its tolerance.
+        assert np.abs(expected[name] - wrong[name]).min() > 1000 * atol
+        np.testing.assert_allclose(value, expected[name], rtol=RTOL, atol=atol)
     assert ("w2" in record.dropped) == (stage is not UnmaskRequest)
 
 
@@ -144,4 +191,5 @@ def test_a_worker_reporting_an_error_for_the_round_is_dropped_at_once() -> None:
     (record,) = coordinator.history
     assert record.status == "complete", record.error
     assert "w4" in record.dropped and "w4" not in record.survivors
-    np.testing.assert_allclose(coordinator.weights["b"], np.mean([0.1, 0.2, 0.3, 0.4]), atol=1e-2)
+    np.testing.assert_allclose(coordinator.weights["b"], weighted_mean(workers[:4])["b"], rtol=RTOL,
+                               atol=fixed_point_atol(workers[:4]))
