@@ -4,12 +4,17 @@ and once thawed (SIGCONT) it comes back and takes part in a later round.
 A frozen process keeps its TCP connection open (the kernel still acknowledges), so neither ZeroMQ nor
 ``ROUTER_MANDATORY`` notices anything: only the application heartbeat's expiry can find it. That is what
 this test measures, from the broker's own log timestamps.
+
+The freeze is not raced against training: the frozen worker is a real ``flworker`` whose local training
+stops its own process (SIGSTOP) as it begins round 2, so it is always frozen inside round 2's cohort, with
+round 2's TASK received and its update not yet sent, however fast the machine trains.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +30,27 @@ HEARTBEAT_INTERVAL_S = 0.2
 HEARTBEAT_TIMEOUT_S = 2.0
 #: Scheduling delay allowed on top of the timeout (a loaded 2-core machine running other tests).
 SLACK_S = 1.0
+#: What the freezing worker prints to stderr, with its clock, just before it stops itself.
+FROZEN = "liveness test: freezing at"
+#: ``flworker`` whose second local training (round 2) first prints FROZEN and SIGSTOPs its own process; once
+#: thawed (SIGCONT) it trains on as usual. Only this test's child process is patched; the product is not.
+FREEZING_WORKER = f"""
+import os, signal, sys, time
+from federated.cli.worker import worker_command
+from federated.worker.runner import ModelRunner
+
+fit, calls = ModelRunner.fit, []
+
+def freezing_fit(self, *args, **kwargs):
+    calls.append(None)
+    if len(calls) == 2:
+        print(f"{FROZEN} {{time.time():.6f}}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return fit(self, *args, **kwargs)
+
+ModelRunner.fit = freezing_fit
+worker_command.main(args=sys.argv[1:], prog_name="flworker")
+"""
 
 
 def _log_time(line: str) -> float:
@@ -43,12 +69,13 @@ def test_frozen_worker_is_dropped_within_the_timeout_and_rejoins_after_thawing(t
                            heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, start_timeout_s=30.0, round_timeout_s=60.0)
     broker = Proc([str(BIN / "flbroker"), "--bind", f"tcp://127.0.0.1:{port}", "--config", str(config),
                    "--store", str(store_path), "--events", "-v", "--num-clients", "3", "--clients-per-round", "3",
-                   "--min-clients", "2", "--num-rounds", "3", "--local-epochs", "30"])
+                   "--min-clients", "2", "--num-rounds", "3", "--local-epochs", "1"])
     procs.append(broker)
-    workers = [Proc([str(BIN / "flworker"), "--client-id", f"w{i}", "--server-address", f"127.0.0.1:{port}",
-                     "--dataset", "digits", "--shard", str(i), "--num-shards", "3"]) for i in range(3)]
+    args = ["--server-address", f"127.0.0.1:{port}", "--dataset", "digits", "--num-shards", "3"]
+    frozen = Proc([sys.executable, "-c", FREEZING_WORKER, "--client-id", "w0", "--shard", "0", *args])
+    workers = [frozen] + [Proc([str(BIN / "flworker"), "--client-id", f"w{i}", "--shard", str(i), *args])
+                          for i in (1, 2)]
     procs.extend(workers)
-    frozen = workers[0]
 
     rounds = []
     stopped_at = seen_drop_at = None
@@ -57,13 +84,12 @@ def test_frozen_worker_is_dropped_within_the_timeout_and_rejoins_after_thawing(t
             if event["event"] != "round":
                 continue
             rounds.append(event)
-            if event["round"] == 1:
-                # Round 2 starts as round 1 is recorded, with w0 still live: freezing it now puts a frozen
-                # worker in round 2's cohort (it cannot have trained round 2 within these milliseconds).
-                stopped_at = time.time()
-                os.kill(frozen.popen.pid, signal.SIGSTOP)
-            elif event["round"] == 2:
+            if event["round"] == 2:
+                # w0 froze itself on starting round 2's training; its line was written before the SIGSTOP.
                 seen_drop_at = time.time()
+                frozen.wait_stderr(FROZEN, timeout=10)
+                (line,) = [ln for ln in frozen.stderr_lines if FROZEN in ln]
+                stopped_at = float(line.split(FROZEN, 1)[1])
                 os.kill(frozen.popen.pid, signal.SIGCONT)
     finally:
         if frozen.popen.poll() is None:
