@@ -35,7 +35,9 @@ Every load validates everything: kind, format, fields, Z85 and hex lengths, the 
 files that the stored public keys belong to the secret keys and that the file is not accessible to group
 or others (``chmod 600``). Secret files are created 0600 from their first byte (``O_CREAT|O_EXCL`` on a
 temporary file in the same directory, then a link or ``os.replace`` into place), and existing keys are
-never overwritten without ``force``.
+never overwritten without ``force``. Errors about a secret file (or any file with a secret field) never
+quote what it holds, since a damaged secret key is still most of a secret key: they name the file, the
+field and what is wrong with its shape.
 
 CURVE key pairs are X25519 key pairs made by `cryptography` (CurveZMQ keys *are* X25519 keys; libzmq and
 `cryptography` both clamp the scalar), so all the key generation in this package goes through one library.
@@ -215,34 +217,60 @@ _SECRET_KINDS = {
     "worker-secret": "it is a worker's secret key file, which must stay on the worker",
     "broker-secret": "it is the broker's secret key file, which must stay on the broker",
 }
+_KINDS = frozenset({"broker-public", "worker-public", *_SECRET_KINDS})
 
 
 def _load(path: Path, kind: str, *, fix: str) -> dict[str, Any]:
-    """Read and parse one key file of ``kind``; every failure names the file."""
+    """Read and parse one key file of ``kind``; every failure names the file. For a secret kind no failure
+    quotes the file's content (see :func:`_show`)."""
     path = Path(path)
-    raw = _read(path, secret=kind.endswith("-secret"), fix=fix)
+    secret = kind.endswith("-secret")
+    raw = _read(path, secret=secret, fix=fix)
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        raise KeyFileError(f"{path} is not a federated key file (not UTF-8 JSON: {exc}); {fix}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # its message quotes the offending byte: give the position only
+        raise KeyFileError(f"{path} is not a federated key file (not UTF-8: byte {exc.start} is not valid "
+                           f"UTF-8); {fix}") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError: its message gives line and column, never content
+        raise KeyFileError(f"{path} is not a federated key file (not JSON: {exc}); {fix}") from None
     if not isinstance(doc, dict):
         raise KeyFileError(f"{path} is not a federated key file (not a JSON object); {fix}")
+    # A secret file handed over where a public one belongs (its kind damaged, say) is quoted no more than
+    # one loaded as a secret file.
+    secret = secret or _holds_secret(doc)
     if doc.get("format") != FORMAT:
-        raise KeyFileError(f"{path}: unsupported key file format {_show(doc.get('format'))} "
+        raise KeyFileError(f"{path}: unsupported key file format {_show(doc.get('format'), secret=secret)} "
                            f"(expected {FORMAT!r}); {fix}")
     got = doc.get("kind")
     if got != kind:
+        known = isinstance(got, str) and got in _KINDS
         hint = f"{_SECRET_KINDS[got]}; " if isinstance(got, str) and got in _SECRET_KINDS else ""
-        raise KeyFileError(f"{path} holds a {_show(got)} key, expected a {kind!r} key; {hint}{fix}")
+        holds = f"holds a {got!r} key" if known else f"has kind {_show(got, secret=secret)}"
+        raise KeyFileError(f"{path} {holds}, expected a {kind!r} key; {hint}{fix}")
     return doc
 
 
-def _show(value: object) -> str:
+def _holds_secret(doc: dict[str, Any]) -> bool:
+    """Whether a parsed key file has a secret field (by name), whatever its kind says."""
+    return any("secret" in str(name) for name in doc)
+
+
+def _show(value: object, *, secret: bool = False) -> str:
+    """A field's value for an error message. From a secret file, only its shape (type and length): a
+    damaged or misplaced secret key must not reach a terminal, a log or a bug report."""
+    if secret:
+        if value is None:
+            return "nothing (the field is missing)"
+        if isinstance(value, str):
+            return f"a string of {len(value)} characters (not shown: this is a secret key file)"
+        return f"a JSON {type(value).__name__} (not shown: this is a secret key file)"
     text = repr(value)
     return text if len(text) <= 50 else text[:47] + "..."
 
 
-def _z85_field(path: Path, doc: dict[str, Any], name: str, fix: str) -> bytes:
+def _z85_field(path: Path, doc: dict[str, Any], name: str, fix: str, *, secret: bool = False) -> bytes:
     value = doc.get(name)
     if isinstance(value, str) and len(value) == _Z85_KEY_CHARS:
         try:
@@ -251,21 +279,25 @@ def _z85_field(path: Path, doc: dict[str, Any], name: str, fix: str) -> bytes:
         except (KeyError, ValueError, struct.error):  # KeyError: a character outside the Z85 alphabet
             pass
     raise KeyFileError(f"{path}: field {name!r} must be a CURVE key of {_Z85_KEY_CHARS} Z85 characters, "
-                       f"got {_show(value)}; {fix}")
+                       f"got {_show(value, secret=secret)}; {fix}")
 
 
-def _hex_field(path: Path, doc: dict[str, Any], name: str, fix: str) -> bytes:
+def _hex_field(path: Path, doc: dict[str, Any], name: str, fix: str, *, secret: bool = False) -> bytes:
     value = doc.get(name)
     if not isinstance(value, str) or not _HEX_KEY.fullmatch(value):
         raise KeyFileError(f"{path}: field {name!r} must be a key of {2 * KEY_BYTES} hex characters, "
-                           f"got {_show(value)}; {fix}")
+                           f"got {_show(value, secret=secret)}; {fix}")
     return bytes.fromhex(value)
 
 
-def _worker_id_field(path: Path, doc: dict[str, Any], fix: str) -> str:
+def _worker_id_field(path: Path, doc: dict[str, Any], fix: str, *, secret: bool = False) -> str:
+    value = doc.get("worker_id")
     try:
-        return validate_worker_id(doc.get("worker_id"))
+        return validate_worker_id(value)
     except MalformedMessage as exc:
+        if secret:  # validate_worker_id's message quotes the value
+            raise KeyFileError(f"{path}: field 'worker_id' must be 1-128 characters of letters, digits and "
+                               f"_.:@-, got {_show(value, secret=True)}; {fix}") from None
         raise KeyFileError(f"{path}: field 'worker_id': {exc}; {fix}") from None
 
 
@@ -283,8 +315,8 @@ def _check_curve_pair(path: Path, public: bytes, secret: bytes, fix: str) -> Non
                            f"edited or damaged); {fix}")
 
 
-def _identity_public(path: Path, doc: dict[str, Any], fix: str) -> bytes:
-    raw = _hex_field(path, doc, "identity_public", fix)
+def _identity_public(path: Path, doc: dict[str, Any], fix: str, *, secret: bool = False) -> bytes:
+    raw = _hex_field(path, doc, "identity_public", fix, secret=secret)
     try:
         Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
@@ -411,8 +443,8 @@ def load_broker_keys(directory: Path) -> BrokerKeys:
     directory = Path(directory)
     secret_path = directory / BROKER_SECRET if directory.is_dir() else directory
     doc = _load(secret_path, "broker-secret", fix=_FIX_BROKER)
-    public = _z85_field(secret_path, doc, "curve_public", _FIX_BROKER)
-    secret = _z85_field(secret_path, doc, "curve_secret", _FIX_BROKER)
+    public = _z85_field(secret_path, doc, "curve_public", _FIX_BROKER, secret=True)
+    secret = _z85_field(secret_path, doc, "curve_secret", _FIX_BROKER, secret=True)
     _check_curve_pair(secret_path, public, secret, _FIX_BROKER)
     public_path = secret_path.with_name(BROKER_PUBLIC)
     if public_path.exists() and load_broker_public(public_path) != public:
@@ -473,12 +505,13 @@ def load_worker_keys(path: Path) -> WorkerKeys:
                                f"pass the file to use")
         path = found[0]
     doc = _load(path, "worker-secret", fix=_FIX_WORKER)
-    worker_id = _worker_id_field(path, doc, _FIX_WORKER)
-    curve_public = _z85_field(path, doc, "curve_public", _FIX_WORKER)
-    curve_secret = _z85_field(path, doc, "curve_secret", _FIX_WORKER)
+    worker_id = _worker_id_field(path, doc, _FIX_WORKER, secret=True)
+    curve_public = _z85_field(path, doc, "curve_public", _FIX_WORKER, secret=True)
+    curve_secret = _z85_field(path, doc, "curve_secret", _FIX_WORKER, secret=True)
     _check_curve_pair(path, curve_public, curve_secret, _FIX_WORKER)
-    identity_public = _identity_public(path, doc, _FIX_WORKER)
-    identity = Ed25519PrivateKey.from_private_bytes(_hex_field(path, doc, "identity_secret", _FIX_WORKER))
+    identity_public = _identity_public(path, doc, _FIX_WORKER, secret=True)
+    identity = Ed25519PrivateKey.from_private_bytes(
+        _hex_field(path, doc, "identity_secret", _FIX_WORKER, secret=True))
     if public_bytes(identity) != identity_public:
         raise KeyFileError(f"{path}: 'identity_public' is not the public key of 'identity_secret' (the file "
                            f"was edited or damaged); {_FIX_WORKER}")
@@ -490,9 +523,10 @@ def load_worker_keys(path: Path) -> WorkerKeys:
 
 def _load_worker_public(path: Path, fix: str, *, enrolled: bool) -> EnrolledWorker:
     doc = _load(path, "worker-public", fix=fix)
-    worker_id = _worker_id_field(path, doc, fix)
-    curve_public = _z85_field(path, doc, "curve_public", fix)
-    identity_public = _identity_public(path, doc, fix)
+    secret = _holds_secret(doc)
+    worker_id = _worker_id_field(path, doc, fix, secret=secret)
+    curve_public = _z85_field(path, doc, "curve_public", fix, secret=secret)
+    identity_public = _identity_public(path, doc, fix, secret=secret)
     enrolled_at = _time_field(path, doc, "enrolled_at", fix) if enrolled else 0.0
     if enrolled and path.name != f"{worker_id}{_PUBLIC_SUFFIX}":
         raise KeyFileError(f"{path} holds the key of worker {worker_id!r}, so it must be named "
