@@ -43,7 +43,6 @@ from federated.broker.secure_round import (
     combine,
     decode_round,
     vector_length,
-    within_clip,
 )
 from federated.broker.selection import Selector
 from federated.broker.store import RoundRecord, RoundStore
@@ -601,14 +600,13 @@ class Coordinator:
             return out + self._fail(rnd, [], error=f"secure aggregation aborted: {error}; model unchanged")
         if len(survivors) < self.config.min_clients:
             return out + self._fail(rnd, survivors)
-        results, decoded, rejected = self._plausible(rnd.round_id, results)
-        if not results:
-            return out + self._fail(rnd, survivors, error="no secure sum could come from honest inputs (a mean "
-                                                          "beyond the clip bound, or a weight that is not "
-                                                          "positive); model unchanged")
+        results, decoded, rejected, why = self._plausible(rnd.round_id, results)
         for wid in rejected:
             rnd.dropped[wid] = "its bucket's sum was not one honest inputs could give"
         survivors = [w for w in survivors if w not in rejected]
+        if not results:
+            return out + self._fail(rnd, survivors, error=f"no secure sum could come from honest inputs "
+                                                          f"({'; '.join(why)}); model unchanged")
         local_s = {w: t for _, result in results for w, t in result.train_s.items()}
         try:
             merged = self._across_buckets(decoded)
@@ -617,28 +615,32 @@ class Coordinator:
         return out + self._complete(rnd, survivors, decoded=merged, local_s=local_s, suspects=rejected)
 
     def _plausible(self, round_id: int, results: list[tuple[SecAggBroker, SecAggResult]]
-                   ) -> tuple[list[tuple[SecAggBroker, SecAggResult]], list[DecodedSum], tuple[str, ...]]:
-        """Decode each bucket's sum and keep those that honest inputs could have produced: a positive
-        summed weight and a mean within the clip bound (distributed DP's noise is exempt from the bound). Returns the kept buckets, their decoded sums, and the members of the
-        others (suspects: one of them sent an input no honest encoder makes)."""
+                   ) -> tuple[list[tuple[SecAggBroker, SecAggResult]], list[DecodedSum], tuple[str, ...], list[str]]:
+        """Decode each bucket's sum and keep those that honest inputs could have produced, in every mode:
+        summed weight, weighted metrics and mean norm within their bounds (:func:`decode_round`; under
+        distributed DP the norm bound includes a 1e-9 tail of the workers' Skellam noise). Returns the
+        kept buckets, their decoded sums, the members of the others (suspects: one of them sent an input
+        no honest encoder makes), and why each of those was left out."""
         indices = self._secure_indices(round_id)
-        bounded = self.privacy is None or self.privacy.mode != "distributed"
+        distributed = self.privacy is not None and self.privacy.mode == "distributed"
+        noise_mu = self.privacy.skellam_mu if distributed and self.privacy is not None else 0.0
         kept: list[tuple[SecAggBroker, SecAggResult]] = []
         decoded: list[DecodedSum] = []
         rejected: list[str] = []
+        why: list[str] = []
         for machine, result in results:
             try:
-                d = decode_round(result.total, machine.params, self.weights, indices)
-                if bounded and not within_clip(d, machine.params, len(result.survivors)):
-                    raise ValueError(f"its mean is beyond the clip bound {machine.params.clip:.4g}")
+                d = decode_round(result.total, machine.params, self.weights, indices,
+                                 inputs=len(result.survivors), noise_mu=noise_mu)
             except ValueError as exc:
                 log.warning("round %d: bucket of %s left out, a member sent an input no honest encoder makes: %s",
                             round_id, ", ".join(result.survivors), exc)
                 rejected.extend(result.survivors)
+                why.append(str(exc))
                 continue
             kept.append((machine, result))
             decoded.append(d)
-        return kept, decoded, tuple(sorted(rejected))
+        return kept, decoded, tuple(sorted(rejected)), why
 
     def _across_buckets(self, decoded: list[DecodedSum]) -> DecodedSum:
         """One bucket, or the mean: the weighted mean. A robust rule: the rule across bucket means."""

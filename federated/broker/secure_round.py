@@ -13,6 +13,7 @@ import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,10 @@ from federated.aggregation.vectors import unflatten
 from federated.crypto.fixedpoint import decode_sum
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
+from federated.privacy.skellam import noise_norm_bound
 
-__all__ = ["EXTRA_COORDINATES", "DecodedSum", "SecureRound", "assign_buckets", "combine", "decode_round",
-           "vector_length", "within_clip"]
+__all__ = ["EXTRA_COORDINATES", "NOISE_TAIL", "DecodedSum", "SecureRound", "assign_buckets", "combine",
+           "decode_round", "vector_length"]
 
 #: Coordinates after the model update: weight * loss, weight * accuracy, weight.
 EXTRA_COORDINATES = 3
@@ -45,35 +47,82 @@ class DecodedSum:
     train_accuracy: float
 
 
+#: The chance that :func:`decode_round` refuses an honest distributed-DP sum for its noise alone.
+NOISE_TAIL = 1e-9
+
+
 def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str, np.ndarray],
-                 indices: np.ndarray | None = None) -> DecodedSum:
-    """Turn the unmasked uint32 sum into the mean update shaped like ``reference``.
+                 indices: np.ndarray | None = None, *, inputs: int, noise_mu: float = 0.0) -> DecodedSum:
+    """Check the unmasked uint32 sum of ``inputs`` encodings against every bound an honest sum meets, and
+    only then turn it into the mean update shaped like ``reference``.
+
+    The broker sees only the sum, so a member may put anything into its own input; these bounds keep
+    what it can do to the sum within what honest inputs could do. In units of 2^-frac_bits, with ``W``
+    the summed weight, ``n = inputs`` and ``d`` the update's coordinates:
+
+    - weight: ``W`` is a whole number in ``[n, n * weight_cap]`` (each input weighs an integer in
+      ``[1, weight_cap]``, encoded exactly), so exactly ``n`` when ``weight_cap`` is 1 (distributed DP,
+      16-bit sums). This stops a member from shrinking the divisor to one unit or claiming many times
+      the cap to make the mean its own vector;
+    - metrics: the weighted loss in ``[0, W * max(clip, 1)]`` and the weighted accuracy in ``[0, W]``
+      (each worker's loss is capped at ``max(clip, 1)``, its accuracy is in [0, 1]), plus ``n`` units of
+      stochastic rounding each;
+    - norm: the update sum within ``W * clip`` (each input is clipped to ``clip``, then weighted), plus
+      ``sqrt(d) * n`` units of rounding, plus under distributed DP the noise tail
+      :func:`~federated.privacy.skellam.noise_norm_bound` for Skellam noise of per-side mean
+      ``n * noise_mu`` (``noise_mu`` is each worker's share, so the sum's noise has variance
+      ``2 * noise_mu * n`` per coordinate); an honest sum exceeds it with probability at most
+      :data:`NOISE_TAIL` = 1e-9.
+
+    What stays possible: inside these bounds a member still chooses its own input (a weight up to
+    ``n * weight_cap`` less the others', a direction), which only range proofs on each input could stop;
+    the mean applied never leaves the clip ball (widened by the noise tail).
 
     With shared random-k compression, the sum covers only the coordinates ``indices`` (the same on every
     worker of the round); the others are zero in the mean update.
-    Raises ``ValueError`` if the summed weight is not positive (no real input was summed).
+    Raises ``ValueError`` naming the first bound the sum breaks (or a bad ``inputs``).
     """
+    if isinstance(inputs, bool) or not isinstance(inputs, int) or inputs < 1:
+        raise ValueError(f"inputs must be an integer >= 1, got {inputs!r}")
     data, weight = decode_sum(total, params.frac_bits, params.ring_bits)
-    if not weight > 0:
-        raise ValueError(f"the secure sum has weight {weight}; nothing to average")
-    mean = data[:-2] / weight
+    unit = 2.0**-params.frac_bits  # one integer unit, decoded (scaling by a power of two is exact)
+    if not (weight.is_integer() and inputs <= weight <= inputs * params.weight_cap):
+        expected = (f"exactly {inputs}" if params.weight_cap == 1
+                    else f"a whole number in [{inputs}, {inputs * params.weight_cap}]")
+        raise ValueError(f"its summed weight is {weight:.10g}, not {expected} for {inputs} inputs")
+    loss, accuracy = float(data[-2]), float(data[-1])
+    # Exact rationals: a float product could round a sum just past a bound back inside it.
+    rounding = inputs * Fraction(unit)
+    loss_cap = Fraction(weight) * max(Fraction(params.clip), Fraction(1)) + rounding
+    if not 0 <= Fraction(loss) <= loss_cap:
+        raise ValueError(f"its weighted loss {loss:.6g} is outside [0, {float(loss_cap):.6g}]")
+    accuracy_cap = Fraction(weight) + rounding
+    if not 0 <= Fraction(accuracy) <= accuracy_cap:
+        raise ValueError(f"its weighted accuracy {accuracy:.6g} is outside [0, {float(accuracy_cap):.6g}]")
+    update = data[:-2]
+    dims = params.vector_length - EXTRA_COORDINATES
+    noise = noise_norm_bound(inputs * noise_mu, dims, NOISE_TAIL) if noise_mu > 0 else 0.0
+    bound = weight * params.clip * (1 + 1e-9) + (math.sqrt(dims) * inputs + noise) * unit
+    norm = _norm(update)
+    if not norm <= bound:
+        raise ValueError(f"its mean is beyond the clip bound {params.clip:.4g}: norm {norm / weight:.6g} > "
+                         f"{bound / weight:.6g} (the clip, rounding{' and the noise tail' if noise else ''})")
+    mean = update / weight
     if indices is not None:
         full = np.zeros(sum(int(r.size) for r in reference.values()), dtype=np.float64)
         full[indices] = mean
         mean = full
-    return DecodedSum(unflatten(mean, reference), weight, float(data[-2] / weight), float(data[-1] / weight))
+    return DecodedSum(unflatten(mean, reference), weight, loss / weight, accuracy / weight)
 
 
-def within_clip(decoded: DecodedSum, params: SecAggParams, survivors: int) -> bool:
-    """Whether a bucket's mean update could have come from honest inputs: each honest input is L2-clipped
-    to ``params.clip`` and weighted, so the weighted mean has norm at most ``clip``, plus the fixed-point
-    rounding (under one unit of 2^-frac_bits per coordinate and input). A larger mean proves that some
-    member sent an input outside the bound (an encoder that skipped clipping). Not meaningful with
-    distributed DP, whose noise is added on purpose."""
-    dims = params.vector_length - EXTRA_COORDINATES
-    slack = math.sqrt(dims) * survivors * 2.0**-params.frac_bits / decoded.weight
-    norm = math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in decoded.mean_update.values()))
-    return norm <= params.clip * (1 + 1e-9) + slack
+def _norm(vector: np.ndarray) -> float:
+    """The L2 norm of a float64 vector: scaled by its largest magnitude (no overflow), and with einsum,
+    not np.dot, whose OpenBLAS threads spin and take the cores from training (see fixedpoint)."""
+    largest = float(np.abs(vector).max(initial=0.0))
+    if largest == 0.0:
+        return 0.0
+    scaled = vector / largest
+    return largest * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
 
 
 _ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")

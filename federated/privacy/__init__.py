@@ -7,7 +7,8 @@ One module per concept:
 - ``budget``: :class:`PrivacyBudgetTracker`, what a run has spent and whether the next round may start
 - ``clipping``: user-level ``clip_update`` and :class:`AdaptiveClipper` (Andrew et al. 2021)
 - ``noise``: Gaussian noise for NumPy trees, Skellam shares, ``noise_rng`` (OS-seeded)
-- ``skellam``: distributed DP with Skellam noise: dropout-safe plans, sensitivity, RDP, wrap headroom
+- ``skellam``: distributed DP with Skellam noise: dropout-safe plans, sensitivity, RDP, wrap headroom,
+  the noise's norm tail (the broker's bound on a noised sum)
 - ``manager``: the seed README's :class:`DifferentialPrivacyManager` façade
 - ``dpsgd``: record-level DP-SGD in MLX (per-example gradients with ``mx.vmap``); the only module here
   that imports MLX, reached as ``federated.privacy.dpsgd`` and not re-exported
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
         add_share,
         check_no_wrap_with_noise,
         noise_headroom,
+        noise_norm_bound,
         plan_skellam,
         skellam_epsilon,
         skellam_mu_per_worker,
@@ -68,6 +70,7 @@ __all__ = [
     "gaussian_noise_like",
     "global_norm",
     "noise_headroom",
+    "noise_norm_bound",
     "noise_rng",
     "plan_skellam",
     "skellam_epsilon",
@@ -98,6 +101,7 @@ _HOME = {
     "add_share": "skellam",
     "check_no_wrap_with_noise": "skellam",
     "noise_headroom": "skellam",
+    "noise_norm_bound": "skellam",
     "plan_skellam": "skellam",
     "skellam_epsilon": "skellam",
     "skellam_mu_per_worker": "skellam",

@@ -45,6 +45,7 @@ __all__ = [
     "add_share",
     "check_no_wrap_with_noise",
     "noise_headroom",
+    "noise_norm_bound",
     "plan_skellam",
     "skellam_epsilon",
     "skellam_mu_per_worker",
@@ -242,6 +243,36 @@ def noise_headroom(mu_total: float, dim: int, failure_prob: float = 1e-9) -> int
         else:
             lo = mid
     return hi
+
+
+def noise_norm_bound(mu_total: float, dim: int, failure_prob: float = 1e-9) -> float:
+    """An L2 bound (integer units) on ``dim`` coordinates of Skellam noise of per-side mean ``mu_total``
+    that the noise exceeds with probability at most ``failure_prob``: how far noise alone can move an
+    honest sum, for the broker's plausibility check.
+
+    Derivation (rigorous, no Gaussian approximation). Each coordinate ``X`` has variance ``v = 2 mu`` and
+    fourth moment ``E X^4 = 3 v^2 + v`` (Skellam cumulants: ``k2 = k4 = 2 mu``), so ``Var(X^2) = 2 v^2 + v``.
+    Split the failure probability in two halves. (1) :func:`noise_headroom` gives ``h`` with every
+    ``|X_j| < h`` except with probability ``failure_prob / 2``. (2) ``Y_j = min(X_j^2, h^2)`` lies in
+    ``[0, h^2]``, has mean at most ``v`` and variance at most ``Var(X^2)`` (truncation is 1-Lipschitz), so
+    Bernstein's inequality gives ``P(sum Y_j > d v + t) <= exp(-t^2 / (2 (d Var(X^2) + h^2 t / 3)))``; with
+    ``L = ln(2 / failure_prob)`` this is ``failure_prob / 2`` at ``t = L h^2 / 3 + sqrt((L h^2 / 3)^2 + 2 L d
+    Var(X^2))``. Outside both events ``||X||^2 = sum Y_j <= d v + t``. The bound is ``sqrt(d v + t)``:
+    about 1.12 times the typical norm ``sqrt(d v)`` at d = 4,810 and 1.005 times at d = 10^6.
+    Raises ValueError for bad numbers.
+    """
+    mu = _positive(mu_total, "mu_total", allow_zero=True)
+    dim = _count(dim, "dim")
+    if not (isinstance(failure_prob, float) and 0.0 < failure_prob < 1.0):
+        raise ValueError(f"failure_prob must be a float in (0, 1), got {failure_prob!r}")
+    if mu == 0:
+        return 0.0
+    v = 2.0 * mu
+    h2 = float(noise_headroom(mu, dim, failure_prob / 2.0)) ** 2
+    log_term = math.log(2.0 / failure_prob)
+    linear = log_term * h2 / 3.0
+    t = linear + math.sqrt(linear * linear + 2.0 * log_term * dim * (2.0 * v * v + v))
+    return math.sqrt(dim * v + t)
 
 
 def check_no_wrap_with_noise(
