@@ -460,7 +460,7 @@ class Mutator:
         if pick == 2:
             z = np.zeros((n, 32), np.uint8)
             ids = tuple(f"w{i}" for i in range(n))
-            return _b(Roster(cur, ids, z, z, z, np.zeros((n, 64), np.uint8)).to_frames())
+            return _b(Roster(cur, ids, z, z, z, np.zeros((n, 64), np.uint8), z).to_frames())
         if pick == 3:
             return _b(Shares(cur, ("w0",), np.zeros((1, CIPHERTEXT_BYTES), np.uint8)).to_frames())
         return _b(UnmaskRequest(cur, ("w0",), ("w1",), bytes(32)).to_frames())

@@ -75,6 +75,8 @@ def state_machine_case(n: int, d: int, dropout: float) -> dict[str, object]:
         started = time.perf_counter()
         broker.receive(w, masked)  # the broker adds each masked input to its running sum on arrival
         sum_s += time.perf_counter() - started
+    for w, check in broker.advance():
+        broker.receive(w, workers[w].on_consistency(check))
     for w, request in broker.advance():
         broker.receive(w, workers[w].on_unmask(request))
     started = time.perf_counter()

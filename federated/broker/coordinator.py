@@ -58,6 +58,7 @@ from federated.privacy.noise import noise_rng
 from federated.protocol import (
     AdvertiseKeys,
     Bye,
+    ConsistencySignature,
     Error,
     Heartbeat,
     Hello,
@@ -77,8 +78,7 @@ __all__ = ["STAGE_TRAIN", "Coordinator", "Evaluator", "Outbound"]
 log = logging.getLogger("federated.broker")
 
 STAGE_TRAIN = "train"
-_SECAGG_INBOUND = (AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares)
-_SECAGG_ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")
+_SECAGG_INBOUND = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
 
 #: ``evaluate(weights) -> (loss, accuracy)`` on the broker's held-out split.
 Evaluator = Callable[[Mapping[str, np.ndarray]], tuple[float, float]]

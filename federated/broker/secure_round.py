@@ -23,6 +23,7 @@ from federated.crypto.fixedpoint import decode_sum
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
 from federated.privacy.skellam import noise_norm_bound
+from federated.protocol.codes import Stage
 
 __all__ = ["EXTRA_COORDINATES", "NOISE_TAIL", "DecodedSum", "SecureRound", "assign_buckets", "combine",
            "decode_round", "vector_length"]
@@ -125,7 +126,7 @@ def _norm(vector: np.ndarray) -> float:
     return largest * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
 
 
-_ACTIVE = ("advertise", "share_keys", "masked_input", "unmask")
+_ACTIVE = tuple(stage.value for stage in Stage if stage.active)
 
 
 def assign_buckets(cohort: Sequence[str], bucket_size: int | None) -> list[list[str]]:

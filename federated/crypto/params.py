@@ -15,7 +15,7 @@ import numpy as np
 from federated.crypto.errors import ParameterError
 from federated.crypto.fixedpoint import check_no_wrap
 
-__all__ = ["SecAggParams", "advertise_message", "session_id", "sign_of"]
+__all__ = ["SecAggParams", "advertise_message", "b_commitment", "consistency_message", "session_id", "sign_of"]
 
 
 @dataclass(frozen=True)
@@ -85,22 +85,39 @@ def _lp(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def advertise_message(round_id: int, worker_id: str, c_pk: bytes, s_pk: bytes) -> bytes:
-    """What a worker signs when it advertises its round keys (binds keys to the round and the id)."""
-    return b"fl-secagg-advertise-v1" + struct.pack(">Q", round_id) + _lp(worker_id.encode()) + _lp(c_pk) + _lp(s_pk)
+def b_commitment(round_id: int, worker_id: str, b: bytes) -> bytes:
+    """SHA-256 commitment to a worker's self-mask seed ``b`` (32 bytes), signed in its advertisement.
+
+    ``b`` is 32 uniformly random bytes, so the digest reveals nothing about it; binding: a rebuilt seed
+    that does not hash to the commitment proves a tampered share (the broker then refuses the sum)."""
+    return hashlib.sha256(b"fl-secagg-b-commit-v1" + struct.pack(">Q", round_id) + _lp(worker_id.encode())
+                          + _lp(b)).digest()
+
+
+def advertise_message(round_id: int, worker_id: str, c_pk: bytes, s_pk: bytes, b_commit: bytes) -> bytes:
+    """What a worker signs when it advertises its round keys (binds keys and the commitment to its
+    self-mask seed to the round and the id)."""
+    return (b"fl-secagg-advertise-v2" + struct.pack(">Q", round_id) + _lp(worker_id.encode()) + _lp(c_pk)
+            + _lp(s_pk) + _lp(b_commit))
 
 
 def session_id(round_id: int, params: SecAggParams, ids: Sequence[str], c_pk: Sequence[bytes],
-               s_pk: Sequence[bytes], identity: Sequence[bytes]) -> bytes:
+               s_pk: Sequence[bytes], identity: Sequence[bytes], b_commit: Sequence[bytes]) -> bytes:
     """SHA-256 over the round, the parameters and every roster entry, in roster order (32 bytes).
 
     Every worker recomputes it from the roster it verified, so a broker that shows different rosters to
     different workers gives them different sessions, and their masks and shares no longer fit together.
     """
-    h = hashlib.sha256(b"fl-secagg-session-v1" + struct.pack(">Q", round_id) + _lp(params.canonical()))
-    for wid, c, s, ident in zip(ids, c_pk, s_pk, identity, strict=True):
-        h.update(_lp(wid.encode()) + _lp(c) + _lp(s) + _lp(ident))
+    h = hashlib.sha256(b"fl-secagg-session-v2" + struct.pack(">Q", round_id) + _lp(params.canonical()))
+    for wid, c, s, ident, commit in zip(ids, c_pk, s_pk, identity, b_commit, strict=True):
+        h.update(_lp(wid.encode()) + _lp(c) + _lp(s) + _lp(ident) + _lp(commit))
     return h.digest()
+
+
+def consistency_message(session: bytes, survivors: Sequence[str]) -> bytes:
+    """What a survivor signs in the consistency stage: the session and the survivor set it was told."""
+    body = b"".join(_lp(w.encode()) for w in survivors)
+    return b"fl-secagg-consistency-v1" + _lp(session) + struct.pack(">I", len(survivors)) + body
 
 
 def sign_of(u: str, v: str) -> int:

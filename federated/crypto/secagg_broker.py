@@ -10,14 +10,21 @@ Stages and what closes them (every answer in, or the caller's deadline via :meth
 
     advertise     -> U1 advertised valid signed keys; broadcast ROSTER        (abort if too few)
     share_keys    -> U2 sent shares to exactly their neighbours; route SHARES  (abort if too few)
-    masked_input  -> U3 sent a masked input; ask UNMASK_REQUEST(U3, U2 - U3)  (abort if < threshold)
+    masked_input  -> U3 sent a masked input; ask CONSISTENCY_CHECK(U3)         (abort if < threshold)
+    consistency   -> U4 signed U3; ask UNMASK_REQUEST(U3, U2 - U3, signatures)  (abort if < threshold)
     unmask        -> rebuild b_u for u in U3 and s_u for u in U2 - U3 from >= threshold shares each,
-                     remove the masks, and hold the exact sum over U3 in ``result``
+                     check each rebuilt b_u against its signed commitment and each s_u against its
+                     public key, remove the masks, and hold the exact sum over U3 in ``result``
+
+A rebuilt seed that does not match its commitment means a tampered share: when more than ``threshold``
+shares arrived, subsets are tried (a bounded number) to find one that matches; otherwise the round aborts.
+It never returns a sum whose masks did not verifiably cancel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +34,22 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from federated.crypto import shamir
 from federated.crypto.errors import ProtocolViolation, ReconstructionError, SignatureError
 from federated.crypto.graph import neighbours
-from federated.crypto.params import SecAggParams, advertise_message, session_id, sign_of
+from federated.crypto.masks import mask_seed
+from federated.crypto.params import (
+    SecAggParams,
+    advertise_message,
+    b_commitment,
+    consistency_message,
+    session_id,
+    sign_of,
+)
 from federated.crypto.prg import add_mask
 from federated.crypto.primitives import public_bytes, verify, x25519_shared
-from federated.crypto.secagg_worker import mask_seed
+from federated.protocol.codes import Stage
 from federated.protocol.secagg import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     ShareKeys,
@@ -43,9 +60,12 @@ from federated.protocol.secagg import (
 
 __all__ = ["STAGES", "SecAggBroker", "SecAggResult"]
 
-STAGES = ("advertise", "share_keys", "masked_input", "unmask", "done", "aborted")
+STAGES = tuple(stage.value for stage in Stage)
 _EXPECTS = {"advertise": AdvertiseKeys, "share_keys": ShareKeys, "masked_input": MaskedInput,
-            "unmask": UnmaskShares}
+            "consistency": ConsistencySignature, "unmask": UnmaskShares}
+#: How many share subsets the broker tries per secret when a rebuilt seed fails its commitment (more
+#: than the threshold arrived, one or more tampered): bounded, so a liar costs a known amount of work.
+MAX_SUBSETS = 256
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,7 @@ class SecAggBroker:
         self.error = ""
         self.result: SecAggResult | None = None
         self._keys: dict[str, tuple[bytes, bytes]] = {}
+        self._commits: dict[str, bytes] = {}
         # A throwaway key to try each advertised key against: a low-order point (no usable shared secret)
         # is refused on arrival, not left to make every honest worker refuse the roster.
         self._probe = X25519PrivateKey.generate()
@@ -86,6 +107,7 @@ class SecAggBroker:
         # tail), so only their running sum is kept, with each sender's reported compute time (s).
         self._masked: dict[str, float] = {}
         self._sum: np.ndarray | None = None
+        self._consistency: dict[str, bytes] = {}  # signer -> its signature over the survivor set
         self._unmask: dict[str, UnmaskShares] = {}
         self.ids: tuple[str, ...] = ()
         self.session = b""
@@ -107,12 +129,14 @@ class SecAggBroker:
         self.pending.discard(worker_id)
 
     def _on_advertise(self, wid: str, msg: AdvertiseKeys) -> None:
-        verify(self.identities[wid], msg.signature, advertise_message(self.round_id, wid, msg.c_pk, msg.s_pk))
+        verify(self.identities[wid], msg.signature,
+               advertise_message(self.round_id, wid, msg.c_pk, msg.s_pk, msg.b_commit))
         if any(msg.c_pk in k or msg.s_pk in k for k in self._keys.values()) or msg.c_pk == msg.s_pk:
             raise ProtocolViolation("advertised keys repeat another worker's keys")
         x25519_shared(self._probe, msg.c_pk)  # ProtocolViolation for a low-order point
         x25519_shared(self._probe, msg.s_pk)
         self._keys[wid] = (msg.c_pk, msg.s_pk)
+        self._commits[wid] = msg.b_commit
         self._sigs[wid] = msg.signature
 
     def _on_share_keys(self, wid: str, msg: ShareKeys) -> None:
@@ -128,6 +152,10 @@ class SecAggBroker:
             self._sum = np.zeros(self.params.vector_length, dtype=np.uint32)
         np.add(self._sum, msg.masked, out=self._sum)  # uint32 arithmetic wraps mod 2^32, as the protocol needs
         self._masked[wid] = msg.train_s
+
+    def _on_consistency(self, wid: str, msg: ConsistencySignature) -> None:
+        verify(self.identities[wid], msg.signature, consistency_message(self.session, tuple(sorted(self._masked))))
+        self._consistency[wid] = msg.signature
 
     def _on_unmask(self, wid: str, msg: UnmaskShares) -> None:
         peers = set(self.graph[wid]) & set(self._shares)
@@ -189,12 +217,13 @@ class SecAggBroker:
         c_pk = [self._keys[w][0] for w in self.ids]
         s_pk = [self._keys[w][1] for w in self.ids]
         ident = [self.identities[w] for w in self.ids]
-        self.session = session_id(self.round_id, self.params, self.ids, c_pk, s_pk, ident)
+        commits = [self._commits[w] for w in self.ids]
+        self.session = session_id(self.round_id, self.params, self.ids, c_pk, s_pk, ident, commits)
         self.graph = neighbours(self.ids, self.params.degree, self.session)
         if min(len(v) for v in self.graph.values()) < self.params.threshold:
             return self._abort("the neighbour graph is too small for the threshold")
         roster = Roster(self.round_id, self.ids, _rows(c_pk), _rows(s_pk), _rows(ident),
-                        _rows([self._sigs[w] for w in self.ids]))
+                        _rows([self._sigs[w] for w in self.ids]), _rows(commits))
         self.stage = "share_keys"
         self.pending = set(self.ids)
         return [(w, roster) for w in self.ids]
@@ -221,11 +250,22 @@ class SecAggBroker:
         survivors = tuple(sorted(self._masked))
         if self._too_few(len(survivors), self.params.threshold, "too few masked inputs"):
             return []
-        dropped = tuple(sorted(set(self._shares) - set(survivors)))
-        request = UnmaskRequest(self.round_id, survivors, dropped, self.session)
-        self.stage = "unmask"
+        check = ConsistencyCheck(self.round_id, survivors, self.session)
+        self.stage = "consistency"
         self.pending = set(survivors)
-        return [(w, request) for w in survivors]
+        return [(w, check) for w in survivors]
+
+    def _close_consistency(self) -> list[tuple[str, Any]]:
+        survivors = tuple(sorted(self._masked))
+        signers = tuple(sorted(self._consistency))
+        if self._too_few(len(signers), self.params.threshold, "too few consistency signatures"):
+            return []
+        dropped = tuple(sorted(set(self._shares) - set(survivors)))
+        request = UnmaskRequest(self.round_id, survivors, dropped, self.session, signers,
+                                _rows([self._consistency[w] for w in signers]).reshape(len(signers), 64))
+        self.stage = "unmask"
+        self.pending = set(signers)
+        return [(w, request) for w in signers]
 
     def _close_unmask(self) -> list[tuple[str, Any]]:
         survivors = sorted(self._masked)
@@ -243,13 +283,14 @@ class SecAggBroker:
         total = self._sum if self._sum is not None else np.zeros(self.params.vector_length, dtype=np.uint32)
         self._sum = None
         for u in survivors:
-            add_mask(total, shamir.reconstruct(b_points[u], t), -1)
+            commit = self._commits[u]
+            seed = _rebuild(f"self-mask seed of {u!r}", b_points[u], t,
+                            lambda b, u=u, commit=commit: b_commitment(self.round_id, u, b) == commit)
+            add_mask(total, seed, -1)
         s_pk_of = {w: self._keys[w][1] for w in self.ids}
         for u in dropped:
-            raw = shamir.reconstruct(s_points[u], t)
+            raw = _rebuild(f"mask key of {u!r}", s_points[u], t, lambda k, pk=s_pk_of[u]: _matches_public(k, pk))
             s_u = X25519PrivateKey.from_private_bytes(raw)
-            if public_bytes(s_u.public_key()) != s_pk_of[u]:
-                raise ReconstructionError(f"rebuilt mask key of {u!r} does not match its public key")
             for v in self.graph[u]:
                 if v in self._masked:
                     # u shared keys, so its neighbour v received u's shares and added sign(v, u) *
@@ -261,6 +302,30 @@ class SecAggBroker:
         self.result = SecAggResult(total, tuple(survivors), dict(self.dropped),
                                    {w: self._masked[w] for w in survivors})
         return []
+
+
+def _rebuild(what: str, points: list[tuple[int, int]], t: int, valid: Callable[[bytes], bool]) -> bytes:
+    """A secret from its shares, accepted only if ``valid`` (it matches its commitment or public key).
+
+    With more than ``t`` shares, subsets are tried (at most :data:`MAX_SUBSETS`) until one rebuilds a
+    secret that checks, so a holder that altered its share cannot shift the sum. Raises
+    ReconstructionError if none does (a tampered share among exactly ``t``, or too many liars).
+    """
+    if len(points) < t:
+        raise ReconstructionError(f"{what}: need {t} shares, got {len(points)}")
+    for subset in itertools.islice(itertools.combinations(sorted(points), t), MAX_SUBSETS):
+        try:
+            secret = shamir.reconstruct(list(subset), t, check_extra=0)
+        except ReconstructionError:
+            continue
+        if valid(secret):
+            return secret
+    raise ReconstructionError(f"{what}: no {t} of the {len(points)} shares rebuild the committed secret "
+                              "(a share was tampered with)")
+
+
+def _matches_public(raw: bytes, public: bytes) -> bool:
+    return public_bytes(X25519PrivateKey.from_private_bytes(raw).public_key()) == public
 
 
 def _rows(values: Sequence[bytes]) -> np.ndarray:

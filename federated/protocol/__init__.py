@@ -1,5 +1,6 @@
 """Wire protocol: message kinds, framing, tensor codec, validation and limits. Pure: no sockets."""
 
+from federated.protocol.codes import ErrorCode, Stage
 from federated.protocol.codec import DTYPES, VERSION, Envelope, decode, encode
 from federated.protocol.errors import (
     BadTensor,
@@ -26,8 +27,11 @@ from federated.protocol.messages import (
 )
 from federated.protocol.secagg import (
     CIPHERTEXT_BYTES,
+    COMMIT_BYTES,
     SHARE_BYTES,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     ShareKeys,
@@ -39,14 +43,18 @@ from federated.protocol.secagg import (
 __all__ = [
     "CHUNK_BYTES",
     "CIPHERTEXT_BYTES",
+    "COMMIT_BYTES",
     "DTYPES",
     "SHARE_BYTES",
     "VERSION",
     "AdvertiseKeys",
     "BadTensor",
     "Bye",
+    "ConsistencyCheck",
+    "ConsistencySignature",
     "Envelope",
     "Error",
+    "ErrorCode",
     "Heartbeat",
     "Hello",
     "Kind",
@@ -59,6 +67,7 @@ __all__ = [
     "Roster",
     "ShareKeys",
     "Shares",
+    "Stage",
     "Task",
     "UnknownKind",
     "UnmaskRequest",

@@ -22,6 +22,8 @@ from federated.protocol.kinds import Kind
 from federated.protocol.limits import Limits
 from federated.protocol.secagg import (
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     MaskedInput,
     Roster,
     ShareKeys,
@@ -208,12 +210,14 @@ class Bye:
 
 
 Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye, AdvertiseKeys, Roster, ShareKeys, Shares,
-                MaskedInput, UnmaskRequest, UnmaskShares]
+                MaskedInput, ConsistencyCheck, ConsistencySignature, UnmaskRequest, UnmaskShares]
 _CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye,
                                                  AdvertiseKeys, Roster, ShareKeys, Shares, MaskedInput,
-                                                 UnmaskRequest, UnmaskShares)}
+                                                 ConsistencyCheck, ConsistencySignature, UnmaskRequest,
+                                                 UnmaskShares)}
 _TENSOR_KINDS = {k.value.encode() for k in (Kind.TASK, Kind.UPDATE, Kind.ADVERTISE_KEYS, Kind.ROSTER,
                                             Kind.SHARE_KEYS, Kind.SHARES, Kind.MASKED_INPUT,
+                                            Kind.CONSISTENCY_SIGNATURE, Kind.UNMASK_REQUEST,
                                             Kind.UNMASK_SHARES)}
 
 

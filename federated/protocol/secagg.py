@@ -9,7 +9,7 @@ in :mod:`federated.crypto` only ever see well-formed values.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +23,10 @@ from federated.protocol.limits import Limits
 __all__ = [
     "CIPHERTEXT_BYTES",
     "SHARE_BYTES",
+    "COMMIT_BYTES",
     "AdvertiseKeys",
+    "ConsistencyCheck",
+    "ConsistencySignature",
     "MaskedInput",
     "Roster",
     "ShareKeys",
@@ -36,6 +39,8 @@ _SESSION = re.compile(r"[0-9a-f]{64}")
 
 #: A Shamir share: one element of GF(2^521 - 1), big-endian.
 SHARE_BYTES = 66
+#: A commitment to a worker's self-mask seed: SHA-256 (see :func:`federated.crypto.params.b_commitment`).
+COMMIT_BYTES = 32
 #: AES-256-GCM of two shares: 12-byte nonce + 2 * 66 + 16-byte tag.
 CIPHERTEXT_BYTES = 12 + 2 * SHARE_BYTES + 16
 
@@ -65,25 +70,28 @@ def _u8(data: bytes | np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Worker -> broker: this round's two X25519 public keys, signed with the worker's identity key."""
+    """Worker -> broker: this round's two X25519 public keys and a commitment to its self-mask seed,
+    signed with the worker's identity key."""
 
     KIND: ClassVar[Kind] = Kind.ADVERTISE_KEYS
     worker_id: str
     round_id: int
     c_pk: bytes
     s_pk: bytes
+    b_commit: bytes
     signature: bytes
 
     def to_frames(self) -> list[bytes | memoryview]:
         return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id},
-                      {"c_pk": _u8(self.c_pk), "s_pk": _u8(self.s_pk), "signature": _u8(self.signature)})
+                      {"c_pk": _u8(self.c_pk), "s_pk": _u8(self.s_pk), "b_commit": _u8(self.b_commit),
+                       "signature": _u8(self.signature)})
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> AdvertiseKeys:
         f = Fields(env.header, env.kind, limits)
         return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"),
                    _blob(env, "c_pk", (32,)).tobytes(), _blob(env, "s_pk", (32,)).tobytes(),
-                   _blob(env, "signature", (64,)).tobytes())
+                   _blob(env, "b_commit", (COMMIT_BYTES,)).tobytes(), _blob(env, "signature", (64,)).tobytes())
 
 
 @dataclass(frozen=True)
@@ -97,11 +105,12 @@ class Roster:
     s_pk: np.ndarray  # (n, 32) uint8
     identity: np.ndarray  # (n, 32) uint8
     signature: np.ndarray  # (n, 64) uint8
+    b_commit: np.ndarray  # (n, COMMIT_BYTES) uint8
 
     def to_frames(self) -> list[bytes | memoryview]:
         return encode(self.KIND, {"round_id": self.round_id, "ids": list(self.ids)},
                       {"c_pk": self.c_pk, "s_pk": self.s_pk, "identity": self.identity,
-                       "signature": self.signature})
+                       "signature": self.signature, "b_commit": self.b_commit})
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Roster:
@@ -109,7 +118,8 @@ class Roster:
         ids = _ids(f, "ids")
         n = len(ids)
         return cls(f.int("round_id"), ids, _blob(env, "c_pk", (n, 32)), _blob(env, "s_pk", (n, 32)),
-                   _blob(env, "identity", (n, 32)), _blob(env, "signature", (n, 64)))
+                   _blob(env, "identity", (n, 32)), _blob(env, "signature", (n, 64)),
+                   _blob(env, "b_commit", (n, COMMIT_BYTES)))
 
 
 @dataclass(frozen=True)
@@ -181,26 +191,74 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class ConsistencyCheck:
+    """Broker -> survivors: the survivor set (who sent a masked input) of the session, to sign. A worker
+    signs one set per round, so a broker cannot show different workers different sets and still collect
+    enough signatures for both (the ConsistencyCheck round of Bonawitz et al. 2017, §4)."""
+
+    KIND: ClassVar[Kind] = Kind.CONSISTENCY_CHECK
+    round_id: int
+    survivors: tuple[str, ...]
+    session: bytes
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"round_id": self.round_id, "survivors": list(self.survivors),
+                                  "session": self.session.hex()})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> ConsistencyCheck:
+        f = Fields(env.header, env.kind, limits)
+        session = f.str("session", _SESSION)
+        return cls(f.int("round_id"), _ids(f, "survivors"), bytes.fromhex(session))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature:
+    """Survivor -> broker: its Ed25519 signature over the session and the survivor set it was told."""
+
+    KIND: ClassVar[Kind] = Kind.CONSISTENCY_SIGNATURE
+    worker_id: str
+    round_id: int
+    signature: bytes
+
+    def to_frames(self) -> list[bytes | memoryview]:
+        return encode(self.KIND, {"worker_id": self.worker_id, "round_id": self.round_id},
+                      {"signature": _u8(self.signature)})
+
+    @classmethod
+    def from_envelope(cls, env: Envelope, limits: Limits) -> ConsistencySignature:
+        f = Fields(env.header, env.kind, limits)
+        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), _blob(env, "signature", (64,)).tobytes())
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
     """Broker -> survivors: who survived (reveal their self-mask shares) and who dropped (reveal their
-    mask-key shares), for the session (32-byte id) the worker computed. A worker refuses a request whose
-    two sets overlap or whose session is not its own."""
+    mask-key shares), for the session (32-byte id) the worker computed, with the consistency signatures
+    over the survivor set (``signers[i]`` signed ``signatures[i]``). A worker refuses a request whose two
+    sets overlap, whose session is not its own, whose survivors are not the set it signed, or that carries
+    fewer valid signatures than the threshold."""
 
     KIND: ClassVar[Kind] = Kind.UNMASK_REQUEST
     round_id: int
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
     session: bytes = b""
+    signers: tuple[str, ...] = ()
+    signatures: np.ndarray = field(default_factory=lambda: np.empty((0, 64), np.uint8))  # (len(signers), 64)
 
     def to_frames(self) -> list[bytes | memoryview]:
         return encode(self.KIND, {"round_id": self.round_id, "survivors": list(self.survivors),
-                                  "dropped": list(self.dropped), "session": self.session.hex()})
+                                  "dropped": list(self.dropped), "session": self.session.hex(),
+                                  "signers": list(self.signers)}, {"signatures": self.signatures})
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> UnmaskRequest:
         f = Fields(env.header, env.kind, limits)
         session = f.str("session", _SESSION)
-        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"), bytes.fromhex(session))
+        signers = _ids(f, "signers")
+        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"), bytes.fromhex(session),
+                   signers, _blob(env, "signatures", (len(signers), 64)))
 
 
 @dataclass(frozen=True)

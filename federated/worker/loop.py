@@ -36,6 +36,7 @@ from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import (
     Bye,
+    ConsistencyCheck,
     Error,
     Heartbeat,
     Hello,
@@ -63,7 +64,7 @@ log = logging.getLogger("federated.worker")
 #: silence after a TASK is a dead broker or a busy one: 10 MB/s, i.e. 20 s of grace for a 200 MB model.
 GRACE_BYTES_PER_S = 10e6
 
-_SECAGG_STAGES = (Roster, Shares, UnmaskRequest)
+_SECAGG_STAGES = (Roster, Shares, ConsistencyCheck, UnmaskRequest)
 
 #: ``fit(global_weights, x, y, task_config, seed) -> (update, metrics)``; metrics include loss, accuracy,
 #: train_s. Provided by :mod:`federated.worker.runner` over the MLX trainer.
@@ -420,7 +421,7 @@ class WorkerLoop:
         if sec is None or msg.round_id != sec.machine.round_id:
             log.info("%s: ignoring %s for a round this client is not in", s.data.worker_id, type(msg).__name__)
             return
-        stage = {Roster: "roster", Shares: "shares", UnmaskRequest: "unmask"}[type(msg)]
+        stage = {Roster: "roster", Shares: "shares", ConsistencyCheck: "consistency", UnmaskRequest: "unmask"}[type(msg)]
         if self._vanish(s, stage, sec.cohort_index, sec.cohort_size, msg.round_id):
             return
         log.debug("%s: %s for round %d", s.data.worker_id, type(msg).__name__, msg.round_id)
@@ -430,6 +431,8 @@ class WorkerLoop:
             elif isinstance(msg, Shares):
                 sec.machine.on_shares(msg)
                 self._send_masked(s)
+            elif isinstance(msg, ConsistencyCheck):
+                self._send(s, sec.machine.on_consistency(msg).to_frames())
             else:
                 self._send(s, sec.machine.on_unmask(msg).to_frames())
                 s.secure = None

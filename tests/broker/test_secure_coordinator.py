@@ -14,7 +14,18 @@ from federated.config import BrokerConfig, FederatedConfig, SecureConfig
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_worker import SecAggWorker
-from federated.protocol import Bye, Error, Hello, Roster, Shares, Task, UnmaskRequest, Update, decode_message
+from federated.protocol import (
+    Bye,
+    ConsistencyCheck,
+    Error,
+    Hello,
+    Roster,
+    Shares,
+    Task,
+    UnmaskRequest,
+    Update,
+    decode_message,
+)
 from federated.worker.secure import encode_input
 
 WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 2), np.float32)}
@@ -40,7 +51,7 @@ class FakeWorker:
                 indices = shared_indices(size, plan.fraction, msg.config["compression_seed"])
             self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params, indices)
             return self.machine.advertise()
-        if not isinstance(msg, (Roster, Shares, UnmaskRequest)):
+        if not isinstance(msg, (Roster, Shares, ConsistencyCheck, UnmaskRequest)):
             return None  # WELCOME, HEARTBEAT, BYE
         assert self.machine is not None and self.encoded is not None
         if isinstance(msg, Roster):
@@ -48,6 +59,8 @@ class FakeWorker:
         if isinstance(msg, Shares):
             self.machine.on_shares(msg)
             return self.machine.masked_input(self.encoded, 0.01)
+        if isinstance(msg, ConsistencyCheck):
+            return self.machine.on_consistency(msg)
         if isinstance(msg, UnmaskRequest):
             return self.machine.on_unmask(msg)
         return None
