@@ -226,6 +226,11 @@ class Coordinator:
                 log.info("ignoring %s from a connection that never said HELLO", type(msg).__name__)
                 return []
             return self._refuse(route, "unknown_worker", "unknown connection: send HELLO first")
+        if enrolled is not None and enrolled.worker_id != wid:
+            # The routing id is the peer's to choose, so the connection does not say who speaks: the key
+            # it authenticated with must be the one enrolled for the worker this connection is bound to.
+            return self._refuse(route, "wrong_worker", f"this key is enrolled as {enrolled.worker_id!r}, "
+                                                       f"not {wid!r}")
         claimed = getattr(msg, "worker_id", wid)
         if claimed and claimed != wid:
             return self._refuse(route, "wrong_worker", f"worker_id {claimed!r} does not match this connection")
