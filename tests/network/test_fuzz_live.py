@@ -1,5 +1,10 @@
-"""Malformed messages thrown at a live broker over TCP: each is refused with an ERROR (or dropped with a
-log line), the broker's state does not move, and an honest round still completes afterwards."""
+"""Malformed messages thrown at a live broker over TCP: each is refused with the ERROR code its fault calls
+for, the broker's state does not move, and an honest round still completes afterwards.
+
+The fuzzing connection says HELLO first and holds a TASK of the open round, as a selected worker does, so
+its messages reach every check a worker's message meets (decoding, tensor dtype, NaN, shape against the
+model, round and stage), not only the door a stranger is turned away at. Every test starts its own broker.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,7 +24,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import Proc, free_port
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federated.broker.coordinator import Coordinator
@@ -30,6 +37,8 @@ from federated.protocol import (
     Heartbeat,
     Hello,
     Kind,
+    MaskedInput,
+    ProtocolError,
     Task,
     Update,
     Welcome,
@@ -40,33 +49,69 @@ from federated.worker.runner import model_config
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
+#: The fuzzing worker's id, and a second worker's that only makes up the round's cohort.
+FUZZ_ID, BYSTANDER_ID = "w0", "w1"
+#: The live broker's model: a small MLP on 8x8 digits.
+MODEL = build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0)
+#: The codes the decoder sends (``federated.protocol.errors``) for bytes that do not decode.
+DECODE_CODES = frozenset({"malformed", "version", "unknown_kind", "limit", "bad_tensor"})
+#: The codes the coordinator sends for a worker's well-formed message that does not fit.
+COORDINATOR_CODES = frozenset({"wrong_worker", "wrong_stage", "bad_tensor", "wrong_direction"})
+
+
+def _frames(msg: object) -> list[bytes]:
+    return [bytes(f) for f in msg.to_frames()]  # type: ignore[attr-defined]
+
 
 def _valid_update(round_id: int = 1) -> list[bytes]:
-    return [bytes(f) for f in Update("w0", round_id, "train", 10, {"loss": 1.0},
-                                     {"layers.0.weight": np.zeros((2, 2), np.float32)}).to_frames()]
+    """Well-formed, but never acceptable: one made-up tensor, not the model's four."""
+    return _frames(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0},
+                          {"layers.0.weight": np.zeros((2, 2), np.float32)}))
 
 
-def _mutations() -> st.SearchStrategy[list[bytes]]:
-    valid = _valid_update()
-    header = json.loads(valid[2])
-    random_frames = st.lists(st.binary(max_size=300), min_size=1, max_size=6)
-    wrong_version = st.binary(max_size=8).filter(lambda b: b != b"FL1").map(lambda v: [v, *valid[1:]])
-    oversized = st.integers(65 * 1024, 120 * 1024).map(
-        lambda n: [b"FL1", b"HEARTBEAT", json.dumps({"worker_id": "x", "pad": "a" * n}).encode()])
-    bad_dtype = st.sampled_from(["float64", "complex64", "object", "", "U8"]).map(
-        lambda d: [valid[0], valid[1], json.dumps({**header, "tensors": [{**header["tensors"][0], "dtype": d}]}).encode(),
-                   valid[3]])
-    size_mismatch = st.integers(0, 15).map(lambda n: [*valid[:3], valid[3][:n]])
-    non_finite = st.sampled_from([np.nan, np.inf, -np.inf]).map(
-        lambda v: [bytes(f) for f in Update("w0", 1, "train", 10, {},
-                                            {"layers.0.weight": np.full((2, 2), v, np.float32)}).to_frames()])
-    wrong_round = st.integers(-5, 10**6).map(lambda r: _valid_update(r))
-    wrong_kind = st.sampled_from([Kind.TASK, Kind.WELCOME, Kind.ROSTER, Kind.MASKED_INPUT]).map(
-        lambda k: [bytes(f) for f in encode(k, {"round_id": 1})])
-    flipped = st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(1, 255)).map(
-        lambda t: [bytes(b if i != t[0] else _flip(b, t[1], t[2])) for i, b in enumerate(valid)])
-    return st.one_of(random_frames, wrong_version, oversized, bad_dtype, size_mismatch, non_finite,
-                     wrong_round, wrong_kind, flipped)
+def _model_update(round_id: int, tensors: dict[str, np.ndarray]) -> list[bytes]:
+    return _frames(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0}, tensors))
+
+
+def _decoder_code(frames: list[bytes]) -> str:
+    """The code the decoder itself gives ``frames`` (they must not decode)."""
+    try:
+        decode_message(frames)
+    except ProtocolError as exc:
+        assert exc.code in DECODE_CODES, exc
+        return exc.code
+    raise AssertionError("these frames decode")
+
+
+def _flipped_code(frames: list[bytes]) -> frozenset[str]:
+    """A bit flip may break decoding (then the decoder's code) or leave a message that decodes but
+    does not fit (then one of the coordinator's)."""
+    try:
+        return frozenset({_decoder_code(frames)})
+    except AssertionError:
+        return COORDINATOR_CODES
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fuzz message: its category, its frames, and the ERROR codes it may be answered with."""
+
+    category: str
+    frames: list[bytes] = field(repr=False)
+    codes: frozenset[str]
+
+    def __repr__(self) -> str:  # the frames can be 100 kB: their lengths and first bytes are enough
+        shown = [f[:24] for f in self.frames]
+        sizes = [len(f) for f in self.frames]
+        return f"Case({self.category!r}, frames={shown} ({sizes} bytes), {set(self.codes)})"
+
+
+def _case(category: str, expected: str | Callable[[list[bytes]], str | frozenset[str]]
+          ) -> Callable[[list[bytes]], Case]:
+    def make(frames: list[bytes]) -> Case:
+        codes = expected if isinstance(expected, str) else expected(frames)
+        return Case(category, frames, frozenset({codes}) if isinstance(codes, str) else codes)
+    return make
 
 
 def _flip(frame: bytes, pos: int, xor: int) -> bytes:
@@ -76,26 +121,109 @@ def _flip(frame: bytes, pos: int, xor: int) -> bytes:
     return frame[:pos] + bytes([frame[pos] ^ xor]) + frame[pos + 1:]
 
 
+def _mutations(round_id: int) -> st.SearchStrategy[Case]:
+    """Mutations by category, for a worker that said HELLO and holds round ``round_id``'s TASK."""
+    valid = _valid_update(round_id)
+    header = json.loads(valid[2])
+    good = {n: np.zeros(w.shape, np.float32) for n, w in get_weights(MODEL).items()}
+    first = "layers.0.weight"
+    random_frames = st.lists(st.binary(max_size=300), min_size=1, max_size=6).filter(
+        lambda f: len(f) < 3 or f[0] != b"FL1")  # never a message that decodes: the decoder's code
+    wrong_version = st.binary(max_size=8).filter(lambda b: b != b"FL1").map(lambda v: [v, *valid[1:]])
+    oversized = st.integers(65 * 1024, 120 * 1024).map(
+        lambda n: [b"FL1", b"HEARTBEAT", json.dumps({"worker_id": FUZZ_ID, "pad": "a" * n}).encode()])
+    def with_dtype(dtype: str) -> list[bytes]:  # the header says ``dtype``; the bytes are float32's
+        tensors = [{**header["tensors"][0], "dtype": dtype}]
+        return [valid[0], valid[1], json.dumps({**header, "tensors": tensors}).encode(), valid[3]]
+
+    bad_dtype = st.sampled_from(["float64", "complex64", "object", "", "U8"]).map(with_dtype)
+    size_mismatch = st.integers(0, 15).map(lambda n: [*valid[:3], valid[3][:n]])
+    non_finite = st.tuples(st.sampled_from([np.nan, np.inf, -np.inf]), st.sampled_from(sorted(good))).map(
+        lambda t: _model_update(round_id, {**good, t[1]: np.full(good[t[1]].shape, t[0], np.float32)}))
+    # The model's own tensor names and float32, but one of them the wrong shape, or one missing or extra.
+    wrong_shape = st.sampled_from([
+        {**good, first: good[first].T[:, :32].copy()},
+        {**good, first: good[first].reshape(-1)},
+        {n: w for n, w in good.items() if n != first},
+        {**good, "layers.9.weight": np.zeros(2, np.float32)},
+    ]).map(lambda t: _model_update(round_id, t))
+    # The model's names and shapes in a dtype other than float32.
+    wrong_dtype = st.sampled_from([np.float16, np.int32, np.uint8]).map(
+        lambda d: _model_update(round_id, {n: w.astype(d) for n, w in good.items()}))
+    # What would be accepted, but for another round (a replay, or one not yet started) or another stage;
+    # a negative round is no round at all, refused by the decoder.
+    wrong_round = st.integers(0, 10**6).filter(lambda r: r != round_id).map(lambda r: _model_update(r, good))
+    negative_round = st.integers(-5, -1).map(lambda r: _model_update(r, good))
+    wrong_stage = st.sampled_from(["unmask", "eval", "aggregate"]).map(
+        lambda stage: _frames(Update(FUZZ_ID, round_id, stage, 10, {}, good)))
+    foreign_id = st.sampled_from([BYSTANDER_ID, "someone_else"]).map(
+        lambda wid: _frames(Update(wid, round_id, "train", 10, {}, good)))
+    headless_kind = st.sampled_from([Kind.TASK, Kind.WELCOME, Kind.ROSTER, Kind.MASKED_INPUT]).map(
+        lambda k: [bytes(f) for f in encode(k, {"round_id": round_id})])  # required fields missing
+    broker_kind = st.sampled_from([
+        Welcome(FUZZ_ID, 0.2, 2.0),
+        Task(round_id, "train", {}, good, 0, 2, 60.0),
+    ]).map(_frames)
+    secagg_in_plain_round = st.just(_frames(MaskedInput(FUZZ_ID, round_id, np.zeros(4, np.uint32), 0.0)))
+    flipped = st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(1, 255)).map(
+        lambda t: [bytes(b if i != t[0] else _flip(b, t[1], t[2])) for i, b in enumerate(valid)])
+    return st.one_of(
+        random_frames.map(_case("random_frames", _decoder_code)),
+        wrong_version.map(_case("wrong_version", "version")),
+        oversized.map(_case("oversized", "limit")),
+        bad_dtype.map(_case("bad_dtype", "bad_tensor")),
+        size_mismatch.map(_case("size_mismatch", "bad_tensor")),
+        non_finite.map(_case("non_finite", "bad_tensor")),
+        wrong_shape.map(_case("wrong_shape", "bad_tensor")),
+        wrong_dtype.map(_case("wrong_dtype", "bad_tensor")),
+        wrong_round.map(_case("wrong_round", "wrong_stage")),
+        negative_round.map(_case("negative_round", "malformed")),
+        wrong_stage.map(_case("wrong_stage", "wrong_stage")),
+        foreign_id.map(_case("foreign_id", "wrong_worker")),
+        headless_kind.map(_case("headless_kind", "malformed")),
+        broker_kind.map(_case("broker_kind", "wrong_direction")),
+        secagg_in_plain_round.map(_case("secagg_in_plain_round", "wrong_stage")),
+        flipped.map(_case("flipped", _flipped_code)),
+    )
+
+
+#: Every category ``_mutations`` draws from.
+CATEGORIES = ("random_frames", "wrong_version", "oversized", "bad_dtype", "size_mismatch", "non_finite",
+              "wrong_shape", "wrong_dtype", "wrong_round", "negative_round", "wrong_stage", "foreign_id",
+              "headless_kind", "broker_kind", "secagg_in_plain_round", "flipped")
+
+
 class LiveBroker:
-    def __init__(self, tmp: Path) -> None:
+    """A broker loop on 127.0.0.1 in a thread, for two workers, one round of the MLP."""
+
+    def __init__(self, tmp: Path, *, heartbeat_timeout_s: float = 2.0, round_timeout_s: float = 60.0) -> None:
         self.port = free_port()
-        model = build_model("mlp", input_shape=(8, 8, 1), num_classes=10, seed=0)
         config = FederatedConfig(
             num_clients=2, clients_per_round=2, min_clients=2, num_rounds=1,
             training=TrainingConfig(local_epochs=1),
             broker=BrokerConfig(bind=f"tcp://127.0.0.1:{self.port}", store=str(tmp / "s.db"),
-                                heartbeat_interval_s=0.2, heartbeat_timeout_s=2.0, start_timeout_s=60.0))
-        self.coordinator = Coordinator(config, get_weights(model),
+                                heartbeat_interval_s=0.2, heartbeat_timeout_s=heartbeat_timeout_s,
+                                start_timeout_s=60.0, round_timeout_s=round_timeout_s))
+        self.coordinator = Coordinator(config, get_weights(MODEL),
                                        task_config={"model": model_config("mlp", (8, 8, 1), 10)})
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.loop = BrokerLoop(self.coordinator, config.broker.bind, context=self.context)
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
         self.thread.start()
 
+    def dealer(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{self.port}")
+        return sock
+
     def snapshot(self) -> tuple[object, ...]:
         c = self.coordinator
         digest = hashlib.sha256(b"".join(w.tobytes() for w in c.weights.values())).hexdigest()
-        return (digest, c.round, c.next_round_id, c.completed, tuple(c.registry.live_ids()), c.done)
+        rnd = c.round
+        progress = (None if rnd is None
+                    else (rnd.round_id, tuple(sorted(rnd.pending)), tuple(sorted(rnd.updates))))
+        return (digest, progress, c.next_round_id, c.completed, tuple(c.registry.live_ids()), c.done)
 
     def close(self) -> None:
         self.loop.stop()
@@ -103,63 +231,79 @@ class LiveBroker:
         self.context.term()
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveBroker]:
-    broker = LiveBroker(tmp_path_factory.mktemp("fuzz"))
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveBroker]:
+    """A fresh broker for each test (none depends on what another did to its broker)."""
+    # Long timeouts: the fuzzing worker sends no heartbeats and its round must stay open however long the
+    # fuzzing takes. (The honest workers heartbeat, and their round ends when they answer.)
+    broker = LiveBroker(tmp_path, heartbeat_timeout_s=600.0, round_timeout_s=600.0)
     yield broker
     broker.close()
 
 
-@pytest.fixture(scope="module")
-def fuzzer(live: LiveBroker) -> Iterator[zmq.Socket[bytes]]:
-    sock: zmq.Socket[bytes] = live.context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{live.port}")
-    yield sock
-    sock.close()
-
-
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(frames=_mutations())
-def test_malformed_messages_are_refused_and_change_nothing(live: LiveBroker, fuzzer: zmq.Socket[bytes],
-                                                            frames: list[bytes]) -> None:
-    before = live.snapshot()
-    refused = live.coordinator.refused
-    fuzzer.send_multipart(frames)
-    # Everything from a connection that never said HELLO is refused with an ERROR, except ERROR and
-    # BYE messages, which are dropped with a log line (no reply to a reply).
+def test_malformed_messages_are_refused_with_their_code_and_change_nothing(live: LiveBroker) -> None:
+    fuzzer, bystander = live.dealer(), live.dealer()
     try:
-        kind = type(decode_message(frames)).__name__
-    except ValueError:
-        kind = "malformed"
-    assert kind != "Hello", "the strategies never produce a HELLO"
-    silent = kind in ("Error", "Bye")
-    if not silent:
-        assert fuzzer.poll(5000), "no ERROR reply within 5 s"
-        reply = decode_message(fuzzer.recv_multipart())
-        assert reply.__class__.__name__ == "Error"
-        assert live.coordinator.refused == refused + 1
-    assert live.thread.is_alive()
-    assert live.snapshot() == before
+        for sock, wid in ((fuzzer, FUZZ_ID), (bystander, BYSTANDER_ID)):
+            sock.send_multipart(Hello(wid, 10, ("train",)).to_frames())
+            _recv(sock, Welcome)
+        round_id = _recv(fuzzer, Task).round_id
+        seen: Counter[str] = Counter()
+
+        @settings(max_examples=300, deadline=None, database=None)
+        @given(case=_mutations(round_id))
+        def fuzz(case: Case) -> None:
+            before = live.snapshot()
+            refused = live.coordinator.refused
+            fuzzer.send_multipart(case.frames)
+            error = _recv(fuzzer, Error, timeout_ms=5000)
+            assert error.code in case.codes, (case.category, error)
+            assert live.coordinator.refused == refused + 1
+            assert live.thread.is_alive()
+            assert live.snapshot() == before
+            seen[case.category] += 1
+
+        fuzz()
+        # Every category reached the broker and was answered with its own code: none was turned away at
+        # the door as a stranger's ("unknown_worker"), so the deeper checks were reached.
+        assert sorted(seen) == sorted(CATEGORIES), seen
+        rnd = live.coordinator.round
+        assert rnd is not None and rnd.round_id == round_id
+        assert sorted(rnd.pending) == [FUZZ_ID, BYSTANDER_ID] and not rnd.updates
+    finally:
+        fuzzer.close()
+        bystander.close()
 
 
-def test_honest_round_completes_after_the_fuzzing(live: LiveBroker, fuzzer: zmq.Socket[bytes],
-                                                  procs: list[Proc]) -> None:
-    # A couple of replays while the honest workers join, to be sure they are harmless mid-flight too.
-    procs.append(Proc([sys.executable, "-m", "federated.cli.simworker", "--server-address",
-                       f"127.0.0.1:{live.port}", "--dataset", "digits", "--partition", "iid", "--num-shards", "2",
-                       "--shards", "0,1", "--seed", "0", "--model", "mlp"]))
-    for _ in range(20):
-        fuzzer.send_multipart(_valid_update(1))
-        fuzzer.send_multipart([bytes(f) for f in Heartbeat("w0").to_frames()])
-    live.thread.join(timeout=120)
-    assert not live.thread.is_alive(), "the broker did not finish its round"
+#: A few of the fuzz test's messages, sent before and while an honest round runs.
+JUNK = [b"", b"FL1"], [b"FL2", b"UPDATE", b"{}"], [b"FL1", b"NOPE", b"{}"], _valid_update(1)
+
+
+def test_honest_round_completes_after_the_fuzzing(tmp_path: Path, procs: list[Proc]) -> None:
+    live = LiveBroker(tmp_path)
+    stranger = live.dealer()
+    try:
+        # Junk from a connection that never said HELLO, each refused, before the honest workers join...
+        for frames in JUNK:
+            stranger.send_multipart(frames)
+            _recv(stranger, Error)
+        procs.append(Proc([sys.executable, "-m", "federated.cli.simworker", "--server-address",
+                           f"127.0.0.1:{live.port}", "--dataset", "digits", "--partition", "iid",
+                           "--num-shards", "2", "--shards", "0,1", "--seed", "0", "--model", "mlp"]))
+        # ... and replays while they join, to be sure they are harmless mid-flight too.
+        for _ in range(20):
+            stranger.send_multipart(_valid_update(1))
+            stranger.send_multipart([bytes(f) for f in Heartbeat(FUZZ_ID).to_frames()])
+        live.thread.join(timeout=120)
+        assert not live.thread.is_alive(), "the broker did not finish its round"
+    finally:
+        stranger.close()
+        live.close()
     c = live.coordinator
     assert c.completed == 1 and not c.failed
     (record,) = c.history
     assert record.status == "complete" and sorted(record.survivors) == ["client_0", "client_1"]
     assert procs[-1].wait(30) == 0
-
 
 
 M = TypeVar("M")
