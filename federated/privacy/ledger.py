@@ -18,8 +18,10 @@ No amplification is claimed that the system does not provide:
   Theorem 1 the pair is a Gaussian mechanism with noise multiplier ``sigma``, which is what is charged.
 - ``distributed`` mode: each worker adds a Skellam share (``Poisson(mu) - Poisson(mu)`` per coordinate, in
   the fixed-point domain at scale ``2^frac_bits``) to its clipped, encoded update before masking, with
-  ``mu`` sized so that the ``min_clients`` guaranteed survivors' shares alone reach std
-  ``sigma * clip * scale`` (dropouts only add noise margin, never remove the accounted noise). A round is
+  ``mu`` sized so that the shares of the smallest sum the broker can have unmasked alone reach std
+  ``sigma * clip * scale`` (:func:`smallest_revealed_sum`: secure aggregation unmasks any sum of at least
+  the threshold ``t`` survivors, whatever ``min_clients`` says, so that is ``min(t, min_clients)`` over every
+  cohort size a round can start with; more survivors only add noise margin). A round is
   charged with the Skellam RDP bound of Agarwal, Kairouz and Liu (2021) (see
   :func:`~federated.privacy.skellam.skellam_rdp`) at the worst-case L1/L2 sensitivities of one worker's
   rounded encoding, composed over rounds and converted with dp-accounting's RDP-to-DP conversion; no
@@ -50,7 +52,7 @@ from federated.privacy.skellam import (
     skellam_sensitivities,
 )
 
-__all__ = ["PrivacyLedger", "dpsgd_steps"]
+__all__ = ["PrivacyLedger", "dpsgd_steps", "smallest_revealed_sum"]
 
 log = logging.getLogger("federated.privacy")
 
@@ -58,6 +60,30 @@ log = logging.getLogger("federated.privacy")
 def dpsgd_steps(epochs: int, q: float) -> int:
     """DP-SGD steps of one local fit: ``epochs * round(1/q)`` (what the trainer runs and is charged)."""
     return epochs * max(1, round(1.0 / q))
+
+
+def smallest_revealed_sum(config: FederatedConfig) -> int:
+    """The fewest workers' inputs in a sum that the broker of this run can see unmasked: what distributed
+    DP's noise must be sized for.
+
+    A secure round unmasks the sum of its survivors as soon as ``t`` (the round's Shamir threshold) of
+    them sent masked inputs, and the workers refuse fewer; ``min_clients`` is checked by the broker only
+    after it has the sum, so it protects nothing against the broker. A round starts with a cohort of
+    ``max(min_clients, 3)`` to ``clients_per_round`` workers, and ``t`` is planned per cohort
+    (:meth:`~federated.config.SecureConfig.round_params`), so this is the smallest ``t`` over those cohort
+    sizes, and never more than ``min_clients`` (sizing for ``min_clients`` when it is below ``t`` only adds
+    noise). Without secure aggregation: ``min_clients``.
+    """
+    floor = config.min_clients
+    if not config.secure.enabled:
+        return floor
+    thresholds = []
+    for cohort in range(max(config.min_clients, 3), config.clients_per_round + 1):
+        try:
+            thresholds.append(config.secure.round_params(cohort, vector_length=1).threshold)
+        except ValueError:  # a cohort size these settings cannot run (e.g. an odd degree below n - 1)
+            continue
+    return min([floor, *thresholds])
 
 
 class PrivacyLedger:
@@ -72,7 +98,8 @@ class PrivacyLedger:
         if p.mode not in ("record", "central", "distributed"):
             raise ValueError(f"no privacy ledger for mode {p.mode!r}")
         self.dim = dim
-        self.planned, self.min_survivors = config.clients_per_round, config.min_clients
+        #: Workers per round, and the fewest whose noise shares must already reach the accounted noise.
+        self.planned, self.min_survivors = config.clients_per_round, smallest_revealed_sum(config)
         self.failure_prob = 1e-9 / config.num_rounds  # of a wrap, per secure sum
         self.mode: str = p.mode
         self.clip = p.clip

@@ -7,10 +7,12 @@ the sum of ``n`` shares is Skellam noise of variance ``2 n mu``. Parametrisation
 is the Poisson mean of *each side* (``Sk = Poisson(mu) - Poisson(mu)``, variance ``2 mu``).
 
 Dropouts: if workers vanish after their shares were planned, the sum carries less noise. Plans are
-therefore made for the guaranteed minimum number of survivors (the round's ``min_clients``):
-:func:`plan_skellam` gives the per-worker ``mu`` such that any ``min_survivors`` shares already reach the
-target variance; the accountant uses that guaranteed noise, the wrap check the largest (all ``planned``
-workers report).
+therefore made for the fewest inputs a sum the broker can see may hold: secure aggregation unmasks any
+sum of at least the threshold ``t`` survivors (whatever ``min_clients`` says), so that is the smallest
+``t`` a round can have, capped at ``min_clients``
+(:func:`federated.privacy.ledger.smallest_revealed_sum`). :func:`plan_skellam` gives the per-worker
+``mu`` such that any ``min_survivors`` shares already reach the target variance; the accountant uses that
+guaranteed noise, the wrap check the largest (all ``planned`` workers report).
 
 Accounting: :func:`skellam_rdp` is the RDP bound of the multi-dimensional Skellam mechanism of Agarwal,
 Kairouz and Liu, "The Skellam Mechanism for Differentially Private Federated Learning" (NeurIPS 2021,

@@ -120,7 +120,7 @@ def test_distributed_dp_sum_with_large_data_coordinates_is_refused() -> None:
         mu = coordinator_mu(params)
         allowed = N * params.clip * 2**params.frac_bits + math.sqrt(DIM) * N + noise_norm_bound(N * mu, DIM, NOISE_TAIL)
         shift = math.ceil(2 * allowed / math.sqrt(DIM))
-        assert shift < 2**29  # the sum stays far from wrapping: this is a plain lie, not an overflow
+        assert shift + allowed < 2**31  # the sum cannot wrap: this is a plain lie, not an overflow
         signed = vector.view(np.int32).astype(np.int64)
         signed[:DIM] += shift
         return signed.astype(np.uint32)
