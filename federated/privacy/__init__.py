@@ -6,7 +6,8 @@ One module per concept:
   ``dp-accounting`` (RDP and PLD) for Poisson-subsampled Gaussian releases
 - ``budget``: :class:`PrivacyBudgetTracker`, what a run has spent and whether the next round may start
 - ``clipping``: user-level ``clip_update`` and :class:`AdaptiveClipper` (Andrew et al. 2021)
-- ``noise``: Gaussian noise for NumPy trees, Skellam shares, ``noise_rng`` (OS-seeded)
+- ``noise``: Gaussian noise for NumPy trees, Skellam shares (exact Poisson draws at any mean),
+  ``noise_rng`` (OS-seeded)
 - ``skellam``: distributed DP with Skellam noise: dropout-safe plans, sensitivity, RDP, wrap headroom,
   the noise's norm tail (the broker's bound on a noised sum)
 - ``manager``: the seed README's :class:`DifferentialPrivacyManager` façade
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
         update_noise_multiplier,
     )
     from federated.privacy.manager import DifferentialPrivacyManager
-    from federated.privacy.noise import gaussian_noise_like, noise_rng, skellam_share
+    from federated.privacy.noise import POISSON_EXACT_MAX, gaussian_noise_like, noise_rng, skellam_share
     from federated.privacy.skellam import (
         SKELLAM_ORDERS,
         SkellamPlan,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCOUNTANTS",
+    "POISSON_EXACT_MAX",
     "SKELLAM_ORDERS",
     "AdaptiveClipper",
     "DifferentialPrivacyManager",
@@ -93,6 +95,7 @@ _HOME = {
     "global_norm": "clipping",
     "update_noise_multiplier": "clipping",
     "DifferentialPrivacyManager": "manager",
+    "POISSON_EXACT_MAX": "noise",
     "gaussian_noise_like": "noise",
     "noise_rng": "noise",
     "skellam_share": "noise",

@@ -26,8 +26,16 @@ No amplification is claimed that the system does not provide:
   :func:`~federated.privacy.skellam.skellam_rdp`) at the worst-case L1/L2 sensitivities of one worker's
   rounded encoding, composed over rounds and converted with dp-accounting's RDP-to-DP conversion; no
   amplification. ``frac_bits`` is the largest whose sum, noise tail included, cannot wrap mod 2^32 except
-  with probability 1e-9 over the whole run. What this protects: the content of one worker's update
-  (replaced by anything of norm <= clip); the broker still sees who took part.
+  with probability 1e-9 over the whole run, and whose per-worker ``mu`` is at most
+  :data:`~federated.privacy.noise.POISSON_EXACT_MAX` (1e10), so that each side of a share is one exact
+  Poisson draw (at the largest scale ``mu`` reaches ~1e14, where NumPy's sampler is no longer Poisson;
+  ``skellam_share`` splits such a mean, but at a cost of ``mu / 1e10`` passes). The coarser scale costs
+  little: it enters the sensitivity only through the rounding term ``sqrt(dim)`` next to ``clip * 2^f``
+  (``sigma * clip * 2^f`` stays above ~1.4e5, so a few parts in 10^4 at dim 4,810). Adjacency is
+  zero-out (add or remove one worker's update: the sensitivities are one encoding's, not a difference of
+  two; replace-one would double both), and the cohort and the survivor count are public (the broker
+  knows who took part). What this protects: the content of one worker's update (any update of norm
+  <= clip, against none); the broker still sees who took part.
 
 Epsilons are computed for the configured delta by :class:`~federated.privacy.accountant.PrivacyAccountant`
 (dp-accounting), or for ``distributed`` by the Skellam bound; the budget is ``privacy_budget`` at that delta.
@@ -45,6 +53,7 @@ from federated.crypto.errors import ParameterError
 from federated.crypto.fixedpoint import MAX_FRAC_BITS
 from federated.privacy.accountant import PrivacyAccountant, calibrate_sigma
 from federated.privacy.clipping import AdaptiveClipper, update_noise_multiplier
+from federated.privacy.noise import POISSON_EXACT_MAX
 from federated.privacy.skellam import (
     check_no_wrap_with_noise,
     plan_skellam,
@@ -150,8 +159,12 @@ class PrivacyLedger:
 
     def _skellam_frac_bits(self, sigma: float) -> int:
         """The largest fixed-point scale whose sum of ``planned`` clipped updates plus all their noise
-        cannot wrap (except with ``failure_prob``). Raises ValueError if none can."""
+        cannot wrap (except with ``failure_prob``) and whose per-worker ``mu`` is one exact Poisson draw
+        (at most ``POISSON_EXACT_MAX``; at scale 2^0 any ``mu`` is taken, and split by the sampler).
+        Raises ValueError if none can."""
         for frac_bits in range(MAX_FRAC_BITS, -1, -1):
+            if frac_bits > 0 and self._plan(sigma, frac_bits).mu_per_worker > POISSON_EXACT_MAX:
+                continue
             try:
                 check_no_wrap_with_noise(self.planned, self.clip, 1, frac_bits, self._plan(sigma, frac_bits).mu_max,
                                          self.dim, self.failure_prob)
