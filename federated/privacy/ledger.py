@@ -31,11 +31,18 @@ No amplification is claimed that the system does not provide:
   Poisson draw (at the largest scale ``mu`` reaches ~1e14, where NumPy's sampler is no longer Poisson;
   ``skellam_share`` splits such a mean, but at a cost of ``mu / 1e10`` passes). The coarser scale costs
   little: it enters the sensitivity only through the rounding term ``sqrt(dim)`` next to ``clip * 2^f``
-  (``sigma * clip * 2^f`` stays above ~1.4e5, so a few parts in 10^4 at dim 4,810). Adjacency is
-  zero-out (add or remove one worker's update: the sensitivities are one encoding's, not a difference of
-  two; replace-one would double both), and the cohort and the survivor count are public (the broker
-  knows who took part). What this protects: the content of one worker's update (any update of norm
-  <= clip, against none); the broker still sees who took part.
+  (``sigma * clip * 2^f`` stays above ~1.4e5, so a few parts in 10^4 at dim 4,810). What this protects:
+  the content of one worker's update; the broker still sees who took part.
+
+Adjacency, said plainly. ``record``: add or remove one training example of one worker (dp-accounting's
+Poisson-subsampled Gaussian). ``central``: add or remove one worker's update (the mean is divided by the
+planned cohort size, so the count does not enter the release). ``distributed``: zero-out, i.e. one worker's
+update against the zero update, the worker taking part either way: the charged sensitivities are those of
+one encoding, and the weight coordinate (1 for every worker, not noised) is the same on both sides, so it
+needs no noise. For replace-one adjacency (one worker's update swapped for another) double both
+sensitivities. In every mode the sample counts are treated as public: workers announce them in HELLO, the
+broker records the cohort and its size, and epsilon covers the contents of the data, not how much of it
+there is.
 
 Epsilons are computed for the configured delta by :class:`~federated.privacy.accountant.PrivacyAccountant`
 (dp-accounting), or for ``distributed`` by the Skellam bound; the budget is ``privacy_budget`` at that delta.

@@ -22,11 +22,18 @@ stated for noise of variance ``v`` per coordinate (``v = 2 mu`` here) and intege
     eps(alpha) <= alpha D2^2 / (2 v) + min( ((2 alpha - 1) D2^2 + 6 D1) / (4 v^2),  3 D1 / (2 v) )
 
 i.e. with ``v = 2 mu``: ``alpha D2^2 / (4 mu) + min(((2 alpha - 1) D2^2 + 6 D1) / (16 mu^2), 3 D1 / (4 mu))``,
-where ``D1``, ``D2`` are the L1 and L2 sensitivities of the *integer* sum (add or remove one worker).
+where ``D1``, ``D2`` are the L1 and L2 sensitivities of the *integer* sum.
 The first term is the Gaussian mechanism's RDP at the same variance; the second is the price of
 discreteness and vanishes as ``mu`` grows. Rounds compose by adding RDP; (epsilon, delta) comes from
 ``dp_accounting``'s RDP conversion over integer orders. No amplification by sampling is claimed for
 distributed DP (the cohort's selection is not hidden from the broker), so every round counts in full.
+
+Adjacency: zero-out. Neighbouring rounds differ in one worker's clipped update being replaced by the zero
+update, the worker still taking part with weight 1; :func:`skellam_sensitivities` is the sensitivity of
+one encoding against that, and the weight coordinate, the same on both sides, carries no noise. For
+replace-one adjacency (one update swapped for any other) both ``D1`` and ``D2`` double. Who took part, and
+so the summed weight (the number of survivors), is public, as are the workers' sample counts (announced
+in HELLO; they do not enter the sum, every weight being 1).
 """
 
 from __future__ import annotations
