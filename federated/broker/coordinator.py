@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -162,6 +163,8 @@ class Coordinator:
         #: Differential privacy: the accountant and budget (None without DP). Calibrates sigma if asked.
         self.privacy = PrivacyLedger(config, self.num_params) if config.privacy.mode != "none" else None
         self.next_round_id = first_round
+        #: This run's id, random and kept across a resume: workers key their round ledger with it.
+        self.run_id = secrets.token_hex(16)
         self.completed = completed_rounds
         self.consecutive_failures = 0
         self.round: _Round | None = None
@@ -476,6 +479,11 @@ class Coordinator:
         self._waiting_since = None
         rid = self.next_round_id
         self.next_round_id += 1
+        if self.store is not None:
+            # Burn the id before any TASK leaves: a broker restarted mid-round resumes with the next id,
+            # never re-running this one (a worker refuses a round it already contributed to, and two runs
+            # of one round under different survivor sets would let the sums be subtracted).
+            self.store.set_meta("started_round", rid)
         rnd = _Round(rid, time.time(), now, now + cfg.broker.round_timeout_s, cohort, set(cohort))
         train = cfg.training.to_task_config()
         task_extra: dict[str, Any] = {}
@@ -487,7 +495,7 @@ class Coordinator:
                 task_extra = {"privacy": {"skellam_mu": self.privacy.skellam_mu}}
             if self.store is not None:
                 self.store.set_meta("privacy", self.privacy.to_dict())
-        task_config = {**self.task_config, "train": train, "seed": cfg.seed, **task_extra}
+        task_config = {**self.task_config, "train": train, "seed": cfg.seed, "run_id": self.run_id, **task_extra}
         if cfg.compression != "none":
             task_config.update(compression=cfg.compression, compression_seed=compression_seed(cfg.seed, rid))
         params_of: dict[str, Any] = {}
@@ -800,6 +808,7 @@ class Coordinator:
             "consecutive_failures": 0 if status == "complete" else self.consecutive_failures + 1,
             "rng": [version, list(internal), gauss],
             "selector": self.selector.state_dict(),
+            "run_id": self.run_id,
             "clipper": None if self.privacy is None or self.privacy.clipper is None else self.privacy.clipper.to_dict(),
         }
 
@@ -817,8 +826,12 @@ class Coordinator:
             self.next_round_id = int(resume["next_round"])
             self.completed = int(resume["completed"])
             self.consecutive_failures = int(resume["consecutive_failures"])
+            self.run_id = str(resume.get("run_id", self.run_id))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"resume state is malformed: {exc!r}") from exc
+        started = self.store.get_meta("started_round") if self.store is not None else None
+        if isinstance(started, int) and not isinstance(started, bool) and started >= self.next_round_id:
+            self.next_round_id = started + 1  # that round was under way when the broker stopped: burnt
         if self.privacy is not None and self.privacy.clipper is not None and resume.get("clipper") is not None:
             self.privacy.clipper = AdaptiveClipper.from_dict(resume["clipper"])
         prefix = "server_optimizer/"

@@ -25,6 +25,7 @@ import yaml
 from federated.cli.exit_codes import CONFIG_ERROR, OK, TRAINING_FAILED
 from federated.cli.options import build_config, emit_json, run_options, setup_logging
 from federated.config import FederatedConfig
+from federated.worker.simulation import DROPOUT_STAGES
 
 __all__ = ["simulate_command"]
 
@@ -225,7 +226,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
 @click.command("simulate")
 @click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.0, show_default=True,
               help="Fraction of each round's cohort that vanishes mid-round.")
-@click.option("--dropout-stage", type=click.Choice(["task", "roster", "shares", "unmask"]), default="task",
+@click.option("--dropout-stage", type=click.Choice(list(DROPOUT_STAGES)), default="task",
               show_default=True, help="When dropouts vanish: on the TASK, or at a secure round's later stage.")
 @click.option("--byzantine-fraction", type=click.FloatRange(0.0, 0.49), default=0.0, show_default=True,
               help="Fraction of the clients that are attackers (run in their own process).")

@@ -49,8 +49,14 @@ def main(server_address: str, dataset: str, partition: str, num_shards: int, sha
     indices = [int(s) for s in shards.split(",") if s]
     clients = load_shards(dataset, partition, num_shards, indices, seed)
     slowdown = speed_factors(num_shards, seed) if heterogeneity else None
+    # A simulation's broker is the experimenter's own process: workers derive their local randomness
+    # (training seed, secure rounding, distributed noise) from the run's seed, so a run is reproducible.
+    # Real workers (flworker) draw it from the OS: see federated.worker.randomness.
+    from federated.worker.randomness import LocalRandomness
+
+    randomness = {c.worker_id: LocalRandomness.seeded(seed, c.worker_id) for c in clients}
     sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout, dropout_stage=dropout_stage,
-                        slowdown=slowdown))
+                        slowdown=slowdown, randomness=randomness))
 
 
 if __name__ == "__main__":

@@ -40,15 +40,18 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
                dropout_rate: float = 0.0, dropout_stage: str = "task",
                slowdown: dict[str, float] | None = None, keys: dict[str, Any] | None = None,
-               broker_key: bytes | None = None, min_noise_multiplier: float = 0.0) -> int:
+               broker_key: bytes | None = None, min_noise_multiplier: float = 0.0,
+               floor: Any = None, randomness: dict[str, Any] | None = None, ledger_dir: str | None = None) -> int:
     """Serve ``clients`` against the broker until it says BYE; returns an exit code. ``keys`` and
-    ``broker_key`` turn on CurveZMQ (see :class:`~federated.worker.loop.WorkerLoop`)."""
+    ``broker_key`` turn on CurveZMQ; ``floor``, ``randomness`` and ``ledger_dir`` are the sessions' own
+    limits, local randomness and round ledger (see :class:`~federated.worker.loop.WorkerLoop`)."""
     from federated.worker.loop import WorkerLoop
     from federated.worker.runner import ModelRunner
 
     runner = ModelRunner(trusted_spec=model, min_noise_multiplier=min_noise_multiplier)
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
-                      slowdown=slowdown, keys=keys, broker_key=broker_key)
+                      slowdown=slowdown, keys=keys, broker_key=broker_key, floor=floor,
+                      min_noise=min_noise_multiplier, randomness=randomness, ledger_dir=ledger_dir)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -78,11 +81,21 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
               help="The broker's public key file (broker.key), pinned: no other broker is talked to.")
 @click.option("--dp-min-noise", type=click.FloatRange(0.0, min_open=False), default=0.0, show_default=True,
               help="Refuse to train unless the broker asks for record-level DP-SGD with at least this noise "
-                   "multiplier (0: accept any task).")
+                   "multiplier, or distributed DP giving at least this much to the smallest sum it may "
+                   "reveal (0: accept any task).")
+@click.option("--secagg-colluders", type=click.IntRange(0), default=0, show_default=True,
+              help="Colluding neighbours a secure round must withstand: refuse rounds where "
+                   "2 * threshold <= neighbours + this.")
+@click.option("--secagg-min-survivors", type=click.IntRange(0), default=0, show_default=True,
+              help="Never let a secure sum of fewer inputs than this be unmasked (at least the threshold).")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Where to keep the ledger of rounds this worker contributed to, so a restarted worker "
+                   "still refuses a replayed round (default: beside --keys; in memory without keys).")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
                    shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
-                   keys_path: str | None, broker_key: str | None, dp_min_noise: float, verbose: int) -> None:
+                   keys_path: str | None, broker_key: str | None, dp_min_noise: float, secagg_colluders: int,
+                   secagg_min_survivors: int, state_dir: str | None, verbose: int) -> None:
     """Run one worker: connect to the broker, train on local data each time it is selected."""
     setup_logging(verbose)
     try:
@@ -123,5 +136,13 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
     except DataError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
-    code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned, min_noise_multiplier=dp_min_noise)
+    from federated.crypto.floor import SafetyFloor
+
+    floor = SafetyFloor(assumed_colluders=secagg_colluders, min_survivors=secagg_min_survivors)
+    if state_dir is None and keys_path is not None:
+        import os
+
+        state_dir = os.path.dirname(os.path.abspath(keys_path))
+    code = run_worker(clients, server_address, model, keys=keys, broker_key=pinned, min_noise_multiplier=dp_min_noise,
+                      floor=floor, ledger_dir=state_dir)
     sys.exit(code)

@@ -1,7 +1,7 @@
 """Wire protocol: message kinds, framing, tensor codec, validation and limits. Pure: no sockets."""
 
-from federated.protocol.codes import ErrorCode, Stage
 from federated.protocol.codec import DTYPES, VERSION, Envelope, decode, encode
+from federated.protocol.codes import ErrorCode, Stage
 from federated.protocol.errors import (
     BadTensor,
     LimitExceeded,

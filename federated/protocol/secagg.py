@@ -22,8 +22,8 @@ from federated.protocol.limits import Limits
 
 __all__ = [
     "CIPHERTEXT_BYTES",
-    "SHARE_BYTES",
     "COMMIT_BYTES",
+    "SHARE_BYTES",
     "AdvertiseKeys",
     "ConsistencyCheck",
     "ConsistencySignature",

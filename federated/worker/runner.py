@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 from mlx import nn
 
+from federated.crypto.floor import SafetyFloor
 from federated.models import ModelError, build_model
+from federated.worker.payload import distributed_noise_multiplier
 from federated.worker.trainer import LocalTrainer, TrainConfig
 
 __all__ = ["BUILTIN", "ModelRunner", "model_config"]
@@ -49,7 +51,8 @@ class ModelRunner:
     will build). ``model``, if given, is used for every task whatever its description says (the Python
     API's ``FederatedClient`` brings its own model); the task's weights must then fit it exactly.
     ``min_noise_multiplier`` > 0 makes this worker refuse any TASK that does not ask for record-level
-    DP-SGD with at least that noise multiplier: a worker's own guarantee that its data is never trained on
+    DP-SGD with at least that noise multiplier, or distributed DP whose noise gives at least that noise
+    multiplier to the smallest sum secure aggregation may reveal (threshold survivors): a worker's own guarantee that its data is never trained on
     without the noise it agreed to, whatever the broker sends.
     Raises ``ValueError`` for a TASK whose model or training settings are not acceptable.
     """
@@ -94,7 +97,9 @@ class ModelRunner:
             raise ValueError("task config needs 'model' and 'train' sections")
         trainer = self.trainer(model)
         cfg = TrainConfig.from_dict(train)
-        if self.min_noise_multiplier > 0 and not (cfg.dp_enabled and cfg.dp_noise_multiplier >= self.min_noise_multiplier):
+        if self.min_noise_multiplier > 0 and not (
+                (cfg.dp_enabled and cfg.dp_noise_multiplier >= self.min_noise_multiplier)
+                or distributed_noise_multiplier(config, SafetyFloor()) >= self.min_noise_multiplier):
             raise ValueError(f"this worker trains only with DP-SGD noise multiplier >= {self.min_noise_multiplier:g}; "
                              f"the task asks for {cfg.dp_noise_multiplier if cfg.dp_enabled else 'no DP-SGD'}")
         result = trainer.fit(weights, x, y, cfg, seed=seed)

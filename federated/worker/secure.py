@@ -1,31 +1,30 @@
-"""The worker's side of a secure round: encoding its update and driving :class:`SecAggWorker`.
+"""The worker's secure input: its update, clipped and fixed-point encoded, ready to be masked.
 
-``encode_input`` runs on the training (main) thread right after local training; the protocol steps run
-on the I/O thread as the broker's stage messages arrive. Layout of the encoded vector: see
-:mod:`federated.broker.secure_round`.
+``encode_input`` runs on the training (main) thread right after local training (through
+:mod:`federated.worker.payload`); the protocol steps are :mod:`federated.worker.session`'s. Layout of the
+encoded vector: see :mod:`federated.broker.secure_round`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from federated.aggregation.vectors import flatten
 from federated.crypto.fixedpoint import encode
 from federated.crypto.params import SecAggParams
-from federated.crypto.secagg_worker import SecAggWorker
 from federated.privacy.noise import noise_rng, skellam_share
 from federated.privacy.skellam import add_share
 
-__all__ = ["SecureRound", "encode_input"]
+__all__ = ["encode_input"]
 
 
 def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping[str, float], num_samples: int,
                  params: SecAggParams, indices: np.ndarray | None = None, *,
-                 skellam_mu: float | None = None) -> np.ndarray:
+                 skellam_mu: float | None = None, rounding_seed: bytes | None = None,
+                 noise: np.random.Generator | None = None) -> np.ndarray:
     """Fixed-point encoding of this worker's contribution (uint32, ``params.vector_length``).
 
     ``update``: by tensor name, or already flat (in sorted tensor-name order, and already reduced to
@@ -34,9 +33,12 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     every worker), and only those of ``update`` are encoded.
 
     ``skellam_mu`` (distributed DP): add this worker's share of Skellam noise, ``Poisson(mu) - Poisson(mu)``
-    per update coordinate in the integer domain, drawn from an OS-seeded generator the broker cannot
-    predict; the weight is then 1 (a sample count would scale this worker's influence past the clip) and
+    per update coordinate in the integer domain, drawn from ``noise`` (default: an OS-seeded generator the
+    broker cannot predict); the weight is then 1 (a sample count would scale this worker's influence past the clip) and
     the loss and accuracy coordinates are 0 (un-noised, they would leak).
+
+    ``rounding_seed`` (32 bytes) keys the stochastic rounding; default ``os.urandom(32)``. Both are the
+    worker's local randomness (:class:`federated.worker.randomness.LocalRandomness`).
 
     The update is L2-clipped to ``params.clip``; the loss is capped at ``max(clip, 1)`` and the accuracy is
     in [0, 1], so every coordinate stays within the bound the wrap check assumed.
@@ -62,23 +64,10 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
                          f"{params.vector_length - 3}")
     weight = max(1, min(num_samples, params.weight_cap))
     # The update is clipped to the clip bound; loss and accuracy ride along unclipped, already within it.
-    encoded = encode(part, weight, clip=float(params.clip), frac_bits=params.frac_bits, seed=os.urandom(32),
+    encoded = encode(part, weight, clip=float(params.clip), frac_bits=params.frac_bits, seed=rounding_seed if rounding_seed is not None else os.urandom(32),
                      extra=(loss, accuracy))
     if skellam_mu is None:
         return encoded
     share = np.zeros(encoded.shape[0], dtype=np.int64)
-    share[:size] = skellam_share(size, skellam_mu, noise_rng())
+    share[:size] = skellam_share(size, skellam_mu, noise if noise is not None else noise_rng())
     return add_share(encoded, share)
-
-
-@dataclass
-class SecureRound:
-    """One session's state for a secure round: the protocol machine and, once trained, its input."""
-
-    machine: SecAggWorker
-    generation: int
-    cohort_index: int
-    cohort_size: int
-    encoded: np.ndarray | None = None
-    local_s: float = 0.0
-    sent_input: bool = field(default=False)

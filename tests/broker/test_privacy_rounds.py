@@ -119,7 +119,7 @@ def test_a_resumed_broker_continues_the_same_accountant(tmp_path: Path) -> None:
     ledger = restored.coord.privacy
     assert ledger is not None and ledger.rounds_charged == 3
     assert ledger.epsilon() == charged == pytest.approx(compute_epsilon(1.0, 2.0, 3, 1e-5), rel=1e-12)
-    assert restored.coord.next_round_id == 3  # round 3 runs again, and is charged again
+    assert restored.coord.next_round_id == 4  # round 3 is burnt, never rerun; the next round is charged anew
 
 
 def test_privacy_settings_are_validated_with_the_field_named() -> None:

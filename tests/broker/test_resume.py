@@ -70,7 +70,9 @@ def test_a_coordinator_restored_from_the_store_continues_exactly(tmp_path: Path)
 
     assert [r.status for r in live.history] == ["complete", "complete", "failed", "complete"]
     rng_state, selector_state, optimizer_state, next_round = seen[3]
-    assert (restored.next_round_id, restored.completed, restored.consecutive_failures) == (next_round, 3, 0)
+    # The live broker had already started round 5 when it "stopped": that id is burnt, never rerun.
+    assert live.round is not None and live.round.round_id == 5
+    assert (restored.next_round_id, restored.completed, restored.consecutive_failures) == (next_round + 1, 3, 0)
     assert next_round == 5
     assert restored.rng.getstate() == rng_state
     assert restored.selector.state_dict() == selector_state

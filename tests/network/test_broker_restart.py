@@ -1,4 +1,5 @@
-"""A broker killed with SIGKILL mid-round and restarted on the same store carries on where it stopped."""
+"""A broker killed with SIGKILL mid-round and restarted on the same store carries on where it stopped,
+with the next round id (the interrupted round's id is burnt)."""
 
 from __future__ import annotations
 
@@ -29,25 +30,9 @@ def _workers(port: int) -> list[Proc]:
                   "--dataset", "digits", "--shard", str(i), "--num-shards", "3", "--seed", "7"]) for i in range(3)]
 
 
-def _final(directory: Path) -> tuple[list[tuple[int, str]], dict[str, np.ndarray]]:
-    with RoundStore(directory / "store.db", readonly=True) as store:
-        return [(r.round, r.status) for r in store.list_rounds()], store.load_checkpoint(ROUNDS)
-
-
-def test_killed_broker_resumes_after_the_last_complete_round_and_ends_on_the_same_model(
+def test_killed_broker_resumes_after_the_last_complete_round_and_burns_the_interrupted_one(
         tmp_path: Path, procs: list[Proc]) -> None:
-    # The reference: the same run, never interrupted.
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    port = free_port()
-    procs.extend(_workers(port))
-    broker = _broker(reference, port)
-    procs.append(broker)
-    assert broker.wait(180) == 0
-    for w in procs[:3]:
-        assert w.wait(30) == 0
-
-    # The same run, its broker killed while round 3 is under way (rounds 1 and 2 are complete).
+    # The run, its broker killed while round 3 is under way (rounds 1 and 2 are complete).
     crashed = tmp_path / "crashed"
     crashed.mkdir()
     port = free_port()
@@ -59,6 +44,7 @@ def test_killed_broker_resumes_after_the_last_complete_round_and_ends_on_the_sam
     first.kill()
     with RoundStore(crashed / "store.db", readonly=True) as store:
         assert [r.round for r in store.list_rounds()] == [1, 2]
+        round_2 = store.load_checkpoint(2)
 
     second = _broker(crashed, port)  # same store, same port: the workers find it by themselves
     procs.append(second)
@@ -67,11 +53,17 @@ def test_killed_broker_resumes_after_the_last_complete_round_and_ends_on_the_sam
     second.wait_stderr("resuming after round 2", timeout=1)
     for w in workers:
         assert w.wait(30) == 0
-    assert [e["round"] for e in events] == list(range(3, ROUNDS + 1))  # nothing lost, nothing repeated
-
-    ref_rounds, ref_model = _final(reference)
-    rounds, model = _final(crashed)
-    assert rounds == ref_rounds == [(n, "complete") for n in range(1, ROUNDS + 1)]
-    assert model.keys() == ref_model.keys()
-    for name in model:
-        assert np.array_equal(model[name], ref_model[name]), name  # bit for bit
+    # Round 3's id is burnt (workers may have contributed to it; they never will again): the resumed
+    # broker runs rounds 4..7, so ROUNDS rounds complete in all, none lost, none repeated.
+    assert [e["round"] for e in events] == list(range(4, ROUNDS + 2))
+    with RoundStore(crashed / "store.db", readonly=True) as store:
+        assert [(r.round, r.status) for r in store.list_rounds()] == (
+            [(1, "complete"), (2, "complete")] + [(n, "complete") for n in range(4, ROUNDS + 2)])
+        kept = store.load_checkpoint(2)
+        final = store.load_checkpoint(ROUNDS + 1)
+    for name in round_2:
+        assert np.array_equal(kept[name], round_2[name]), name  # what was complete is never rewritten
+    assert final.keys() == round_2.keys()
+    # That the resumed coordinator's state (model, FedAdam moments, RNG, selection) is exactly the
+    # stored one is shown without processes in tests/broker/test_resume.py; real workers draw their
+    # training randomness from the OS, so two runs never train bit for bit alike.

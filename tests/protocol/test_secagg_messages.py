@@ -9,6 +9,8 @@ from federated.protocol import (
     CIPHERTEXT_BYTES,
     SHARE_BYTES,
     AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencySignature,
     MalformedMessage,
     MaskedInput,
     ProtocolError,
@@ -32,12 +34,15 @@ def u8(*shape: int) -> np.ndarray:
 
 def test_round_trips() -> None:
     msgs = [
-        AdvertiseKeys("a", 3, bytes(32), bytes(range(32)), bytes(64)),
-        Roster(3, ("a", "b"), u8(2, 32), u8(2, 32), u8(2, 32), u8(2, 64)),
+        AdvertiseKeys("a", 3, bytes(32), bytes(range(32)), bytes(range(32, 64)), bytes(64)),
+        Roster(3, ("a", "b"), u8(2, 32), u8(2, 32), u8(2, 32), u8(2, 64), u8(2, 32)),
         ShareKeys("a", 3, ("b", "c"), u8(2, CIPHERTEXT_BYTES)),
         Shares(3, ("b",), u8(1, CIPHERTEXT_BYTES)),
         MaskedInput("a", 3, np.arange(10, dtype=np.uint32), 0.25),
         UnmaskRequest(3, ("a", "b"), ("c",), bytes(range(32))),
+        UnmaskRequest(3, ("a", "b"), ("c",), bytes(range(32)), ("a", "b"), u8(2, 64)),
+        ConsistencyCheck(3, ("a", "b"), bytes(range(32))),
+        ConsistencySignature("a", 3, bytes(range(64))),
         UnmaskShares("a", 3, ("b",), u8(1, SHARE_BYTES), ("c", "d"), u8(2, SHARE_BYTES)),
     ]
     for msg in msgs:
@@ -54,9 +59,10 @@ def test_round_trips() -> None:
 
 @pytest.mark.parametrize("frames", [
     wire(encode(AdvertiseKeys.KIND, {"worker_id": "a", "round_id": 1},
-                {"c_pk": u8(31), "s_pk": u8(32), "signature": u8(64)})),
+                {"c_pk": u8(31), "s_pk": u8(32), "b_commit": u8(32), "signature": u8(64)})),
     wire(encode(Roster.KIND, {"round_id": 1, "ids": ["a", "b"]},
-                {"c_pk": u8(1, 32), "s_pk": u8(2, 32), "identity": u8(2, 32), "signature": u8(2, 64)})),
+                {"c_pk": u8(1, 32), "s_pk": u8(2, 32), "identity": u8(2, 32), "signature": u8(2, 64),
+                 "b_commit": u8(2, 32)})),
     wire(encode(Roster.KIND, {"round_id": 1, "ids": ["a", "a"]},
                 {"c_pk": u8(2, 32), "s_pk": u8(2, 32), "identity": u8(2, 32), "signature": u8(2, 64)})),
     wire(encode(ShareKeys.KIND, {"worker_id": "a", "round_id": 1, "recipients": ["b"]},
@@ -76,6 +82,6 @@ def test_malformed_stage_messages_are_refused(frames: list[bytes]) -> None:
 
 def test_shape_error_names_the_tensor() -> None:
     frames = wire(encode(AdvertiseKeys.KIND, {"worker_id": "a", "round_id": 1},
-                         {"c_pk": u8(32), "s_pk": u8(32), "signature": u8(63)}))
+                         {"c_pk": u8(32), "s_pk": u8(32), "b_commit": u8(32), "signature": u8(63)}))
     with pytest.raises(MalformedMessage, match="signature"):
         decode_message(frames)
