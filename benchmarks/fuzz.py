@@ -471,7 +471,8 @@ class Mutator:
         rid = r.choice([cur, safe, FAR_FUTURE])
         pick = r.randrange(4)
         if pick == 0:
-            return _b(AdvertiseKeys(wid, rid, r.randbytes(32), r.randbytes(32), r.randbytes(64)).to_frames())
+            return _b(AdvertiseKeys(wid, rid, r.randbytes(32), r.randbytes(32), r.randbytes(32),
+                                    r.randbytes(64)).to_frames())
         if pick == 1:
             return _b(ShareKeys(wid, rid, ("client_1",), np.zeros((1, CIPHERTEXT_BYTES), np.uint8)).to_frames())
         if pick == 2:
