@@ -20,11 +20,15 @@ from federated.compression import secure_plan
 from federated.compression.sparsify import shared_indices
 from federated.crypto.floor import SafetyFloor
 from federated.crypto.params import SecAggParams
+from federated.privacy.noise import POISSON_EXACT_MAX
 from federated.protocol import Task, Update
 from federated.worker.randomness import LocalRandomness
 from federated.worker.secure import encode_input
 
-__all__ = ["SecureInput", "distributed_noise_multiplier", "encode_update", "skellam_mu_of"]
+__all__ = ["MAX_SKELLAM_MU", "SecureInput", "distributed_noise_multiplier", "encode_update", "skellam_mu_of"]
+
+#: The largest per-worker Skellam mean a worker accepts: 16 exact Poisson draws a side per coordinate.
+MAX_SKELLAM_MU = 16 * POISSON_EXACT_MAX
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ def skellam_mu_of(config: Mapping[str, Any]) -> float | None:
         return None
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu) and mu >= 0):
         raise ValueError(f"privacy.skellam_mu must be a finite number >= 0, got {mu!r}")
+    if mu > MAX_SKELLAM_MU:
+        # An honest broker picks the fixed-point scale so that mu <= POISSON_EXACT_MAX (one exact draw per
+        # side); a larger one would only make this worker draw mu / 1e10 Poisson variates per coordinate.
+        raise ValueError(f"privacy.skellam_mu {mu:.3g} is above the {MAX_SKELLAM_MU:.3g} a worker draws")
     return float(mu)
 
 

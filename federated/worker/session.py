@@ -266,6 +266,7 @@ class WorkerSession:
                                     "run by this worker; it never contributes to a round twice", task.round_id)
             try:
                 params = SecAggParams.from_dict(task.config["secagg"])
+                skellam_mu_of(task.config)  # refused now, not after training, if out of range
                 self._check_noise(task.config)
             except ValueError as exc:
                 return self._refuse(ErrorCode.BAD_TASK, str(exc), task.round_id)

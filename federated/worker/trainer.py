@@ -204,6 +204,8 @@ class LocalTrainer:
         # The same key -> (optimizer, DP-SGD step), and whether mx.vmap handles this model (probed once).
         self._dp_steps: dict[tuple[str, float, bool], tuple[optim.Optimizer, DpSgdStep]] = {}
         self._vmap_ok: bool | None = None
+        # Feature count -> the model's class count for inputs of that width (probed once per width).
+        self._classes: dict[int, int] = {}
 
     @property
     def model(self) -> nn.Module:
@@ -229,6 +231,7 @@ class LocalTrainer:
         x32, y32 = _check_data(x, y)
         global32 = {name: np.asarray(value, dtype=np.float32) for name, value in global_weights.items()}
         set_weights(self._model, global32)
+        self._check_fit(x32, y32)
         if cfg.dp_enabled:
             return self._fit_dp(global32, x32, y32, cfg, seed=seed, start=start)
         optimizer, step = self._step_for(cfg)
@@ -338,6 +341,26 @@ class LocalTrainer:
                          loss=_scalar(loss_sum) / seen, accuracy=_scalar(correct) / seen,
                          train_s=time.perf_counter() - start, **dp)
 
+    def _check_fit(self, x32: np.ndarray, y32: np.ndarray) -> None:
+        """Refuse data the model cannot take, before MLX sees it: a feature count the model does not
+        accept, or a label outside its classes (an out-of-range label index corrupts memory inside MLX's
+        cross-entropy instead of raising). Raises ValueError naming the problem."""
+        width = int(x32.shape[1])
+        classes = self._classes.get(width)
+        if classes is None:
+            try:
+                out = self._model(mx.array(x32[:1]))
+                mx.eval(out)
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(f"the data has {width} features per example, which the model does not accept "
+                                 f"({exc})") from None
+            if out.ndim != 2 or out.shape[0] != 1:
+                raise ValueError(f"the model maps one example to shape {tuple(out.shape)}, not to class scores")
+            classes = self._classes[width] = int(out.shape[1])
+        top = int(y32.max())
+        if top >= classes:
+            raise ValueError(f"label {top} is out of range: the model has {classes} classes (labels 0..{classes - 1})")
+
     def evaluate(
         self, weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
     ) -> tuple[float, float]:
@@ -349,6 +372,7 @@ class LocalTrainer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         x32, y32 = _check_data(x, y)
         set_weights(self._model, {name: np.asarray(v, dtype=np.float32) for name, v in weights.items()})
+        self._check_fit(x32, y32)
         loss_sum = correct = mx.array(0.0)
         for begin in range(0, len(y32), batch_size):
             xb = mx.array(x32[begin : begin + batch_size])
@@ -444,7 +468,8 @@ def _scalar(value: mx.array) -> float:
 
 
 def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flat float32 features and int32 labels, or ValueError."""
+    """Flat float32 features and int32 labels, or ValueError (nothing non-finite or non-integer reaches
+    MLX: see :meth:`LocalTrainer._check_fit` for what the model itself requires)."""
     x = np.asarray(x)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) == 0:
@@ -453,4 +478,11 @@ def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"x must have shape (N, ...) with N = {len(y)} rows, got {x.shape}")
     if y.dtype.kind not in "iu":
         raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
-    return np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.float32), y.astype(np.int32, copy=False)
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"x must hold numbers, got dtype {x.dtype}")
+    x32 = np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.float32)
+    if not np.isfinite(x32).all():
+        raise ValueError("x holds NaN or Inf (or values beyond float32)")
+    if y.min() < 0 or y.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"labels must be integers >= 0; got labels from {y.min()} to {y.max()}")
+    return x32, y.astype(np.int32, copy=False)

@@ -255,6 +255,12 @@ def test_a_round_left_before_masking_can_be_retried() -> None:
 # -------------------------------------------------------------------------- 8. noise switched off
 
 
+def test_a_worker_refuses_noise_too_large_to_draw() -> None:
+    # Not a privacy attack but a cost one: mu = 1e15 would take 1e5 Poisson draws per coordinate.
+    (error,) = sends(session("w0").on_message(secure_task(1, params(5), 0, 5, privacy={"skellam_mu": 1e15})))
+    assert error.code == ErrorCode.BAD_TASK and "skellam_mu" in error.message
+
+
 @pytest.mark.parametrize("privacy", [{"skellam_mu": 0}, {"skellam_mu": 1.0}])
 def test_a_worker_with_a_noise_floor_refuses_distributed_noise_below_it(privacy: dict[str, Any]) -> None:
     s = session("w0", min_noise=1.0)
