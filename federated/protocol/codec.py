@@ -97,7 +97,7 @@ def encode(
     payload: list[bytes | memoryview] = []
     for name, arr in (tensors or {}).items():
         wire, data = _wire_dtype(np.asarray(arr), (wire_dtypes or {}).get(name))
-        raw = memoryview(data.reshape(-1).view(np.uint8))
+        raw = data.reshape(-1).view(np.uint8).data  # memoryview(arr); numpy types __buffer__ on 3.12+
         n_chunks = max(1, math.ceil(len(raw) / chunk_bytes))
         descriptors.append({"name": name, "dtype": wire, "shape": list(data.shape), "chunks": n_chunks})
         if n_chunks == 1:

@@ -48,7 +48,8 @@ class Fields:
             raise MalformedMessage(f"{self.kind.value}: missing header field {key!r}")
         return self.h[key]
 
-    def str(self, key: str, pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
+    def text(self, key: str, pattern: re.Pattern[str] | None = None, default: str | None = None) -> str:
+        """The string at ``key`` (at most ``max_string_length``, matching ``pattern`` if given)."""
         if default is not None and key not in self.h:
             return default
         value = self._get(key)
@@ -61,7 +62,8 @@ class Fields:
             raise MalformedMessage(f"{self.kind.value}: field {key!r} has an invalid value {value[:40]!r}")
         return value
 
-    def int(self, key: str, lo: int = 0, hi: int = 2**62, default: int | None = None) -> int:
+    def integer(self, key: str, lo: int = 0, hi: int = 2**62, default: int | None = None) -> int:
+        """The integer at ``key``, in ``[lo, hi]``; a JSON ``true`` is not an integer here."""
         if default is not None and key not in self.h:
             return default
         value = self._get(key)
@@ -70,7 +72,8 @@ class Fields:
             raise MalformedMessage(f"{self.kind.value}: field {key!r} must be an integer in [{lo}, {hi}]")
         return value
 
-    def float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    def number(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        """The finite number at ``key``, in ``[lo, hi]``."""
         value = _finite(self._get(key))
         if value is None or not lo <= value <= hi:
             raise MalformedMessage(f"{self.kind.value}: field {key!r} must be a number in [{lo}, {hi}]")

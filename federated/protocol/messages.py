@@ -68,8 +68,8 @@ class Hello:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Hello:
         f = Fields(env.header, env.kind, limits)
-        identity = f.str("identity", _IDENTITY, default="") if env.header.get("identity") else ""
-        return cls(validate_worker_id(f.str("worker_id")), f.int("num_samples", 0, 2**40),
+        identity = f.text("identity", _IDENTITY, default="") if env.header.get("identity") else ""
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("num_samples", 0, 2**40),
                    f.str_list("capabilities"), identity)
 
 
@@ -90,8 +90,8 @@ class Welcome:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Welcome:
         f = Fields(env.header, env.kind, limits)
-        return cls(validate_worker_id(f.str("worker_id")), f.float("heartbeat_interval_s", 1e-3, 3600),
-                   f.float("heartbeat_timeout_s", 1e-3, 86400))
+        return cls(validate_worker_id(f.text("worker_id")), f.number("heartbeat_interval_s", 1e-3, 3600),
+                   f.number("heartbeat_timeout_s", 1e-3, 86400))
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Heartbeat:
 
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Heartbeat:
-        return cls(validate_worker_id(Fields(env.header, env.kind, limits).str("worker_id")))
+        return cls(validate_worker_id(Fields(env.header, env.kind, limits).text("worker_id")))
 
 
 @dataclass(frozen=True)
@@ -135,9 +135,9 @@ class Task:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Task:
         f = Fields(env.header, env.kind, limits)
-        size = f.int("cohort_size", 1, limits.max_list_length)
-        return cls(f.int("round_id"), f.str("stage", STAGE), f.obj("config"), env.tensors,
-                   f.int("cohort_index", 0, size - 1), size, f.float("deadline_s", 0.0, 86400 * 7))
+        size = f.integer("cohort_size", 1, limits.max_list_length)
+        return cls(f.integer("round_id"), f.text("stage", STAGE), f.obj("config"), env.tensors,
+                   f.integer("cohort_index", 0, size - 1), size, f.number("deadline_s", 0.0, 86400 * 7))
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ class Update:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Update:
         f = Fields(env.header, env.kind, limits)
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), f.str("stage", STAGE),
-                   f.int("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors,
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"), f.text("stage", STAGE),
+                   f.integer("num_samples", 1, 2**40), f.metrics("metrics"), env.tensors,
                    f.obj("compression", {}))
 
 
@@ -188,7 +188,7 @@ class Error:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Error:
         f = Fields(env.header, env.kind, limits)
-        return cls(f.str("code"), f.str("message"), f.int("round_id", -1, 2**62, default=-1))
+        return cls(f.text("code"), f.text("message"), f.integer("round_id", -1, 2**62, default=-1))
 
 
 @dataclass(frozen=True)
@@ -205,8 +205,8 @@ class Bye:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> Bye:
         f = Fields(env.header, env.kind, limits)
-        wid = f.str("worker_id", default="")
-        return cls(validate_worker_id(wid) if wid else "", f.str("reason", default=""))
+        wid = f.text("worker_id", default="")
+        return cls(validate_worker_id(wid) if wid else "", f.text("reason", default=""))
 
 
 Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye, AdvertiseKeys, Roster, ShareKeys, Shares,

@@ -89,7 +89,7 @@ class AdvertiseKeys:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> AdvertiseKeys:
         f = Fields(env.header, env.kind, limits)
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"),
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"),
                    _blob(env, "c_pk", (32,)).tobytes(), _blob(env, "s_pk", (32,)).tobytes(),
                    _blob(env, "b_commit", (COMMIT_BYTES,)).tobytes(), _blob(env, "signature", (64,)).tobytes())
 
@@ -117,7 +117,7 @@ class Roster:
         f = Fields(env.header, env.kind, limits)
         ids = _ids(f, "ids")
         n = len(ids)
-        return cls(f.int("round_id"), ids, _blob(env, "c_pk", (n, 32)), _blob(env, "s_pk", (n, 32)),
+        return cls(f.integer("round_id"), ids, _blob(env, "c_pk", (n, 32)), _blob(env, "s_pk", (n, 32)),
                    _blob(env, "identity", (n, 32)), _blob(env, "signature", (n, 64)),
                    _blob(env, "b_commit", (n, COMMIT_BYTES)))
 
@@ -140,7 +140,7 @@ class ShareKeys:
     def from_envelope(cls, env: Envelope, limits: Limits) -> ShareKeys:
         f = Fields(env.header, env.kind, limits)
         recipients = _ids(f, "recipients")
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), recipients,
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"), recipients,
                    _blob(env, "ciphertexts", (len(recipients), CIPHERTEXT_BYTES)))
 
 
@@ -161,7 +161,7 @@ class Shares:
     def from_envelope(cls, env: Envelope, limits: Limits) -> Shares:
         f = Fields(env.header, env.kind, limits)
         senders = _ids(f, "senders")
-        return cls(f.int("round_id"), senders, _blob(env, "ciphertexts", (len(senders), CIPHERTEXT_BYTES)))
+        return cls(f.integer("round_id"), senders, _blob(env, "ciphertexts", (len(senders), CIPHERTEXT_BYTES)))
 
 
 @dataclass(frozen=True)
@@ -186,8 +186,8 @@ class MaskedInput:
         masked = env.tensors.get("masked")
         if masked is None or masked.dtype not in (np.uint32, np.uint16) or masked.ndim != 1:
             raise MalformedMessage("MASKED_INPUT: tensor 'masked' must be a uint32 or uint16 vector")
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), masked,
-                   f.float("train_s", 0.0, 86400.0))
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"), masked,
+                   f.number("train_s", 0.0, 86400.0))
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,8 @@ class ConsistencyCheck:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> ConsistencyCheck:
         f = Fields(env.header, env.kind, limits)
-        session = f.str("session", _SESSION)
-        return cls(f.int("round_id"), _ids(f, "survivors"), bytes.fromhex(session))
+        session = f.text("session", _SESSION)
+        return cls(f.integer("round_id"), _ids(f, "survivors"), bytes.fromhex(session))
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class ConsistencySignature:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> ConsistencySignature:
         f = Fields(env.header, env.kind, limits)
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"), _blob(env, "signature", (64,)).tobytes())
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"), _blob(env, "signature", (64,)).tobytes())
 
 
 @dataclass(frozen=True)
@@ -255,9 +255,9 @@ class UnmaskRequest:
     @classmethod
     def from_envelope(cls, env: Envelope, limits: Limits) -> UnmaskRequest:
         f = Fields(env.header, env.kind, limits)
-        session = f.str("session", _SESSION)
+        session = f.text("session", _SESSION)
         signers = _ids(f, "signers")
-        return cls(f.int("round_id"), _ids(f, "survivors"), _ids(f, "dropped"), bytes.fromhex(session),
+        return cls(f.integer("round_id"), _ids(f, "survivors"), _ids(f, "dropped"), bytes.fromhex(session),
                    signers, _blob(env, "signatures", (len(signers), 64)))
 
 
@@ -284,6 +284,6 @@ class UnmaskShares:
         b_owners, s_owners = _ids(f, "b_owners"), _ids(f, "s_owners")
         if set(b_owners) & set(s_owners):
             raise MalformedMessage("UNMASK_SHARES: an owner appears in both share lists")
-        return cls(validate_worker_id(f.str("worker_id")), f.int("round_id"),
+        return cls(validate_worker_id(f.text("worker_id")), f.integer("round_id"),
                    b_owners, _blob(env, "b_shares", (len(b_owners), SHARE_BYTES)),
                    s_owners, _blob(env, "s_shares", (len(s_owners), SHARE_BYTES)))
