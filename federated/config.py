@@ -291,8 +291,9 @@ class PrivacyConfig:
         planned cohort size; epsilon protects a worker's whole data set;
       - ``distributed``: user-level DP under secure aggregation, without trusting the broker: each worker
         clips its update to ``clip`` and adds its share of discrete Skellam noise in the fixed-point domain
-        before masking, sized so that the ``min_clients`` guaranteed survivors' shares reach std
-        ``noise_multiplier * clip`` (Agarwal et al. 2021). The broker learns only the noised sum.
+        before masking, sized so that the shares of the smallest sum secure aggregation can reveal
+        (``min(threshold, min_clients)`` survivors) reach std ``noise_multiplier * clip`` (Agarwal et
+        al. 2021). The broker learns only the noised sum.
       ``None`` (the default): ``central`` when ``privacy_budget`` is set, else ``none``.
     ``noise_multiplier`` None: calibrated with the accountant so that ``num_rounds`` rounds fit
     ``privacy_budget``. ``delta``: the delta of every (epsilon, delta) reported. ``accountant``: rdp | pld.
