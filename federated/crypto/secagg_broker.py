@@ -23,6 +23,7 @@ It never returns a sum whose masks did not verifiably cancel.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,8 +62,10 @@ from federated.protocol.secagg import (
 __all__ = ["STAGES", "SecAggBroker", "SecAggResult"]
 
 STAGES = tuple(stage.value for stage in Stage)
-_EXPECTS = {"advertise": AdvertiseKeys, "share_keys": ShareKeys, "masked_input": MaskedInput,
-            "consistency": ConsistencySignature, "unmask": UnmaskShares}
+_Answer = AdvertiseKeys | ShareKeys | MaskedInput | ConsistencySignature | UnmaskShares
+_EXPECTS: dict[str, type[_Answer]] = {
+    "advertise": AdvertiseKeys, "share_keys": ShareKeys, "masked_input": MaskedInput,
+    "consistency": ConsistencySignature, "unmask": UnmaskShares}
 #: How many share subsets the broker tries per secret when a rebuilt seed fails its commitment (more
 #: than the threshold arrived, one or more tampered): bounded, so a liar costs a known amount of work.
 MAX_SUBSETS = 256
@@ -283,13 +286,13 @@ class SecAggBroker:
         total = self._sum if self._sum is not None else np.zeros(self.params.vector_length, dtype=np.uint32)
         self._sum = None
         for u in survivors:
-            commit = self._commits[u]
             seed = _rebuild(f"self-mask seed of {u!r}", b_points[u], t,
-                            lambda b, u=u, commit=commit: b_commitment(self.round_id, u, b) == commit)
+                            functools.partial(_opens_commitment, self.round_id, u, self._commits[u]))
             add_mask(total, seed, -1)
         s_pk_of = {w: self._keys[w][1] for w in self.ids}
         for u in dropped:
-            raw = _rebuild(f"mask key of {u!r}", s_points[u], t, lambda k, pk=s_pk_of[u]: _matches_public(k, pk))
+            raw = _rebuild(f"mask key of {u!r}", s_points[u], t,
+                           functools.partial(_matches_public, public=s_pk_of[u]))
             s_u = X25519PrivateKey.from_private_bytes(raw)
             for v in self.graph[u]:
                 if v in self._masked:
@@ -322,6 +325,10 @@ def _rebuild(what: str, points: list[tuple[int, int]], t: int, valid: Callable[[
             return secret
     raise ReconstructionError(f"{what}: no {t} of the {len(points)} shares rebuild the committed secret "
                               "(a share was tampered with)")
+
+
+def _opens_commitment(round_id: int, worker_id: str, commitment: bytes, b: bytes) -> bool:
+    return b_commitment(round_id, worker_id, b) == commitment
 
 
 def _matches_public(raw: bytes, public: bytes) -> bool:
