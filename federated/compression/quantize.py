@@ -25,6 +25,7 @@ Under secure aggregation per-worker scales differ, so these payloads are not sum
 from __future__ import annotations
 
 import math
+import secrets
 
 import numpy as np
 
@@ -54,7 +55,8 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     padded[:flat.size] = flat
     shifts = np.arange(0, 8, bits, dtype=np.uint8)
     # The fields do not overlap, so their sum is their bitwise OR and never exceeds 255.
-    return (padded.reshape(-1, per_byte) << shifts).sum(axis=1, dtype=np.uint8)
+    packed: np.ndarray = (padded.reshape(-1, per_byte) << shifts).sum(axis=1, dtype=np.uint8)
+    return packed
 
 
 def unpack_codes(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
@@ -91,7 +93,8 @@ class Quantizer:
             raise ValueError(f"salt must be a non-negative int or None, got {salt!r}")
         self.bits = bits
         self.levels = 2 ** (bits - 1) - 1
-        self.salt: int = int(np.random.SeedSequence().entropy) if salt is None else salt
+        # 128 bits from the OS, what np.random.SeedSequence() draws as its entropy when given none.
+        self.salt: int = secrets.randbits(128) if salt is None else salt
         self.name = f"q{bits}"
 
     def code_bytes(self, n: int) -> int:

@@ -207,7 +207,8 @@ class RandomK:
             return x.astype(np.float32, copy=True)
         if self.residual.size != x.size:
             raise ValueError(f"update has {x.size} coordinates but the residual has {self.residual.size}")
-        return x + self.residual
+        total: np.ndarray = x + self.residual
+        return total
 
     def encode(self, vector: np.ndarray, *, round_seed: int) -> Compressed:
         """The values of ``vector`` (plus the residual, with error feedback) at this round's shared
