@@ -12,9 +12,12 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
 
 import yaml
+
+if TYPE_CHECKING:
+    from federated.crypto.params import SecAggParams
 
 __all__ = [
     "AGGREGATION_RULES",
@@ -232,7 +235,8 @@ class SecureConfig:
         except ValueError as exc:  # ParameterError is a ValueError
             raise ConfigError(prefix, str(exc)) from None
 
-    def round_params(self, cohort: int, vector_length: int, n_max: int | None = None, ring_bits: int = 32) -> Any:
+    def round_params(self, cohort: int, vector_length: int, n_max: int | None = None,
+                     ring_bits: int = 32) -> SecAggParams:
         """The :class:`~federated.crypto.params.SecAggParams` for a round of ``cohort`` workers, whose
         fixed-point scale is safe for sums of up to ``n_max`` inputs (default: ``cohort``) in
         Z_2^ring_bits.
@@ -386,7 +390,7 @@ class FederatedConfig:
         if self.clients_per_round > self.num_clients:
             raise ConfigError("clients_per_round", f"must be <= num_clients ({self.num_clients}), "
                                                    f"got {self.clients_per_round}")
-        if self.min_clients > self.clients_per_round:  # type: ignore[operator]
+        if self.min_clients > self.clients_per_round:
             raise ConfigError("min_clients", f"must be <= clients_per_round ({self.clients_per_round}), "
                                              f"got {self.min_clients}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
