@@ -401,6 +401,8 @@ class Coordinator:
 
     def _decompress(self, msg: Update, round_id: int) -> dict[str, np.ndarray]:
         """Undo the worker's codec. Raises ValueError/TypeError for a payload that does not decode."""
+        if self._codec is None:
+            raise ValueError("a compressed update, but this run has no codec")
         meta = msg.compression.get("meta")
         if not isinstance(meta, dict):
             raise ValueError("missing compression metadata")
