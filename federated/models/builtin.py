@@ -26,7 +26,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, num_features: int, num_classes: int, hidden: tuple[int, ...] = (64,)) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # MLX leaves nn.Module.__init__ unannotated
         sizes = [num_features, *hidden, num_classes]
         self.layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
 
@@ -46,7 +46,7 @@ class CNN(nn.Module):
     """
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # MLX leaves nn.Module.__init__ unannotated
         height, width, channels = input_shape
         # Plain ints, not a tuple: MLX stores tuple attributes in the module's parameter tree.
         self.height, self.width, self.channels = int(height), int(width), int(channels)
