@@ -405,7 +405,7 @@ class Coordinator:
             raise ValueError("a compressed update, but this run has no codec")
         meta = msg.compression.get("meta")
         if not isinstance(meta, dict):
-            raise ValueError("missing compression metadata")
+            raise TypeError("missing compression metadata")
         if "round_seed" in meta and meta["round_seed"] != compression_seed(self.config.seed, round_id):
             raise ValueError("shared random-k indices for another round")
         length = self.num_params

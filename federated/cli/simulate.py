@@ -255,10 +255,10 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
     if dropout_stage != "task" and not config.secure.enabled:
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
     attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
-    code, result, rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
-                                          attack=attack, attackers=attackers, heterogeneity=heterogeneity,
-                                          verbose=verbose,
-                                          progress=sys.stderr.isatty() and not as_json)
+    code, result, _rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
+                                           attack=attack, attackers=attackers, heterogeneity=heterogeneity,
+                                           verbose=verbose,
+                                           progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))
     if code == CONFIG_ERROR:
         sys.exit(code)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -209,8 +209,8 @@ class Bye:
         return cls(validate_worker_id(wid) if wid else "", f.text("reason", default=""))
 
 
-Message = Union[Hello, Welcome, Heartbeat, Task, Update, Error, Bye, AdvertiseKeys, Roster, ShareKeys, Shares,
-                MaskedInput, ConsistencyCheck, ConsistencySignature, UnmaskRequest, UnmaskShares]
+Message = (Hello | Welcome | Heartbeat | Task | Update | Error | Bye | AdvertiseKeys | Roster | ShareKeys | Shares
+           | MaskedInput | ConsistencyCheck | ConsistencySignature | UnmaskRequest | UnmaskShares)
 _CLASSES: dict[Kind, Any] = {c.KIND: c for c in (Hello, Welcome, Heartbeat, Task, Update, Error, Bye,
                                                  AdvertiseKeys, Roster, ShareKeys, Shares, MaskedInput,
                                                  ConsistencyCheck, ConsistencySignature, UnmaskRequest,

@@ -94,7 +94,7 @@ class ModelRunner:
         model = config.get("model")
         train = config.get("train")
         if not isinstance(model, dict) or not isinstance(train, dict):
-            raise ValueError("task config needs 'model' and 'train' sections")
+            raise TypeError("task config needs 'model' and 'train' sections")
         trainer = self.trainer(model)
         cfg = TrainConfig.from_dict(train)
         if self.min_noise_multiplier > 0 and not (
