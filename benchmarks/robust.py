@@ -37,7 +37,8 @@ def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | No
         args += ["--secure", "--buckets", str(secure_buckets)]
         if secure_clip is not None:
             args += ["--secure-clip", str(secure_clip)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=1200, check=False,
+                         cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         return {"case": "accuracy", "attack": attack, "rule": rule, "secure": bool(secure_buckets),
                 "error": out.stderr.strip().splitlines()[-1:] }

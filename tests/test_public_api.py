@@ -34,6 +34,7 @@ def test_broker_package_does_not_need_mlx() -> None:
 @pytest.mark.skipif(not SNIPPETS.is_dir(), reason="shared/seed/snippets is not beside this checkout")
 @pytest.mark.parametrize("snippet", ["client_quickstart.py", "byzantine.py", "compression.py"])
 def test_seed_snippet_runs_as_written(snippet: str) -> None:
-    proc = subprocess.run([sys.executable, snippet], cwd=SNIPPETS, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, snippet], cwd=SNIPPETS, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip(), "the snippet must print its result"

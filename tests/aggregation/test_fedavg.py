@@ -44,8 +44,8 @@ def test_weighted_mean_is_float32_rounding_of_the_exact_mean() -> None:
     expected = {k: v.astype(np.float32) for k, v in oracle(updates, weights).items()}
     for perm in ([0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [3, 0, 6, 1, 5, 2, 4]):
         out = weighted_mean([updates[i] for i in perm], [weights[i] for i in perm])
-        for name in expected:
-            np.testing.assert_array_equal(out[name], expected[name])
+        for name, want in expected.items():
+            np.testing.assert_array_equal(out[name], want)
 
 
 def test_weighted_mean_of_identical_updates_is_that_update() -> None:

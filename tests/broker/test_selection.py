@@ -34,14 +34,14 @@ def test_names_match_the_config() -> None:
 
 
 def test_adaptive_avoids_slow_workers_yet_starves_none() -> None:
-    random_counts, random_times = _run("random")
+    _, random_times = _run("random")
     counts, times = _run("adaptive")
     assert sum(times) < 0.7 * sum(random_times)
     assert set(counts) == set(IDS)  # the fairness floor: everyone at least once in 50 rounds
 
 
 def test_performance_prefers_fast_workers() -> None:
-    counts, times = _run("performance")
+    counts, _ = _run("performance")
     assert sum(counts[w] for w in SLOW) < sum(counts[w] for w in IDS if w not in SLOW) / 4
 
 

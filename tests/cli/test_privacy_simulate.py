@@ -56,8 +56,8 @@ def test_record_level_dp_sgd_learns_and_reports_its_epsilon(tmp_path: Path) -> N
 
 
 def test_distributed_dp_under_secure_aggregation_completes_and_is_accounted(tmp_path: Path) -> None:
-    code, out, store = _simulate(tmp_path, "--num-rounds", "3", "--secure", "--dp", "distributed",
-                                 "--noise-multiplier", "1.0", "--min-clients", "3")
+    code, out, _ = _simulate(tmp_path, "--num-rounds", "3", "--secure", "--dp", "distributed",
+                             "--noise-multiplier", "1.0", "--min-clients", "3")
     assert code == 0, out
     assert [r["status"] for r in out["rounds"]] == ["complete"] * 3
     eps = [r["epsilon"] for r in out["rounds"]]

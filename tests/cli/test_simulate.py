@@ -20,7 +20,7 @@ ROUND_KEYS = {"round", "accuracy", "loss", "participants", "dropped", "bytes_up"
 
 def _fl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "federated.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def _last_json(stdout: str) -> dict[str, Any]:
