@@ -1,10 +1,9 @@
 """Glue between the coordinator and the secure-aggregation state machines (broker side): buckets,
 their deadlines, and decoding the unmasked sums.
 
-Layout of an encoded input (shared with :mod:`federated.worker.secure`): the model update flattened in
-sorted tensor-name order, then ``weight * loss``, ``weight * accuracy`` (so the broker learns only their
-weighted sums, never one worker's), then the weight itself. The decoded sum divided by the summed weight
-is the weighted FedAvg of the survivors' clipped updates.
+The layout of an encoded input and of their sum is :mod:`federated.crypto.secagg_input`'s (the worker
+encodes with the same module): the model update, then the weighted loss and accuracy, then the weight.
+The decoded sum divided by the summed weight is the weighted FedAvg of the survivors' clipped updates.
 """
 
 from __future__ import annotations
@@ -19,23 +18,20 @@ from typing import Any
 import numpy as np
 
 from federated.aggregation.vectors import unflatten
-from federated.crypto.fixedpoint import decode_sum
+from federated.crypto import secagg_input
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
+from federated.crypto.secagg_input import EXTRA_COORDINATES, split_sum, update_length
 from federated.privacy.skellam import noise_norm_bound
 from federated.protocol.codes import Stage
 
 __all__ = ["EXTRA_COORDINATES", "NOISE_TAIL", "DecodedSum", "SecureRound", "assign_buckets", "combine",
            "decode_round", "vector_length"]
 
-#: Coordinates after the model update: weight * loss, weight * accuracy, weight.
-EXTRA_COORDINATES = 3
-
-
 def vector_length(weights: Mapping[str, np.ndarray], kept: int | None = None) -> int:
     """Coordinates of an encoded input for a model with ``weights`` (or ``kept`` of its parameters, under
     shared random-k compression)."""
-    return (sum(int(w.size) for w in weights.values()) if kept is None else kept) + EXTRA_COORDINATES
+    return secagg_input.vector_length(sum(int(w.size) for w in weights.values()) if kept is None else kept)
 
 
 @dataclass(frozen=True)
@@ -85,13 +81,14 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
     """
     if isinstance(inputs, bool) or not isinstance(inputs, int) or inputs < 1:
         raise ValueError(f"inputs must be an integer >= 1, got {inputs!r}")
-    data, weight = decode_sum(total, params.frac_bits, params.ring_bits)
+    parts = split_sum(total, params)
+    weight = parts.weight
     unit = 2.0**-params.frac_bits  # one integer unit, decoded (scaling by a power of two is exact)
     if not (weight.is_integer() and inputs <= weight <= inputs * params.weight_cap):
         expected = (f"exactly {inputs}" if params.weight_cap == 1
                     else f"a whole number in [{inputs}, {inputs * params.weight_cap}]")
         raise ValueError(f"its summed weight is {weight:.10g}, not {expected} for {inputs} inputs")
-    loss, accuracy = float(data[-2]), float(data[-1])
+    loss, accuracy = parts.weighted_loss, parts.weighted_accuracy
     # Exact rationals: a float product could round a sum just past a bound back inside it.
     rounding = inputs * Fraction(unit)
     loss_cap = Fraction(weight) * max(Fraction(params.clip), Fraction(1)) + rounding
@@ -100,8 +97,8 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
     accuracy_cap = Fraction(weight) + rounding
     if not 0 <= Fraction(accuracy) <= accuracy_cap:
         raise ValueError(f"its weighted accuracy {accuracy:.6g} is outside [0, {float(accuracy_cap):.6g}]")
-    update = data[:-2]
-    dims = params.vector_length - EXTRA_COORDINATES
+    update = parts.update
+    dims = update_length(params)
     noise = noise_norm_bound(inputs * noise_mu, dims, NOISE_TAIL) if noise_mu > 0 else 0.0
     bound = weight * params.clip * (1 + 1e-9) + (math.sqrt(dims) * inputs + noise) * unit
     norm = _norm(update)

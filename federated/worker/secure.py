@@ -2,7 +2,7 @@
 
 ``encode_input`` runs on the training (main) thread right after local training (through
 :mod:`federated.worker.payload`); the protocol steps are :mod:`federated.worker.session`'s. Layout of the
-encoded vector: see :mod:`federated.broker.secure_round`.
+encoded vector: :mod:`federated.crypto.secagg_input`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from federated.aggregation.vectors import flatten
-from federated.crypto.fixedpoint import encode
+from federated.crypto import secagg_input
 from federated.crypto.params import SecAggParams
 from federated.privacy.noise import noise_rng, skellam_share
 from federated.privacy.skellam import add_share
@@ -59,13 +59,10 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     if skellam_mu is not None:
         loss = accuracy = 0.0
         num_samples = 1
-    if size + 3 != params.vector_length:
-        raise ValueError(f"the update has {size} coordinates to send; the round expects "
-                         f"{params.vector_length - 3}")
     weight = max(1, min(num_samples, params.weight_cap))
     # The update is clipped to the clip bound; loss and accuracy ride along unclipped, already within it.
-    encoded = encode(part, weight, clip=float(params.clip), frac_bits=params.frac_bits, seed=rounding_seed if rounding_seed is not None else os.urandom(32),
-                     extra=(loss, accuracy))
+    encoded = secagg_input.encode_input(part, loss, accuracy, weight, params,
+                                        rounding_seed if rounding_seed is not None else os.urandom(32))
     if skellam_mu is None:
         return encoded
     share = np.zeros(encoded.shape[0], dtype=np.int64)
