@@ -2,8 +2,9 @@
 
 numpy in, numpy out. Where things are:
 
-- ``fedavg``: weighted mean of per-tensor updates; ``server_opt``: the server step.
-- ``robust``: the :class:`Rule` interface, :data:`RULES` and :func:`make_rule`; the rules live in
+- ``fedavg``: weighted mean of per-tensor updates, and the ``"mean"`` rule; ``server_opt``: server steps.
+- ``rule``: the :class:`Rule` interface and the checks every rule shares; ``blocks``: column blocks and
+  BLAS threads. ``robust``: :data:`RULES` and :func:`make_rule`, the registry; the rules live in
   ``coordinate`` (median, trimmed mean), ``distance`` (Krum, Multi-Krum, Bulyan), ``geomed``
   (geometric median) and ``clipping`` (centered clipping, norm bounding); ``bucketing`` wraps any rule.
 - ``detection``: outlier scores that flag suspicious workers.
@@ -14,7 +15,8 @@ from federated.aggregation.bucketing import Bucketing, bucket_means
 from federated.aggregation.byzantine import ByzantineTolerantAggregator
 from federated.aggregation.detection import Detection, detect_byzantine_clients
 from federated.aggregation.fedavg import check_compatible, weighted_mean
-from federated.aggregation.robust import RULES, Rule, make_rule
+from federated.aggregation.robust import RULES, make_rule
+from federated.aggregation.rule import Rule
 from federated.aggregation.server_opt import (
     SERVER_OPTIMIZERS,
     AdaptiveServer,

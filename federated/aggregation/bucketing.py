@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from federated.aggregation.robust import Rule, as_update_matrix, check_count, require_cohort
+from federated.aggregation.rule import Rule, as_update_matrix, check_count, require_cohort
 
 __all__ = ["Bucketing", "bucket_means"]
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from federated.aggregation.detection import Detection, detect_byzantine_clients
 from federated.aggregation.fedavg import check_compatible
-from federated.aggregation.robust import Rule, make_rule
+from federated.aggregation.robust import make_rule
+from federated.aggregation.rule import Rule
 
 __all__ = ["ByzantineTolerantAggregator"]
 

@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federated.aggregation.blocks import combine_rows, map_column_blocks
 from federated.aggregation.coordinate import coordinate_median
 from federated.aggregation.distance import centered_gram
-from federated.aggregation.robust import (
+from federated.aggregation.rule import (
     MAX_MAGNITUDE,
     as_update_matrix,
     check_count,
     check_positive,
-    combine_rows,
-    map_column_blocks,
     raise_non_finite,
     require_cohort,
 )

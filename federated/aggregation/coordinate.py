@@ -18,13 +18,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from federated.aggregation.robust import (
-    as_update_matrix,
-    check_count,
-    map_column_blocks,
-    raise_non_finite,
-    require_cohort,
-)
+from federated.aggregation.blocks import map_column_blocks
+from federated.aggregation.rule import as_update_matrix, check_count, raise_non_finite, require_cohort
 
 __all__ = ["CoordinateMedian", "TrimmedMean", "coordinate_median", "map_sorted_blocks", "median_of_rows"]
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from federated.aggregation.blocks import map_column_blocks
 from federated.aggregation.coordinate import coordinate_median
-from federated.aggregation.robust import as_update_matrix, map_column_blocks
+from federated.aggregation.rule import as_update_matrix
 
 __all__ = ["Detection", "detect_byzantine_clients", "robust_z"]
 

@@ -13,15 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federated.aggregation.blocks import combine_rows, map_column_blocks
 from federated.aggregation.coordinate import map_sorted_blocks, median_of_rows
-from federated.aggregation.robust import (
-    as_update_matrix,
-    check_count,
-    combine_rows,
-    map_column_blocks,
-    raise_non_finite,
-    require_cohort,
-)
+from federated.aggregation.rule import as_update_matrix, check_count, raise_non_finite, require_cohort
 
 __all__ = ["Bulyan", "Krum", "MultiKrum", "centered_gram", "krum_scores", "pairwise_sq_distances",
            "sq_distances_from_gram"]

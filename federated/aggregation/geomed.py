@@ -19,14 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from federated.aggregation.blocks import combine_rows
 from federated.aggregation.distance import centered_gram, sq_distances_from_gram
-from federated.aggregation.robust import (
-    as_update_matrix,
-    check_count,
-    check_positive,
-    combine_rows,
-    require_cohort,
-)
+from federated.aggregation.rule import as_update_matrix, check_count, check_positive, require_cohort
 
 __all__ = ["GeometricMedian", "weiszfeld_coefficients"]
 

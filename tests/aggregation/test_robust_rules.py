@@ -283,14 +283,14 @@ def test_norm_bounding_clips_then_averages() -> None:
 
 @pytest.mark.parametrize("name", RULES)
 def test_rules_give_the_same_answer_on_one_thread_or_several(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from federated.aggregation import robust
+    from federated.aggregation import blocks
 
     x = random_matrix(11, 40_000, seed=11, dtype=np.float32)  # 3 blocks of 16k columns
     x[4] *= 1e3  # an outlier, so that the robust paths do something
     rule = make_rule(name, f=2, clip_tau=50.0, norm_bound=50.0)
-    monkeypatch.setattr(robust, "_MIN_COLUMNS_PER_THREAD", 10**12)
+    monkeypatch.setattr(blocks, "_MIN_COLUMNS_PER_THREAD", 10**12)
     single = rule(x)
-    monkeypatch.setattr(robust, "_MIN_COLUMNS_PER_THREAD", 1000)
+    monkeypatch.setattr(blocks, "_MIN_COLUMNS_PER_THREAD", 1000)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert robust.thread_count(x.shape[1]) == 3
+    assert blocks.thread_count(x.shape[1]) == 3
     np.testing.assert_allclose(rule(x), single, rtol=1e-12, atol=1e-12)
