@@ -20,12 +20,18 @@ if TYPE_CHECKING:
     from federated.crypto.params import SecAggParams
 
 __all__ = [
+    "ACCOUNTANTS",
     "AGGREGATION_RULES",
+    "OPTIMIZERS",
+    "PRIVACY_MODES",
+    "SELECTIONS",
+    "SERVER_OPTIMIZER_NAMES",
     "AggregationConfig",
     "BrokerConfig",
     "ClientConfig",
     "ConfigError",
     "FederatedConfig",
+    "PrivacyConfig",
     "SecureConfig",
     "TrainingConfig",
     "load_config",
@@ -545,10 +551,10 @@ class ClientConfig:
                               self.momentum, self.proximal_mu)
 
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
-def _from_mapping(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+def _from_mapping(cls: type[_T], data: dict[str, Any], prefix: str) -> _T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; unknown keys are errors."""
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]

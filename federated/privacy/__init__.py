@@ -21,9 +21,9 @@ Names are resolved on first use (module ``__getattr__``): ``import federated.pri
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing  # as a module, so that TYPE_CHECKING and Any are not public names of this package
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from federated.privacy.accountant import (
         ACCOUNTANTS,
         PrivacyAccountant,
@@ -113,7 +113,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     module = _HOME.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
