@@ -62,7 +62,7 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop)
     code = loop.run()
-    return INTERRUPTED if interrupted else code
+    return INTERRUPTED if interrupted else int(code)
 
 
 @click.command("worker")
@@ -91,13 +91,18 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Where to keep the ledger of rounds this worker contributed to, so a restarted worker "
                    "still refuses a replayed round (default: beside --keys; in memory without keys).")
-@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (default: a line per round).")
 def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
                    shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
                    keys_path: str | None, broker_key: str | None, dp_min_noise: float, secagg_colluders: int,
-                   secagg_min_survivors: int, state_dir: str | None, verbose: int) -> None:
-    """Run one worker: connect to the broker, train on local data each time it is selected."""
-    setup_logging(verbose)
+                   secagg_min_survivors: int, state_dir: str | None, verbose: int, quiet: bool) -> None:
+    """Run one worker: connect to the broker, train on local data each time it is selected.
+
+    Exit status: 0 when the broker ends training, 2 for bad settings (including a --broker-key that is
+    not the broker's: every handshake fails), 3 when the broker refuses this worker's key (not enrolled,
+    or revoked), 130 on SIGINT/SIGTERM."""
+    setup_logging(0 if quiet else verbose + 1)
     try:
         ClientConfig(client_id=client_id, server_address=server_address, data_path=data_path)
     except ConfigError as exc:

@@ -12,6 +12,7 @@ with random initialisation and compiled steps).
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import queue
@@ -23,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from federated.crypto.floor import SafetyFloor
 from federated.crypto.keyfiles import WorkerKeys
@@ -47,13 +49,34 @@ from federated.worker.session import (
 )
 from federated.worker.simulation import DROPOUT_STAGES, DropoutPlan, SlowDevices
 
-__all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "WorkerLoop", "task_seed"]
+__all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "Outcome", "WorkerLoop", "task_seed"]
 
 log = logging.getLogger("federated.worker")
 
 #: How fast the broker is assumed to digest a model (bytes per second) when a worker decides whether its
 #: silence after a TASK is a dead broker or a busy one: 10 MB/s, i.e. 20 s of grace for a 200 MB model.
 GRACE_BYTES_PER_S = 10e6
+
+#: Connections watched with a ZeroMQ socket monitor (handshake failures, refused connections): a process
+#: with more sessions than this (a simulation's virtual clients) does not pay a second socket for each.
+WATCH_MAX_SESSIONS = 16
+#: Consecutive CURVE handshakes that fail without detail (the broker's key is not the one pinned) before
+#: a session gives up: one could be a broker restarting; three in a row, a wrong --broker-key.
+HANDSHAKE_FAILURES_MAX = 3
+#: Seconds between repeated "cannot reach the broker" warnings of one session.
+UNREACHABLE_LOG_S = 30.0
+
+_WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CONNECT_RETRIED)
+
+
+class Outcome(enum.IntEnum):
+    """How :meth:`WorkerLoop.run` ended (the values are ``flworker``'s exit statuses)."""
+
+    DONE = 0  # every session got BYE: training finished
+    STOPPED = 1  # stop() was called (a signal)
+    BAD_SETTINGS = 2  # the broker's key is not the one pinned: CURVE handshakes fail
+    REFUSED = 3  # the broker refused this worker: its key is not (or no longer) enrolled
 
 
 class _Connection:
@@ -74,6 +97,10 @@ class _Connection:
         self.backoff = 0.0
         self.interval = 1.0
         self.timeout = 5.0
+        self.monitor: zmq.Socket[bytes] | None = None
+        self.handshake_failures = 0
+        self.last_unreachable_log = -math.inf
+        self.outcome = Outcome.DONE  # once the session is done: why
 
     @property
     def wid(self) -> str:
@@ -151,6 +178,7 @@ class WorkerLoop:
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
+        self.watch = len(self.connections) <= WATCH_MAX_SESSIONS
 
     @property
     def sessions(self) -> list[WorkerSession]:
@@ -162,15 +190,16 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ main loop
 
-    def run(self) -> int:
-        """Serve until every session got BYE (returns 0) or ``stop()`` (returns 1).
+    def run(self) -> Outcome:
+        """Serve until every session is done (BYE: ``Outcome.DONE``; refused or misconfigured: see
+        :class:`Outcome`, the worst over the sessions) or ``stop()`` (``Outcome.STOPPED``).
 
         Trains on the calling thread; sockets live on an I/O thread started here.
         """
         wake_addr = f"inproc://worker-wake-{id(self)}"
         wake_tx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
         wake_tx.bind(wake_addr)
-        codes: list[int] = []
+        codes: list[Outcome] = []
         io = threading.Thread(target=self._io_thread, args=(wake_addr, codes), name="worker-io", daemon=True)
         io.start()
         try:
@@ -194,9 +223,9 @@ class WorkerLoop:
             self._stopping = True
             io.join(timeout=30)
             wake_tx.close(linger=0)
-        return codes[0] if codes else 1
+        return codes[0] if codes else Outcome.STOPPED
 
-    def _io_thread(self, wake_addr: str, codes: list[int]) -> None:
+    def _io_thread(self, wake_addr: str, codes: list[Outcome]) -> None:
         wake_rx: zmq.Socket[bytes] = self.context.socket(zmq.PAIR)
         wake_rx.connect(wake_addr)
         try:
@@ -207,26 +236,30 @@ class WorkerLoop:
             wake_rx.close(linger=0)
             self._jobs.put(None)  # wake the training thread so run() returns
 
-    def _serve(self, wake_rx: zmq.Socket[bytes]) -> int:
+    def _serve(self, wake_rx: zmq.Socket[bytes]) -> Outcome:
         polled: tuple[zmq.Socket[bytes] | None, ...] = ()
         poller = zmq.Poller()
         by_sock: dict[zmq.Socket[bytes], _Connection] = {}
+        by_monitor: dict[zmq.Socket[bytes], _Connection] = {}
         while not self._stopping:
             now = time.monotonic()
             for c in self.connections:
                 self._timers(c, now)
             if all(c.session.done for c in self.connections):
-                return 0
+                return max(c.outcome for c in self.connections)
             sockets = tuple(c.sock for c in self.connections)
             if sockets != polled:
                 # Rebuilt only when a session (re)connects: with many virtual clients per process, a
                 # fresh poller per iteration costs more than the messages it waits for.
-                polled, poller, by_sock = sockets, zmq.Poller(), {}
+                polled, poller, by_sock, by_monitor = sockets, zmq.Poller(), {}, {}
                 poller.register(wake_rx, zmq.POLLIN)
                 for c in self.connections:
                     if c.sock is not None:
                         poller.register(c.sock, zmq.POLLIN)
                         by_sock[c.sock] = c
+                    if c.monitor is not None:
+                        poller.register(c.monitor, zmq.POLLIN)
+                        by_monitor[c.monitor] = c
             events = dict(poller.poll(self._wait_ms(time.monotonic())))
             if wake_rx in events:
                 while wake_rx.poll(0):
@@ -236,7 +269,10 @@ class WorkerLoop:
             for sock, c in by_sock.items():
                 if sock in events:
                     self._drain(c)
-        return 1
+            for mon, c in by_monitor.items():
+                if mon in events and c.monitor is mon:
+                    self._connection_events(c)
+        return Outcome.STOPPED
 
     def _wait_ms(self, now: float) -> int:
         times = [now + 0.5, *(h[2] for h in self._held)]
@@ -276,6 +312,8 @@ class WorkerLoop:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
         if c.keys is not None and self.broker_key is not None:
             curve_client(sock, c.keys.curve_public, c.keys.curve_secret, self.broker_key)
+        if self.watch:
+            c.monitor = sock.get_monitor_socket(_WATCHED)
         sock.connect(self.endpoint)
         c.sock = sock
         c.reconnect_at = None
@@ -286,8 +324,43 @@ class WorkerLoop:
 
     def _close(self, c: _Connection) -> None:
         if c.sock is not None:
+            if c.monitor is not None:
+                c.sock.disable_monitor()
+                c.monitor.close(linger=0)
+                c.monitor = None
             c.sock.close(linger=0)
             c.sock = None
+
+    def _connection_events(self, c: _Connection) -> None:
+        """What the socket monitor saw: a refused connection, a handshake that failed or succeeded."""
+        while c.monitor is not None and c.monitor.poll(0):
+            event = recv_monitor_message(c.monitor)["event"]
+            now = time.monotonic()
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if c.handshake_failures or c.last_unreachable_log > -math.inf:
+                    log.info("%s: connected to the broker at %s", c.wid, self.endpoint)
+                c.handshake_failures, c.last_unreachable_log = 0, -math.inf
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                if now - c.last_unreachable_log >= UNREACHABLE_LOG_S:
+                    c.last_unreachable_log = now
+                    log.warning("%s: cannot reach the broker at %s (connection refused or no route); retrying",
+                                c.wid, self.endpoint)
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._give_up(c, Outcome.REFUSED, "the broker refused this worker's key: it is not enrolled "
+                              "there, or it was revoked")
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+                c.handshake_failures += 1
+                if c.handshake_failures >= HANDSHAKE_FAILURES_MAX:
+                    pinned = "--broker-key is not this broker's key" if self.broker_key is not None else (
+                        "the broker expects CurveZMQ (give --keys and --broker-key)")
+                    self._give_up(c, Outcome.BAD_SETTINGS, f"{c.handshake_failures} handshakes with the broker at "
+                                  f"{self.endpoint} failed: {pinned}")
+
+    def _give_up(self, c: _Connection, outcome: Outcome, reason: str) -> None:
+        log.error("%s: %s; stopping", c.wid, reason)
+        c.outcome = outcome
+        c.session.done = True
+        self._close(c)
 
     def _schedule_reconnect(self, c: _Connection, now: float) -> None:
         """Close now; reconnect after an exponentially growing, jittered delay."""
@@ -339,6 +412,9 @@ class WorkerLoop:
                 self._close(c)
                 c.reconnect_at = time.monotonic()
             elif isinstance(action, Finish):
+                if action.refused:
+                    log.error("%s: %s; stopping", c.wid, action.reason)
+                    c.outcome = Outcome.REFUSED
                 self._close(c)
 
     # ------------------------------------------------------------------ results of the training thread

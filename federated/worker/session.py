@@ -147,9 +147,10 @@ class Welcomed:
 
 @dataclass(frozen=True)
 class Finish:
-    """The broker said BYE: this session is over."""
+    """This session is over: the broker said BYE, or (``refused``) it refused this worker for good."""
 
     reason: str
+    refused: bool = False
 
 
 Action = Send | Train | Vanish | Announce | Welcomed | Finish
@@ -164,6 +165,7 @@ class TrainResult:
     round_id: int
     payload: Frames | SecureInput
     hold_s: float = 0.0
+    summary: str = ""  # for the log: what training gave (loss, accuracy, seconds)
 
 
 @dataclass
@@ -230,6 +232,7 @@ class WorkerSession:
     def on_message(self, msg: Any) -> list[Action]:
         """One decoded message from the broker; what to do about it."""
         if isinstance(msg, Welcome):
+            log.info("%s: joined the broker (%d training examples)", self.worker_id, len(self.data.y))
             return [Welcomed(msg.heartbeat_interval_s, msg.heartbeat_timeout_s)]
         if isinstance(msg, Task):
             return self._on_task(msg)
@@ -243,6 +246,11 @@ class WorkerSession:
         if isinstance(msg, Error):
             if msg.code == ErrorCode.UNKNOWN_WORKER:
                 return [Announce()]
+            if msg.code == ErrorCode.NOT_ENROLLED:
+                # Revoked (or never enrolled): no retry can change that, only the broker's operator.
+                self.done = True
+                self.secure = None
+                return [Finish(f"the broker refused this worker: {msg.message}", refused=True)]
             log.warning("%s: broker refused a message: %s: %s", self.worker_id, msg.code, msg.message)
             return []
         if not isinstance(msg, Heartbeat):
@@ -311,6 +319,8 @@ class WorkerSession:
                 return [Send(sec.machine.on_consistency(msg).to_frames())]
             answer = sec.machine.on_unmask(msg)
             self.secure = None
+            log.info("%s: round %d: secure aggregation done (%d survivors)", self.worker_id, msg.round_id,
+                     len(msg.survivors))
             return [Send(answer.to_frames())]
         except (CryptoError, ValueError) as exc:
             # (ValueError: a decrypted share that is not a field element.) Refuse, reveal nothing, and
@@ -374,12 +384,16 @@ class WorkerSession:
             payload = encode_update(task, wid, update, metrics, len(self.data.y), self.codec, self.randomness)
         except (ValueError, TypeError, KeyError) as exc:
             return error(ErrorCode.BAD_TASK, str(exc))
-        return TrainResult(job.generation, task.round_id, payload, hold_s)
+        summary = (f"loss {metrics.get('loss', float('nan')):.4f}, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+                   f"{metrics.get('train_s', 0.0):.2f} s on {len(self.data.y)} examples")
+        return TrainResult(job.generation, task.round_id, payload, hold_s, summary)
 
     def on_trained(self, result: TrainResult) -> list[Action]:
         """A training job's result is ready (back on the I/O thread)."""
         if result.generation != self.generation or self.done:
             return []  # the session reconnected since: the broker already counted it as dropped
+        if result.summary:
+            log.info("%s: round %d trained: %s", self.worker_id, result.round_id, result.summary)
         if isinstance(result.payload, SecureInput):
             sec = self.secure
             if sec is None or sec.machine.round_id != result.round_id:
