@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +48,7 @@ from federated.broker.errors import (
     StoreNotFoundError,
     WorkerNotFoundError,
 )
+from federated.durable import write_atomic
 
 __all__ = ["ROUND_STATUSES", "SCHEMA_VERSION", "WORKER_COUNTERS", "RoundRecord", "RoundStore"]
 
@@ -320,28 +319,14 @@ class RoundStore:
             raise ReadOnlyStoreError(f"round store {self._path} is open read-only")
 
     def _write_checkpoint(self, n: int, weights: dict[str, np.ndarray], final: Path | None = None) -> Path:
-        """Write round n's checkpoint (or another tensor file, ``final``) atomically: temp file, fsync,
-        rename, fsync the directory."""
+        """Write round n's checkpoint (or another tensor file, ``final``) durably: see
+        :func:`federated.durable.write_atomic`."""
         data = safetensors.numpy.save(_contiguous(weights), metadata={"round": str(n)})
         final = final or self.checkpoint_path(n)
         self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        # The temp name never matches round_*.safetensors, so a crash leaves no half file under that name.
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self._checkpoint_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), self._file_mode)
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self._checkpoint_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        # The temp name (".<name>.<random>.tmp") never matches round_*.safetensors, so a crash leaves no
+        # half file under that name.
+        write_atomic(final, data, mode=self._file_mode)
         return final
 
     # -- properties and lifetime --------------------------------------------------------------------
