@@ -199,7 +199,8 @@ def combine(decoded: Sequence[DecodedSum]) -> DecodedSum:
     """Merge bucket results into one weighted mean (used when the rule is the plain mean)."""
     total = sum(d.weight for d in decoded)
     names = decoded[0].mean_update.keys()
-    mean = {k: (sum(d.mean_update[k].astype(np.float64) * d.weight for d in decoded) / total).astype(np.float32)
+    mean = {k: (sum((d.mean_update[k].astype(np.float64) * d.weight for d in decoded),
+                    np.zeros(decoded[0].mean_update[k].shape)) / total).astype(np.float32)
             for k in names}
     return DecodedSum(mean, total, sum(d.train_loss * d.weight for d in decoded) / total,
                       sum(d.train_accuracy * d.weight for d in decoded) / total)
