@@ -19,8 +19,9 @@ from federated.protocol import Limits
 
 __all__ = ["HWM_MESSAGES", "configure_socket", "curve_client", "curve_server", "start_authenticator"]
 
-#: High-water marks in messages per peer. A model-sized message is many frames but one message, so this
-#: bounds memory per peer at a few model copies while leaving room for heartbeats.
+#: High-water marks in messages per peer, room for heartbeats behind a model-sized message. They count
+#: whole messages, and one message may have any number of frames, so they do not bound memory: on the
+#: broker that is the job of :class:`federated.broker.inflight.InflightGuard` (bytes per connection).
 HWM_MESSAGES = 64
 
 
@@ -34,7 +35,7 @@ def configure_socket(sock: zmq.Socket[bytes], limits: Limits, heartbeat_interval
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
     sock.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
-    sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_max_msg_size())
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_max_msg_size())  # per frame, not per message
     sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(heartbeat_interval_s * 1000)))
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(30_000, int(heartbeat_timeout_s * 1000)))
     sock.setsockopt(zmq.HEARTBEAT_TTL, max(30_000, int(heartbeat_timeout_s * 1000)))

@@ -4,17 +4,28 @@ It binds, sets the socket options DESIGN §4 asks for, and then only moves frame
 ``Coordinator.handle``, timers to ``Coordinator.tick``, and whatever those return is sent. A peer that
 cannot be reached (``ROUTER_MANDATORY`` raises EHOSTUNREACH) or whose queue is full is reported to the
 coordinator as a dropout instead of blocking the loop.
+
+What one connection can make the broker hold is bounded twice. While a message arrives, libzmq keeps all
+of it out of reach, so an :class:`~federated.broker.inflight.InflightGuard` cuts a connection through
+which libzmq holds more than one largest message. Once a message is readable, it is read frame by frame,
+and past ``Limits.max_frames`` frames or ``Limits.max_received_bytes()`` the rest is dropped as it is
+read, never kept, and the sender gets an ERROR (``limit``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import zmq
 
 from federated.broker.coordinator import Coordinator, Outbound
+from federated.broker.inflight import InflightGuard, wire_size
 from federated.crypto.keyfiles import BrokerKeys
+from federated.protocol import Error, LimitExceeded
 from federated.transport import configure_socket, curve_server, start_authenticator
 
 __all__ = ["BrokerLoop"]
@@ -23,6 +34,17 @@ log = logging.getLogger("federated.broker")
 
 #: Inbound messages handled per poll wake-up before timers get a turn, so a flood cannot starve ticks.
 BATCH = 256
+
+
+@dataclass
+class _Inbound:
+    """One message as read off the ROUTER: its connection, its frames (none if it was over a limit), the
+    CURVE key it came with, and why it was refused, if it was."""
+
+    route: bytes
+    frames: list[zmq.Frame]
+    peer: str | None
+    refused: str = ""
 
 
 class BrokerLoop:
@@ -36,6 +58,11 @@ class BrokerLoop:
         self.keys = keys
         #: Messages handed to the coordinator (what got past CURVE and ZAP), for tests and tools.
         self.received = 0
+        #: Messages refused unread for too many frames or bytes.
+        self.oversized = 0
+        #: Bounds what a connection makes libzmq hold before a message is whole (None: not watching).
+        self.guard: InflightGuard | None = None
+        self._last_refusal_log = -math.inf
         self.bind = bind
         self.context = context or zmq.Context.instance()
         self._stopping = False
@@ -53,6 +80,13 @@ class BrokerLoop:
         configure_socket(sock, self.coordinator.limits, cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         auth = None
+        if self.bind.startswith("tcp://") and InflightGuard.available():
+            self.guard = InflightGuard(self.context, sock, self.coordinator.limits.inflight_budget(),
+                                       curve=self.keys is not None, heartbeat_interval_s=cfg.heartbeat_interval_s)
+            self.guard.start()
+        elif self.bind.startswith("tcp://"):
+            log.warning("no per-connection bound on partly received messages (it needs Linux): one "
+                        "connection can make the broker hold as much as it sends in one message")
         try:
             if self.keys is not None:
                 # The ZAP handler first: a CURVE server without one admits any client key.
@@ -65,6 +99,8 @@ class BrokerLoop:
                 self.on_bound(self.endpoint)
             self._serve(sock)
         finally:
+            if self.guard is not None:
+                self.guard.stop()
             # Linger briefly only on a clean finish, so the final BYEs reach the workers.
             sock.close(linger=500 if self.coordinator.done else 0)
             if auth is not None:
@@ -81,16 +117,66 @@ class BrokerLoop:
             if poller.poll(min(int(timeout_ms) + 1, 500)):
                 for _ in range(BATCH):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        msg = self._receive(sock)
                     except zmq.Again:
                         break
-                    route = frames[0].bytes
+                    if msg.refused:
+                        self._refuse_oversized(sock, msg)
+                        continue
                     self.received += 1
-                    # Under CURVE every frame carries the authenticated client key; it, not the
-                    # routing id or anything the message says, is who the sender is.
-                    peer = frames[-1].get("User-Id") if self.keys is not None else None
-                    self._send(sock, coord.handle(route, frames[1:], coord.clock(), peer=peer))
+                    self._send(sock, coord.handle(msg.route, msg.frames, coord.clock(), peer=msg.peer))
             self._send(sock, coord.tick(coord.clock()))
+
+    def _receive(self, sock: zmq.Socket[bytes]) -> _Inbound:
+        """Read one message frame by frame (raises ``zmq.Again`` if none is queued).
+
+        libzmq hands over a message only when all of it is there, so every frame after the first is read
+        without waiting. Past the frame or byte limit the frames are dropped as they are read: the broker
+        never keeps more than one acceptable message's worth of a message it will refuse anyway.
+        """
+        limits = self.coordinator.limits
+        route = sock.recv(zmq.NOBLOCK, copy=False)
+        msg = _Inbound(route.bytes, [], None)
+        count = nbytes = wire = 0
+        fd = -1
+        more = route.more
+        while more:
+            frame = sock.recv(copy=False)
+            more = frame.more
+            size = len(frame)
+            count, nbytes, wire = count + 1, nbytes + size, wire + wire_size(size, curve=self.keys is not None)
+            if count == 1:
+                fd = frame.get(zmq.SRCFD)
+                # Under CURVE every frame carries the authenticated client key; it, not the routing id or
+                # anything the message says, is who the sender is.
+                msg.peer = frame.get("User-Id") if self.keys is not None else None
+            if msg.refused:
+                continue
+            if count > limits.max_frames:
+                msg.refused = f"message has more than {limits.max_frames} frames"
+            elif nbytes > limits.max_received_bytes():
+                msg.refused = f"message has more than {limits.max_received_bytes()} bytes"
+            if msg.refused:
+                msg.frames.clear()
+            else:
+                msg.frames.append(frame)
+        if self.guard is not None and fd >= 0:
+            self.guard.credit(fd, wire)
+        return msg
+
+    def _refuse_oversized(self, sock: zmq.Socket[bytes], msg: _Inbound) -> None:
+        """Answer a message dropped for its size as the coordinator answers malformed ones: an ERROR and a
+        log line (at most one a second)."""
+        self.oversized += 1
+        coord = self.coordinator
+        coord.refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warning("refused a message from connection %s (%d so far): %s; dropped unread",
+                        msg.route.hex()[:16], self.oversized, msg.refused)
+        round_id = coord.round.round_id if coord.round is not None else -1
+        self._send(sock, [Outbound(msg.route, Error(LimitExceeded.code, msg.refused, round_id).to_frames())])
 
     def _send(self, sock: zmq.Socket[bytes], outbound: Iterable[Outbound]) -> None:
         for out in outbound:

@@ -35,6 +35,17 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"limits.{name} must be a positive integer, got {value!r}")
 
+    def max_received_bytes(self) -> int:
+        """The most bytes the frames of one acceptable message can add up to: its tensors, its header and
+        the version and kind frames. The broker keeps no frame of a message past this."""
+        return self.max_message_bytes + self.max_header_bytes + 1024
+
+    def inflight_budget(self) -> int:
+        """What one connection may make the broker hold before handing over a message (bytes): one largest
+        acceptable message with its wire framing (at most 42 bytes a frame under CURVE), and 1 MiB for the
+        small messages (heartbeats) that may queue behind it. See :mod:`federated.broker.inflight`."""
+        return self.max_received_bytes() + 42 * self.max_frames + 2**20
+
     def socket_max_msg_size(self) -> int:
         """Value for ZeroMQ's MAXMSGSIZE: the largest single frame a socket accepts (bytes).
 
