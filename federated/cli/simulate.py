@@ -127,6 +127,19 @@ def attacker_shards(num_clients: int, fraction: float, seed: int) -> list[int]:
     return sorted(random.Random(f"attackers/{seed}").sample(range(num_clients), count)) if count else []
 
 
+def _check_data(config: FederatedConfig) -> None:
+    """Fail at once (exit 2, the reason on stderr) if the data set cannot be loaded or split among the
+    clients the way every worker process will split it, instead of starting processes that cannot run."""
+    from federated.data import DataError, load_dataset, partition
+
+    try:
+        train, _ = load_dataset(config.dataset, seed=config.seed)
+        partition(train.y, config.num_clients, config.partition, seed=config.seed)
+    except DataError as exc:
+        click.echo(f"Error: data: {exc}", err=True)
+        sys.exit(CONFIG_ERROR)
+
+
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
                    attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
                    verbose: int,
@@ -254,6 +267,7 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
     if dropout_stage != "task" and not config.secure.enabled:
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
+    _check_data(config)
     attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
     code, result, _rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
                                            attack=attack, attackers=attackers, heterogeneity=heterogeneity,

@@ -1,0 +1,24 @@
+"""A data problem in ``fl simulate`` fails at once with exit status 2 and the reason (issue 16, item 10;
+it used to start the processes, wait 30 s and exit 130)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from federated.cli.exit_codes import CONFIG_ERROR
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (("--num-clients", "1000"), "cannot give 1000 clients at least 2 each"),  # digits: 1,437 training samples
+    (("--dataset", "npz:/nonexistent"), "/nonexistent"),
+])
+def test_a_data_problem_exits_2_before_any_process_starts(tmp_path: Path, args: tuple[str, ...], reason: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--store", str(tmp_path / "s.db"),
+                           *args], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == CONFIG_ERROR, proc.stderr[-2000:]
+    assert reason in proc.stderr
+    assert not (tmp_path / "s.db").exists()  # no broker ever started
