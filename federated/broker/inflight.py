@@ -34,7 +34,9 @@ import sys
 import termios
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -156,8 +158,8 @@ class InflightGuard:
             for conn in conns.values():
                 conn.sock.close()
 
-    def _event(self, event: dict[str, object], conns: dict[int, _Connection]) -> None:
-        fd = int(event["value"])  # type: ignore[call-overload]
+    def _event(self, event: Mapping[str, Any], conns: dict[int, _Connection]) -> None:
+        fd = int(event["value"])
         old = conns.pop(fd, None)
         if old is not None:
             old.sock.close()

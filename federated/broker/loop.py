@@ -149,7 +149,8 @@ class BrokerLoop:
                 fd = frame.get(zmq.SRCFD)
                 # Under CURVE every frame carries the authenticated client key; it, not the routing id or
                 # anything the message says, is who the sender is.
-                msg.peer = frame.get("User-Id") if self.keys is not None else None
+                peer = frame.get("User-Id") if self.keys is not None else None
+                msg.peer = peer if isinstance(peer, str) else None
             if msg.refused:
                 continue
             if count > limits.max_frames:
