@@ -2,6 +2,8 @@
 
     fl rounds list [--store PATH] [--json]
     fl rounds show N [--store PATH] [--json]
+    fl rounds plot [--store PATH] [--output FILE.png]
+    fl rounds export [--store PATH] [--format csv|jsonl] [--output FILE]
 
 The store is opened read-only, so both commands are safe while a broker is writing to it. With ``--json``
 the last (only) line of stdout is one JSON object. A missing store or round is a usage error: a message
@@ -10,6 +12,8 @@ on stderr and exit status 2.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -202,3 +206,64 @@ def show_command(n: int, store_path: Path, as_json: bool) -> None:
         for name, value in _detail_rows(store, record):
             table.add_row(name, value)
     Console().print(table)
+
+
+@rounds.command("plot")
+@_store_option
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG file to write (default: rounds.png beside the store).")
+def plot_command(store_path: Path, output: Path | None) -> None:
+    """Draw accuracy, loss, privacy spent, traffic and dropouts per round as one PNG."""
+    from federated.cli.plots import plot_rounds
+
+    with _open(store_path) as store:
+        records = store.list_rounds()
+    if not records:
+        raise click.UsageError(f"no rounds recorded yet in {store_path}")
+    path = plot_rounds(records, output or store_path.parent / "rounds.png", title=str(store_path))
+    click.echo(f"Wrote {path}")
+
+
+#: Columns of ``fl rounds export --format csv``: the record's fields (lists joined with ';'), then one
+#: ``metrics.NAME`` column per metric any round recorded.
+def _csv_rows(records: list[RoundRecord]) -> tuple[list[str], list[dict[str, Any]]]:
+    metric_names = sorted({k for r in records for k in r.metrics})
+    rows = []
+    for r in records:
+        row = r.to_dict()
+        metrics = row.pop("metrics")
+        for key, value in row.items():
+            if isinstance(value, list):
+                row[key] = ";".join(map(str, value))
+            elif value is None:
+                row[key] = ""
+        row.update({f"metrics.{k}": metrics.get(k, "") for k in metric_names})
+        rows.append(row)
+    columns = [c for c in records[0].to_dict() if c != "metrics"] + [f"metrics.{k}" for k in metric_names]
+    return columns, rows
+
+
+@rounds.command("export")
+@_store_option
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+              help="csv: one row per round (lists joined with ';'); jsonl: one JSON object per round.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (default: stdout).")
+def export_command(store_path: Path, fmt: str, output: Path | None) -> None:
+    """Every recorded round as CSV or JSON lines, for a spreadsheet or a notebook."""
+    with _open(store_path) as store:
+        records = store.list_rounds()
+    buffer = io.StringIO()
+    if fmt == "jsonl":
+        for r in records:
+            buffer.write(json.dumps(_json_safe(r.to_dict()), allow_nan=False) + "\n")
+    elif records:
+        columns, rows = _csv_rows(records)
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    if output is None:
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        output.write_text(buffer.getvalue(), encoding="utf-8")
+        click.echo(f"Wrote {len(records)} rounds to {output}", err=True)
