@@ -5,7 +5,11 @@ update under two survivor sets and subtract the two sums. The broker burns an in
 (:mod:`federated.broker.coordinator`), so an honest broker never asks twice; the worker refuses anyway.
 
 Entries are ``(run id, round id)``: the run id is the broker's (random, kept across a resume), so a new
-federation may reuse round numbers. With a ``path`` the ledger is an append-only file, flushed and
+federation may reuse round numbers. What this does not stop: a broker that cheats on purpose can name a
+new run id, or send the same global model again in a later round. It then gets a second update computed
+with fresh local randomness (another shuffle and batch order, another rounding: see
+:mod:`federated.worker.randomness`), never the same one, but a similar one; only differential privacy
+bounds what the difference of two such sums reveals (the README's threat model says so). With a ``path`` the ledger is an append-only file, flushed and
 fsynced before the masked input leaves, so a restarted worker still refuses; without one it lasts as long
 as the process.
 """
