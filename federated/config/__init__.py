@@ -1,0 +1,50 @@
+"""Configuration: frozen dataclasses by section, validation errors that name the field, YAML loading.
+
+- :mod:`~federated.config.errors`: :class:`ConfigError` (the field's dotted name, the allowed values);
+- :mod:`~federated.config.checks`: checks of single values shared by the sections;
+- :mod:`~federated.config.training`: the ``training`` section, what every worker's local training uses;
+- :mod:`~federated.config.sections`: the ``broker``, ``aggregation``, ``secure`` and ``privacy`` sections;
+- :mod:`~federated.config.run`: :class:`FederatedConfig`, a whole run, and the checks across sections;
+- :mod:`~federated.config.client`: :class:`ClientConfig`, one worker's own settings;
+- :mod:`~federated.config.loading`: defaults, then a YAML file (``yaml.safe_load``), then dotted overrides.
+
+Layer: below ``broker``, ``worker`` and ``cli``, which build runs and workers from it; it imports none of
+them.
+"""
+
+from __future__ import annotations
+
+from federated.config.client import ClientConfig
+from federated.config.errors import ConfigError
+from federated.config.loading import load_config, merge
+from federated.config.run import SELECTIONS, FederatedConfig
+from federated.config.sections import (
+    ACCOUNTANTS,
+    AGGREGATION_RULES,
+    PRIVACY_MODES,
+    SERVER_OPTIMIZER_NAMES,
+    AggregationConfig,
+    BrokerConfig,
+    PrivacyConfig,
+    SecureConfig,
+)
+from federated.config.training import OPTIMIZERS, TrainingConfig
+
+__all__ = [
+    "ACCOUNTANTS",
+    "AGGREGATION_RULES",
+    "OPTIMIZERS",
+    "PRIVACY_MODES",
+    "SELECTIONS",
+    "SERVER_OPTIMIZER_NAMES",
+    "AggregationConfig",
+    "BrokerConfig",
+    "ClientConfig",
+    "ConfigError",
+    "FederatedConfig",
+    "PrivacyConfig",
+    "SecureConfig",
+    "TrainingConfig",
+    "load_config",
+    "merge",
+]

@@ -1,0 +1,191 @@
+"""A whole run (:class:`FederatedConfig`): its top-level settings, its sections, and the checks that
+need more than one section (secure aggregation with a robust rule, a DP mode with compression, ...)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from federated.config.checks import number, positive_int
+from federated.config.errors import ConfigError
+from federated.config.sections import AggregationConfig, BrokerConfig, PrivacyConfig, SecureConfig
+from federated.config.training import TrainingConfig
+
+__all__ = ["SELECTIONS", "FederatedConfig"]
+
+SELECTIONS = ("random", "performance", "adaptive")
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """A whole federated run: who takes part, what is trained, and how the broker runs it.
+
+    ``clients_per_round`` left unset (``None``) means every client; ``min_clients``, the fewest updates a
+    round may aggregate (with fewer the round fails, model unchanged), left unset means
+    ``min(2, clients_per_round)``. Both are resolved at construction; ``to_dict()`` writes them back as
+    ``None`` so that a later override of ``num_clients`` re-resolves them.
+    ``privacy_budget`` is the total epsilon allowed at ``privacy.delta`` (``None``: no budget): the broker
+    does not start a round whose release would exceed it.
+    """
+
+    num_clients: int = 10
+    clients_per_round: int = None  # type: ignore[assignment]  # resolved in __post_init__
+    num_rounds: int = 20
+    min_clients: int = None  # type: ignore[assignment]  # resolved in __post_init__
+    seed: int = 0
+    dataset: str = "digits"
+    partition: str = "iid"
+    model: str = "mlp"
+    selection: str = "random"
+    privacy_budget: float | None = None
+    compression: str = "none"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def __post_init__(self) -> None:
+        auto = set()
+        if isinstance(self.privacy, PrivacyConfig) and self.privacy.mode is None:
+            auto.add("privacy.mode")
+            mode = "central" if self.privacy_budget is not None else "none"
+            object.__setattr__(self, "privacy", dataclasses.replace(self.privacy, mode=mode))
+        if self.clients_per_round is None:
+            auto.add("clients_per_round")
+            object.__setattr__(self, "clients_per_round", self.num_clients)
+        if self.min_clients is None and isinstance(self.clients_per_round, int):
+            auto.add("min_clients")
+            object.__setattr__(self, "min_clients", min(2, self.clients_per_round))
+        object.__setattr__(self, "_auto", frozenset(auto))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field and its allowed values."""
+        positive_int("num_clients", self.num_clients)
+        positive_int("clients_per_round", self.clients_per_round)
+        positive_int("num_rounds", self.num_rounds)
+        positive_int("min_clients", self.min_clients)
+        if self.clients_per_round > self.num_clients:
+            raise ConfigError("clients_per_round", f"must be <= num_clients ({self.num_clients}), "
+                                                   f"got {self.clients_per_round}")
+        if self.min_clients > self.clients_per_round:
+            raise ConfigError("min_clients", f"must be <= clients_per_round ({self.clients_per_round}), "
+                                             f"got {self.min_clients}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be an integer in [0, 2**32), got {self.seed!r}")
+        for name in ("dataset", "partition", "model", "selection"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        if not (self.dataset in ("digits", "synthetic") or self.dataset.startswith("npz:")):
+            raise ConfigError("dataset", f"{self.dataset!r} is not one of digits, synthetic, npz:DIR")
+        if not re.fullmatch(r"iid|dirichlet:\d*\.?\d+(e-?\d+)?", self.partition) or \
+                self.partition.startswith("dirichlet:") and float(self.partition[10:]) <= 0:
+            raise ConfigError("partition", f"{self.partition!r} is not one of iid, dirichlet:ALPHA (ALPHA > 0)")
+        if not (self.model in ("mlp", "cnn") or re.fullmatch(r"[\w.]+:\w+", self.model)):
+            raise ConfigError("model", f"{self.model!r} is not one of mlp, cnn, MODULE:FACTORY")
+        if self.selection not in SELECTIONS:
+            raise ConfigError("selection", f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        if self.privacy_budget is not None:
+            number("privacy_budget", self.privacy_budget, 0.0, 1e6, open_lo=True)
+        for name, cls in (("training", TrainingConfig), ("broker", BrokerConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(name, f"must be a {cls.__name__} (a mapping of its settings in YAML), "
+                                        f"got {type(getattr(self, name)).__name__}")
+        self.training.validate()
+        self.broker.validate()
+        if not isinstance(self.secure, SecureConfig):
+            raise ConfigError("secure", "must be a mapping of secure-aggregation settings")
+        if not isinstance(self.aggregation, AggregationConfig):
+            raise ConfigError("aggregation", "must be a mapping of aggregation settings")
+        self.aggregation.validate()
+        self._validate_privacy()
+        agg = self.aggregation
+        if self.secure.enabled and agg.needs_individual_updates and agg.bucket_size is None:
+            raise ConfigError("aggregation.rule", (
+                f"{agg.rule!r} needs each worker's update, which secure aggregation hides from the broker; "
+                f"use the bucketed mode (aggregation.bucket_size / --buckets S): the broker securely sums "
+                f"random buckets of S workers and applies {agg.rule!r} across the bucket means"))
+        self._validate_compression()
+        ring_bits = self.secure_plan().ring_bits if self.secure.enabled else 32
+        if self.secure.enabled and agg.bucket_size is not None:
+            if agg.bucket_size < 3:
+                raise ConfigError("aggregation.bucket_size", f"secure buckets need at least 3 workers (with 2, each "
+                                                             f"learns the other's update), got {agg.bucket_size}")
+            # A bucket holds s to 2s - 1 workers (a remainder joins the last full bucket).
+            self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round), ring_bits=ring_bits)
+        else:
+            self.secure.validate(self.clients_per_round, ring_bits=ring_bits)
+
+    def _validate_privacy(self) -> None:
+        if not isinstance(self.privacy, PrivacyConfig):
+            raise ConfigError("privacy", "must be a mapping of differential-privacy settings")
+        p = self.privacy
+        p.validate()
+        if p.mode == "none":
+            if self.privacy_budget is not None:
+                raise ConfigError("privacy.mode", "privacy_budget needs a differential-privacy mode: "
+                                                  "record, central or distributed")
+            return
+        if p.noise_multiplier is None and self.privacy_budget is None:
+            raise ConfigError("privacy.noise_multiplier", "set it, or set privacy_budget to have it calibrated")
+        if p.mode == "distributed":
+            if not self.secure.enabled:
+                raise ConfigError("privacy.mode", "distributed DP adds the noise inside secure aggregation; "
+                                                  "turn it on (secure.enabled / --secure) or use central DP")
+            if self.aggregation.needs_individual_updates or self.aggregation.bucket_size is not None:
+                raise ConfigError("privacy.mode", "distributed DP covers the plain secure sum; use "
+                                                  "aggregation.rule mean without buckets")
+            if self.compression != "none":
+                raise ConfigError("compression", "distributed DP is accounted for the full update; use "
+                                                 "compression none with privacy.mode distributed")
+        if p.mode == "central":
+            if self.secure.enabled:
+                raise ConfigError("privacy.mode", (
+                    "central DP needs a trusted broker that sees each update to clip it; under secure "
+                    "aggregation use privacy.mode distributed (the workers add the noise before masking) "
+                    "or record"))
+            if self.aggregation.needs_individual_updates or self.aggregation.bucket_size is not None:
+                raise ConfigError("privacy.mode", (
+                    f"central DP's sensitivity analysis covers the clipped mean, not {self.aggregation.rule!r} "
+                    "or buckets; use aggregation.rule mean"))
+            if self.compression != "none":
+                raise ConfigError("compression", (
+                    "central DP clips what the broker receives; a lossy codec would change each update "
+                    "after the worker clipped it. Use compression none with privacy.mode central"))
+
+    def _validate_compression(self) -> None:
+        if not isinstance(self.compression, str):
+            raise ConfigError("compression", f"must be a codec spec string, got {self.compression!r}")
+        if self.compression == "none":
+            return
+        from federated.compression import make_codec
+
+        try:
+            make_codec(self.compression)
+        except ValueError as exc:
+            raise ConfigError("compression", str(exc)) from None
+        if self.secure.enabled:
+            try:
+                self.secure_plan()
+            except ValueError as exc:
+                raise ConfigError("compression", str(exc)) from None
+
+    def secure_plan(self) -> Any:
+        """What ``compression`` becomes under secure aggregation (a
+        :class:`~federated.compression.secure.SecurePlan`). Raises ValueError if it cannot run there."""
+        from federated.compression.secure import secure_plan
+
+        return secure_plan(self.compression)
+
+    def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
+        """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``
+        (the form to store or show: every value as it is in force)."""
+        data = dataclasses.asdict(self)
+        if not resolved:
+            for name in getattr(self, "_auto", ()):
+                section, _, leaf = name.rpartition(".")
+                (data[section] if section else data)[leaf] = None
+        return data
