@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
+from federated.aggregation import RULES, SERVER_OPTIMIZERS
 from federated.config import (
+    AGGREGATION_RULES,
+    SERVER_OPTIMIZER_NAMES,
+    AggregationConfig,
     BrokerConfig,
     ClientConfig,
     ConfigError,
@@ -141,6 +145,20 @@ def test_nested_section_of_the_wrong_type_is_a_config_error(section: str, value:
     with pytest.raises(ConfigError) as info:
         FederatedConfig(**{section: value})
     assert info.value.field == section
+
+
+def test_rule_and_server_optimizer_names_are_their_owners() -> None:
+    """Config keeps no copy of these names: it checks against the aggregation package's own."""
+    assert AGGREGATION_RULES is RULES
+    assert SERVER_OPTIMIZER_NAMES == tuple(SERVER_OPTIMIZERS)
+    for rule in RULES:
+        AggregationConfig(rule=rule).validate()
+    for name in SERVER_OPTIMIZERS:
+        BrokerConfig(server_optimizer=name).validate()
+    with pytest.raises(ConfigError, match=f"is not one of {', '.join(RULES)}$"):
+        AggregationConfig(rule="average").validate()
+    with pytest.raises(ConfigError, match=f"is not one of {', '.join(SERVER_OPTIMIZERS)}$"):
+        BrokerConfig(server_optimizer="sgd").validate()
 
 
 @pytest.mark.parametrize("kwargs, field, allowed", [

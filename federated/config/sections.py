@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from federated.aggregation.robust import RULES as AGGREGATION_RULES
+from federated.aggregation.server_opt import SERVER_OPTIMIZERS
 from federated.config.checks import number, positive_int
 from federated.config.errors import ConfigError
 
@@ -25,8 +27,10 @@ __all__ = [
     "SecureConfig",
 ]
 
-#: Server optimizers (kept equal to ``federated.aggregation.SERVER_OPTIMIZERS`` by a test).
-SERVER_OPTIMIZER_NAMES = ("fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi")
+# The names of the aggregation rules (AGGREGATION_RULES) and server optimizers are their owners':
+# federated.aggregation's rule registry and server optimizer module. Config only checks a name against them.
+#: Server optimizers, in the order :data:`federated.aggregation.SERVER_OPTIMIZERS` lists them.
+SERVER_OPTIMIZER_NAMES = tuple(SERVER_OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -80,11 +84,6 @@ class BrokerConfig:
         number(f"{prefix}.server_beta1", self.server_beta1, 0.0, 0.999)
         number(f"{prefix}.server_beta2", self.server_beta2, 0.0, 0.9999)
         number(f"{prefix}.server_tau", self.server_tau, 0.0, 10.0, open_lo=True)
-
-
-#: Aggregation rules (kept equal to ``federated.aggregation.RULES`` by a test).
-AGGREGATION_RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
-                     "centered_clipping", "norm_bounding")
 
 
 @dataclass(frozen=True)
