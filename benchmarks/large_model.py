@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from federated.broker.store import RoundStore
-from federated.crypto import keyfiles
+from federated.keys import create_broker_keys, create_worker_keys, enrol_worker
 
 BIN = Path(sys.executable).parent
 MODEL = "benchmarks.models:huge_mlp"
@@ -36,11 +36,11 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        keyfiles.create_broker_keys(root / "broker")
+        create_broker_keys(root / "broker")
         secrets = []
         for i in range(args.workers):
-            public, secret = keyfiles.create_worker_keys(root / f"w{i}", f"w{i}")
-            keyfiles.enrol_worker(root / "broker", public)
+            public, secret = create_worker_keys(root / f"w{i}", f"w{i}")
+            enrol_worker(root / "broker", public)
             secrets.append(secret)
         config = root / "config.yaml"
         config.write_text("broker:\n  heartbeat_interval_s: 1.0\n  heartbeat_timeout_s: 5.0\n"

@@ -43,7 +43,7 @@ def configure_socket(sock: zmq.Socket[bytes], limits: Limits, heartbeat_interval
 
 def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], credentials: Any) -> ThreadAuthenticator:
     """Start a ZAP handler on ``context`` that admits a CURVE client only if
-    ``credentials.callback(domain, z85_key)`` says so (an :class:`~federated.crypto.keyfiles.Enrolment`).
+    ``credentials.callback(domain, z85_key)`` says so (an :class:`~federated.keys.Enrolment`).
     Stop it with ``.stop()`` after closing the sockets."""
     auth = ThreadAuthenticator(context, log=logging.getLogger("federated.broker.zap"))
     auth.start()

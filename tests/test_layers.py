@@ -6,6 +6,8 @@ The rules checked, as they stand in the code:
 
 - ``federated.protocol`` imports nothing else of the package;
 - ``federated.crypto`` imports only ``federated.protocol`` (and itself);
+- ``federated.keys`` imports only ``federated.crypto``, ``federated.protocol`` and ``federated.durable`` (the
+  durable-write helper it shares with the broker's store);
 - nothing below ``broker``/``worker`` (protocol, crypto, keys, aggregation, privacy, compression, models,
   data) imports ``federated.broker``, ``federated.worker`` or ``federated.cli``;
 - no circles: neither between subpackages (top-level modules such as ``federated.config`` count as one
@@ -29,8 +31,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "federated"
 
-#: Subpackages below the I/O drivers. ``keys`` does not exist yet; it is listed so that it is held to the
-#: rule from the day it does.
+#: Subpackages below the I/O drivers.
 LOWER = ("protocol", "crypto", "keys", "aggregation", "privacy", "compression", "models", "data")
 UPPER = ("broker", "worker", "cli")
 
@@ -172,6 +173,18 @@ def test_crypto_imports_only_protocol() -> None:
     allowed = {"federated.crypto", "federated.protocol"}
     bad = [(m, d) for m, d in _edges("federated.crypto") if unit(d) not in allowed]
     assert not bad, f"federated.crypto may import only federated.protocol: {bad}"
+
+
+def test_keys_imports_only_crypto_protocol_and_durable() -> None:
+    allowed = {"federated.keys", "federated.crypto", "federated.protocol", "federated.durable"}
+    bad = [(m, d) for m, d in _edges("federated.keys") if unit(d) not in allowed]
+    assert _edges("federated.keys"), "federated.keys is missing or imports nothing: is the scan looking at it?"
+    assert not bad, f"federated.keys may import only crypto, protocol and durable: {bad}"
+
+
+def test_durable_imports_nothing_of_the_package() -> None:
+    bad = _edges("federated.durable")
+    assert not bad, f"federated.durable sits below every layer, so it imports none of them: {bad}"
 
 
 @pytest.mark.parametrize("layer", LOWER)

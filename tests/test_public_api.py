@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 PACKAGES = ["federated.protocol", "federated.broker", "federated.aggregation", "federated.data",
-            "federated.models", "federated.worker", "federated.crypto", "federated.attacks",
+            "federated.models", "federated.worker", "federated.crypto", "federated.keys", "federated.attacks",
             "federated.compression", "federated.config", "federated.client", "federated.server",
             "federated.privacy", "federated.transport", "federated.communication"]
 _FUTURE_FEATURE = type(__future__.annotations)

@@ -51,8 +51,8 @@ from federated.compression import Compressed, make_codec
 from federated.compression.sparsify import kept_count, shared_indices
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
-from federated.crypto.keyfiles import Enrolment
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
+from federated.keys import Enrolment
 from federated.privacy.clipping import AdaptiveClipper
 from federated.privacy.ledger import PrivacyLedger
 from federated.privacy.noise import noise_rng

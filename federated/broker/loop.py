@@ -24,7 +24,7 @@ import zmq
 
 from federated.broker.coordinator import Coordinator, Outbound
 from federated.broker.inflight import InflightGuard, wire_size
-from federated.crypto.keyfiles import BrokerKeys
+from federated.keys import BrokerKeys
 from federated.protocol import Error, LimitExceeded
 from federated.transport import configure_socket, curve_server, start_authenticator
 

@@ -21,7 +21,7 @@ from federated.broker.errors import StoreError
 from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
-from federated.crypto.keyfiles import BrokerKeys, Enrolment, load_broker_keys
+from federated.keys import BrokerKeys, Enrolment, load_broker_keys
 
 __all__ = ["RESUMABLE_CHANGES", "BrokerOutcome", "serve"]
 

@@ -58,7 +58,7 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
 
     from federated.broker.errors import StoreError
     from federated.broker.service import serve
-    from federated.crypto.keyfiles import KeyFileError
+    from federated.keys import KeyFileError
 
     try:
         outcome = serve(config, weights, evaluate=evaluate, task_config=task_config,

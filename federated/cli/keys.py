@@ -8,8 +8,8 @@
 
 Public files travel (``broker.key`` to every worker, ``ID.pub`` to the broker host); secret files
 (``broker.key_secret``, ``ID.secret``, mode 0600) never leave the host that made them. The file layout and
-format are described in :mod:`federated.crypto.keyfiles`. Any key-file problem is a usage error: one
-message on stderr, no traceback, exit status 2.
+format are described in :mod:`federated.keys`. Any key-file problem is a usage error: one message on
+stderr, no traceback, exit status 2.
 """
 
 from __future__ import annotations
@@ -28,8 +28,18 @@ from rich.table import Table
 from rich.text import Text
 
 from federated.cli.exit_codes import CONFIG_ERROR
-from federated.crypto import keyfiles
-from federated.crypto.keyfiles import EnrolledWorker, KeyFileError
+from federated.keys import (
+    REVOKED_DIR,
+    EnrolledWorker,
+    KeyFileError,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    list_enrolled,
+    load_broker_public,
+    load_worker_keys,
+    revoke_worker,
+)
 from federated.protocol.errors import MalformedMessage
 from federated.protocol.fields import validate_worker_id
 
@@ -85,8 +95,8 @@ def keys() -> None:
 def broker_command(keys_dir: Path, force: bool) -> None:
     """Create the broker's CURVE key pair in --keys-dir."""
     with _reported():
-        public_path, secret_path = keyfiles.create_broker_keys(keys_dir, force=force)
-        public = keyfiles.load_broker_public(public_path)
+        public_path, secret_path = create_broker_keys(keys_dir, force=force)
+        public = load_broker_public(public_path)
     click.echo(f"Created the broker's CURVE key pair in {keys_dir}:")
     click.echo(f"  public  {public_path}   copy this file to every worker host")
     click.echo(f"  secret  {secret_path}   mode 0600; never leaves this host")
@@ -101,8 +111,8 @@ def broker_command(keys_dir: Path, force: bool) -> None:
 def worker_command(client_id: str, out_dir: Path, force: bool) -> None:
     """Create a worker's CURVE key pair and Ed25519 identity in --out."""
     with _reported():
-        public_path, secret_path = keyfiles.create_worker_keys(out_dir, client_id, force=force)
-        worker = keyfiles.load_worker_keys(secret_path)
+        public_path, secret_path = create_worker_keys(out_dir, client_id, force=force)
+        worker = load_worker_keys(secret_path)
     click.echo(f"Created key material for worker {client_id!r} in {out_dir}:")
     click.echo(f"  public  {public_path}   copy this file to the broker host and run there:")
     click.echo(f"            fl keys enrol {_q(Path(public_path.name))} --keys-dir DIR")
@@ -116,7 +126,7 @@ def worker_command(client_id: str, out_dir: Path, force: bool) -> None:
 def enrol_command(public_file: Path, keys_dir: Path) -> None:
     """Enrol a worker from the PUBLIC_FILE that `fl keys worker` made, so the broker accepts it."""
     with _reported():
-        entry = keyfiles.enrol_worker(keys_dir, public_file)
+        entry = enrol_worker(keys_dir, public_file)
     click.echo(f"Enrolled worker {entry.worker_id!r} in {keys_dir}.")
     click.echo(f"Fingerprint: {entry.fingerprint}  (must match what `fl keys worker` printed on the worker)")
 
@@ -127,7 +137,7 @@ def enrol_command(public_file: Path, keys_dir: Path) -> None:
 def list_command(keys_dir: Path, as_json: bool) -> None:
     """The enrolled workers: id, enrolment time and key fingerprint (--json adds the public keys)."""
     with _reported():
-        workers = keyfiles.list_enrolled(keys_dir)
+        workers = list_enrolled(keys_dir)
     if as_json:
         click.echo(json.dumps({"keys_dir": str(keys_dir), "workers": [_as_dict(w) for w in workers]}))
         return
@@ -152,9 +162,9 @@ def list_command(keys_dir: Path, as_json: bool) -> None:
 def revoke_command(worker_id: str, keys_dir: Path) -> None:
     """Withdraw worker ID's enrolment (its file moves to revoked/)."""
     with _reported():
-        entry = keyfiles.revoke_worker(keys_dir, worker_id)
+        entry = revoke_worker(keys_dir, worker_id)
     click.echo(f"Revoked worker {entry.worker_id!r} (fingerprint {entry.fingerprint}); its key file is now "
-               f"in {keys_dir / keyfiles.REVOKED_DIR}. A running broker refuses it once it re-reads the "
+               f"in {keys_dir / REVOKED_DIR}. A running broker refuses it once it re-reads the "
                f"enrolment.")
 
 

@@ -116,7 +116,7 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
     if keys_path is not None and broker_key is not None:
         from pathlib import Path
 
-        from federated.crypto.keyfiles import KeyFileError, load_broker_public, load_worker_keys
+        from federated.keys import KeyFileError, load_broker_public, load_worker_keys
 
         try:
             worker_keys, pinned = load_worker_keys(Path(keys_path)), load_broker_public(Path(broker_key))

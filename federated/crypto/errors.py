@@ -7,7 +7,9 @@ The tree (built-in bases in brackets, so callers can catch what they already kno
      ├── DecryptionError             an AES-GCM tag fails, or the ciphertext is too short to hold one
      ├── ProtocolViolation           a request that breaks the protocol's rules: overlapping survivor and
      │                               dropped sets, too few survivors, wrong session, invalid X25519 key
-     └── ReconstructionError         fewer than t Shamir shares, duplicate holders, or inconsistent shares
+     ├── ReconstructionError         fewer than t Shamir shares, duplicate holders, or inconsistent shares
+     └── KeyFileError                (in :mod:`federated.keys.format`) a key file is missing, malformed,
+                                     inconsistent or unsafe
 
     ParameterError [ValueError]      secure-aggregation parameters that cannot work (e.g. a sum that could
                                      wrap mod 2^32); the message names each parameter and its value

@@ -27,7 +27,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from federated.crypto.floor import SafetyFloor
-from federated.crypto.keyfiles import WorkerKeys
+from federated.keys import WorkerKeys
 from federated.protocol import Heartbeat, Limits, ProtocolError, Task, decode_message
 from federated.transport import configure_socket, curve_client
 from federated.worker.ledger import RoundLedger

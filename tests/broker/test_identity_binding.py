@@ -22,10 +22,16 @@ import pytest
 
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
 from federated.config import BrokerConfig, FederatedConfig, SecureConfig
-from federated.crypto import keyfiles
-from federated.crypto.keyfiles import Enrolment, WorkerKeys
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_worker import SecAggWorker
+from federated.keys import (
+    Enrolment,
+    WorkerKeys,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    load_worker_keys,
+)
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
 
 T0 = 1000.0
@@ -37,12 +43,12 @@ ROUTES = {"alice": ALICE, "bob": BOB, "carol": b"route-carol"}
 @pytest.fixture
 def enrolled(tmp_path: Path) -> tuple[Enrolment, dict[str, WorkerKeys]]:
     keys_dir = tmp_path / "broker"
-    keyfiles.create_broker_keys(keys_dir)
+    create_broker_keys(keys_dir)
     keys = {}
     for wid in ROUTES:
-        public, secret = keyfiles.create_worker_keys(tmp_path / wid, wid)
-        keyfiles.enrol_worker(keys_dir, public)
-        keys[wid] = keyfiles.load_worker_keys(secret)
+        public, secret = create_worker_keys(tmp_path / wid, wid)
+        enrol_worker(keys_dir, public)
+        keys[wid] = load_worker_keys(secret)
     return Enrolment(keys_dir), keys
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from federated.cli.keys import keys
-from federated.crypto import keyfiles
+from federated.keys import load_broker_public, load_worker_keys
 
 
 def run(*args: str | Path) -> tuple[int, str, str]:
@@ -24,14 +24,14 @@ def test_full_cycle(tmp_path: Path) -> None:
     assert code == 0
     assert str(broker / "broker.key") in out and "copy this file to every worker" in out
     assert str(broker / "broker.key_secret") in out and "0600" in out
-    assert keyfiles.load_broker_public(broker).decode() in out
+    assert load_broker_public(broker).decode() in out
     assert stat.S_IMODE((broker / "broker.key_secret").stat().st_mode) == 0o600
 
     code, out, _ = run("worker", "--client-id", "alice", "--out", worker)
     assert code == 0
     assert str(worker / "alice.pub") in out and "copy this file to the broker" in out
     assert str(worker / "alice.secret") in out and "stays on this worker" in out
-    fingerprint = keyfiles.load_worker_keys(worker).fingerprint
+    fingerprint = load_worker_keys(worker).fingerprint
     assert fingerprint in out
 
     code, out, _ = run("enrol", worker / "alice.pub", "--keys-dir", broker)
@@ -48,7 +48,7 @@ def test_full_cycle(tmp_path: Path) -> None:
     assert payload["keys_dir"] == str(broker)
     [entry] = payload["workers"]
     assert entry["worker_id"] == "alice" and entry["fingerprint"] == fingerprint
-    assert entry["curve_public"] == keyfiles.load_worker_keys(worker).curve_public.decode()
+    assert entry["curve_public"] == load_worker_keys(worker).curve_public.decode()
 
     code, out, _ = run("revoke", "alice", "--keys-dir", broker)
     assert code == 0 and "Revoked worker 'alice'" in out
@@ -60,13 +60,13 @@ def test_full_cycle(tmp_path: Path) -> None:
 
 def test_existing_keys_need_force(tmp_path: Path) -> None:
     assert run("broker", "--keys-dir", tmp_path)[0] == 0
-    before = keyfiles.load_broker_public(tmp_path)
+    before = load_broker_public(tmp_path)
     code, out, err = run("broker", "--keys-dir", tmp_path)
     assert code == 2 and out == ""
     assert "already exists" in err and "--force" in err and "Traceback" not in err
-    assert keyfiles.load_broker_public(tmp_path) == before
+    assert load_broker_public(tmp_path) == before
     assert run("broker", "--keys-dir", tmp_path, "--force")[0] == 0
-    assert keyfiles.load_broker_public(tmp_path) != before
+    assert load_broker_public(tmp_path) != before
 
     assert run("worker", "--client-id", "w1", "--out", tmp_path / "w")[0] == 0
     code, _, err = run("worker", "--client-id", "w1", "--out", tmp_path / "w")
@@ -124,7 +124,7 @@ def test_list_fits_an_80_column_terminal(tmp_path: Path) -> None:
     for worker_id in ("alice", "worker-with-a-long-name.example.org"):
         run("worker", "--client-id", worker_id, "--out", tmp_path / worker_id)
         run("enrol", tmp_path / worker_id / f"{worker_id}.pub", "--keys-dir", tmp_path / "broker")
-        fingerprints[worker_id] = keyfiles.load_worker_keys(tmp_path / worker_id).fingerprint
+        fingerprints[worker_id] = load_worker_keys(tmp_path / worker_id).fingerprint
     result = CliRunner().invoke(keys, ["list", "--keys-dir", str(tmp_path / "broker")], env={"COLUMNS": "80"})
     assert result.exit_code == 0 and "…" not in result.stdout
     assert all(len(line) <= 80 for line in result.stdout.splitlines())

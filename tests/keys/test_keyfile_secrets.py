@@ -22,8 +22,14 @@ from click.testing import CliRunner
 from zmq.utils import z85
 
 from federated.cli.keys import keys as keys_cli
-from federated.crypto import keyfiles
-from federated.crypto.keyfiles import KeyFileError
+from federated.keys import (
+    KeyFileError,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    load_broker_keys,
+    load_worker_keys,
+)
 
 WINDOW = 8  # a run this long of a random key turning up in a message by chance is ~1e-10 per message
 
@@ -96,16 +102,16 @@ DAMAGES: dict[str, Damage] = {
 
 
 def _worker_secret(tmp_path: Path) -> Path:
-    return keyfiles.create_worker_keys(tmp_path / "worker", "alice")[1]
+    return create_worker_keys(tmp_path / "worker", "alice")[1]
 
 
 def _broker_secret(tmp_path: Path) -> Path:
-    return keyfiles.create_broker_keys(tmp_path / "broker")[1]
+    return create_broker_keys(tmp_path / "broker")[1]
 
 
 CASES = [(make, load, field, damage)
-         for make, load, fields in [(_worker_secret, keyfiles.load_worker_keys, ("curve_secret", "identity_secret")),
-                                    (_broker_secret, keyfiles.load_broker_keys, ("curve_secret",))]
+         for make, load, fields in [(_worker_secret, load_worker_keys, ("curve_secret", "identity_secret")),
+                                    (_broker_secret, load_broker_keys, ("curve_secret",))]
          for field in fields for damage in DAMAGES
          if not (field == "curve_secret" and make is _broker_secret and "identity_public" in damage)]
 
@@ -138,17 +144,17 @@ def test_the_error_still_says_what_is_wrong(tmp_path: Path, damage: str, says: s
     path = _worker_secret(tmp_path)
     path.write_bytes(DAMAGES[damage](json.loads(path.read_text()), "curve_secret"))
     with pytest.raises(KeyFileError, match=says.replace(" ", r"\s")):
-        keyfiles.load_worker_keys(path)
+        load_worker_keys(path)
 
 
 def test_public_files_still_quote_a_bad_value(tmp_path: Path) -> None:
     """Public keys are not secret, and quoting them helps find a bad copy."""
-    public_path, _ = keyfiles.create_worker_keys(tmp_path / "worker", "alice")
+    public_path, _ = create_worker_keys(tmp_path / "worker", "alice")
     doc = json.loads(public_path.read_text())
     doc["curve_public"] = doc["curve_public"][:-1]
     public_path.write_text(json.dumps(doc))
     with pytest.raises(KeyFileError, match="got '") as caught:
-        keyfiles.enrol_worker(keyfiles.create_broker_keys(tmp_path / "broker")[0].parent, public_path)
+        enrol_worker(create_broker_keys(tmp_path / "broker")[0].parent, public_path)
     assert doc["curve_public"][:20] in str(caught.value)
 
 

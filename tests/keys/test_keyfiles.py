@@ -14,10 +14,23 @@ import zmq
 import zmq.auth.thread
 from zmq.utils import z85
 
-from federated.crypto import keyfiles
 from federated.crypto.errors import CryptoError
-from federated.crypto.keyfiles import Enrolment, KeyFileError
 from federated.crypto.primitives import sign, verify
+from federated.keys import (
+    FORMAT,
+    Enrolment,
+    KeyFileError,
+    check_secret_mode,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    list_enrolled,
+    load_broker_keys,
+    load_broker_public,
+    load_worker_keys,
+    revoke_worker,
+)
+from federated.keys.format import write_key_file
 
 
 def mode(path: Path) -> int:
@@ -33,44 +46,44 @@ def rewrite(path: Path, edit: Callable[[dict[str, Any]], object]) -> None:
 
 @pytest.fixture
 def broker_dir(tmp_path: Path) -> Path:
-    keyfiles.create_broker_keys(tmp_path / "broker")
+    create_broker_keys(tmp_path / "broker")
     return tmp_path / "broker"
 
 
 def make_worker(tmp_path: Path, worker_id: str) -> tuple[Path, Path]:
-    return keyfiles.create_worker_keys(tmp_path / "workers" / worker_id, worker_id)
+    return create_worker_keys(tmp_path / "workers" / worker_id, worker_id)
 
 
 # --- creating and loading -----------------------------------------------------------------------------
 
 def test_broker_keys_round_trip(broker_dir: Path) -> None:
-    keys = keyfiles.load_broker_keys(broker_dir)
+    keys = load_broker_keys(broker_dir)
     assert len(keys.public) == len(keys.secret) == 40
     assert zmq.curve_public(keys.secret) == keys.public  # libzmq agrees these are one CURVE key pair
-    assert keyfiles.load_broker_public(broker_dir) == keys.public
-    assert keyfiles.load_broker_public(broker_dir / "broker.key") == keys.public
-    assert keyfiles.load_broker_keys(broker_dir / "broker.key_secret") == keys
+    assert load_broker_public(broker_dir) == keys.public
+    assert load_broker_public(broker_dir / "broker.key") == keys.public
+    assert load_broker_keys(broker_dir / "broker.key_secret") == keys
     assert keys.secret.decode() not in repr(keys)
 
 
 def test_worker_keys_round_trip(tmp_path: Path) -> None:
     public_path, secret_path = make_worker(tmp_path, "alice")
     assert (public_path.name, secret_path.name) == ("alice.pub", "alice.secret")
-    keys = keyfiles.load_worker_keys(secret_path)
-    assert keyfiles.load_worker_keys(secret_path.parent) == keys
+    keys = load_worker_keys(secret_path)
+    assert load_worker_keys(secret_path.parent) == keys
     assert keys.worker_id == "alice"
     assert zmq.curve_public(keys.curve_secret) == keys.curve_public
     assert len(keys.identity_public) == 32
     verify(keys.identity_public, sign(keys.identity, b"advertisement"), b"advertisement")
     public = json.loads(public_path.read_text())
-    assert public["kind"] == "worker-public" and public["format"] == keyfiles.FORMAT
+    assert public["kind"] == "worker-public" and public["format"] == FORMAT
     assert "curve_secret" not in public and "identity_secret" not in public
     assert public["identity_public"] == keys.identity_public.hex()
     assert keys.curve_secret.decode() not in repr(keys)
 
 
 def test_fresh_keys_differ(tmp_path: Path) -> None:
-    a, b = (keyfiles.load_worker_keys(make_worker(tmp_path, w)[1]) for w in ("a", "b"))
+    a, b = (load_worker_keys(make_worker(tmp_path, w)[1]) for w in ("a", "b"))
     assert a.curve_secret != b.curve_secret and a.identity_public != b.identity_public
 
 
@@ -85,11 +98,11 @@ def permissive_umask() -> Iterator[None]:
 
 @pytest.mark.usefixtures("permissive_umask")
 def test_secret_files_are_0600_even_under_umask_0(tmp_path: Path) -> None:
-    public, secret = keyfiles.create_broker_keys(tmp_path / "b")
+    public, secret = create_broker_keys(tmp_path / "b")
     assert (mode(secret), mode(public), mode(tmp_path / "b")) == (0o600, 0o644, 0o700)
-    public, secret = keyfiles.create_worker_keys(tmp_path / "w", "alice")
+    public, secret = create_worker_keys(tmp_path / "w", "alice")
     assert (mode(secret), mode(public), mode(tmp_path / "w")) == (0o600, 0o644, 0o700)
-    public, secret = keyfiles.create_worker_keys(tmp_path / "w", "alice", force=True)
+    public, secret = create_worker_keys(tmp_path / "w", "alice", force=True)
     assert mode(secret) == 0o600
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["alice.pub", "alice.secret"]  # no temp left
 
@@ -97,28 +110,28 @@ def test_secret_files_are_0600_even_under_umask_0(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad_mode", [0o644, 0o640, 0o604, 0o620], ids=lambda m: f"{m:04o}")
 def test_secret_accessible_to_others_is_refused(tmp_path: Path, broker_dir: Path, bad_mode: int) -> None:
     _, worker_secret = make_worker(tmp_path, "alice")
-    for secret, load in ((worker_secret, keyfiles.load_worker_keys),
-                         (broker_dir / "broker.key_secret", keyfiles.load_broker_keys)):
+    for secret, load in ((worker_secret, load_worker_keys),
+                         (broker_dir / "broker.key_secret", load_broker_keys)):
         secret.chmod(bad_mode)
         with pytest.raises(KeyFileError, match="chmod 600") as info:
             load(secret)
         assert str(secret) in str(info.value) and f"{bad_mode:04o}" in str(info.value)
         with pytest.raises(KeyFileError, match="chmod 600"):
-            keyfiles.check_secret_mode(secret)
+            check_secret_mode(secret)
         secret.chmod(0o600)
-        keyfiles.check_secret_mode(secret)
+        check_secret_mode(secret)
         load(secret)
     secret.chmod(0o400)  # stricter than 0600 is fine
-    keyfiles.load_broker_keys(broker_dir)
+    load_broker_keys(broker_dir)
 
 
 def test_existing_keys_are_not_overwritten_without_force(tmp_path: Path, broker_dir: Path) -> None:
-    before = keyfiles.load_broker_keys(broker_dir)
+    before = load_broker_keys(broker_dir)
     with pytest.raises(KeyFileError, match=r"already exists.*--force"):
-        keyfiles.create_broker_keys(broker_dir)
-    assert keyfiles.load_broker_keys(broker_dir) == before
-    keyfiles.create_broker_keys(broker_dir, force=True)
-    assert keyfiles.load_broker_keys(broker_dir) != before
+        create_broker_keys(broker_dir)
+    assert load_broker_keys(broker_dir) == before
+    create_broker_keys(broker_dir, force=True)
+    assert load_broker_keys(broker_dir) != before
     _, secret = make_worker(tmp_path, "alice")
     with pytest.raises(KeyFileError, match=r"alice\.pub already exists"):
         make_worker(tmp_path, "alice")
@@ -132,12 +145,12 @@ def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monke
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_link)
-    public, secret = keyfiles.create_broker_keys(tmp_path)
+    public, secret = create_broker_keys(tmp_path)
     assert mode(secret) == 0o600
-    assert keyfiles.load_broker_keys(tmp_path).public == keyfiles.load_broker_public(public)
+    assert load_broker_keys(tmp_path).public == load_broker_public(public)
     before = secret.read_bytes()
     with pytest.raises(KeyFileError, match="already exists"):  # the fallback's own check, past the pre-check
-        keyfiles._write_file(secret, b"other", secret=True, force=False)
+        write_key_file(secret, b"other", secret=True, force=False)
     assert secret.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broker.key", "broker.key_secret"]
 
@@ -145,7 +158,7 @@ def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monke
 def test_invalid_worker_id_is_refused(tmp_path: Path) -> None:
     for bad in ("", "a/b", "../x", "a b", "x" * 129):
         with pytest.raises(ValueError, match="worker_id"):
-            keyfiles.create_worker_keys(tmp_path, bad)
+            create_worker_keys(tmp_path, bad)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -173,7 +186,7 @@ def test_damaged_worker_secret_is_refused(tmp_path: Path, damage: str) -> None:
     _, secret = make_worker(tmp_path, "alice")
     rewrite(secret, WORKER_SECRET_DAMAGE[damage])
     with pytest.raises(KeyFileError) as info:
-        keyfiles.load_worker_keys(secret)
+        load_worker_keys(secret)
     assert str(secret) in str(info.value)
 
 
@@ -183,8 +196,8 @@ def test_damaged_worker_secret_is_refused(tmp_path: Path, damage: str) -> None:
 def test_garbage_files_are_refused(tmp_path: Path, broker_dir: Path, content: bytes) -> None:
     _, secret = make_worker(tmp_path, "alice")
     public = broker_dir / "broker.key"
-    for path, load in ((secret, keyfiles.load_worker_keys), (public, keyfiles.load_broker_public),
-                       (broker_dir / "broker.key_secret", keyfiles.load_broker_keys)):
+    for path, load in ((secret, load_worker_keys), (public, load_broker_public),
+                       (broker_dir / "broker.key_secret", load_broker_keys)):
         path.write_bytes(content)
         with pytest.raises(KeyFileError) as info:
             load(path)
@@ -193,11 +206,11 @@ def test_garbage_files_are_refused(tmp_path: Path, broker_dir: Path, content: by
 
 def test_missing_files_say_how_to_create_them(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="fl keys broker"):
-        keyfiles.load_broker_keys(tmp_path)
+        load_broker_keys(tmp_path)
     with pytest.raises(KeyFileError, match="fl keys worker"):
-        keyfiles.load_worker_keys(tmp_path)
+        load_worker_keys(tmp_path)
     with pytest.raises(KeyFileError, match=r"broker\.key"):
-        keyfiles.load_broker_public(tmp_path)
+        load_broker_public(tmp_path)
 
 
 def test_key_file_error_is_a_crypto_error() -> None:
@@ -206,26 +219,26 @@ def test_key_file_error_is_a_crypto_error() -> None:
 
 def test_secret_files_are_not_taken_for_public_ones(tmp_path: Path, broker_dir: Path) -> None:
     with pytest.raises(KeyFileError, match="must stay on the broker"):
-        keyfiles.load_broker_public(broker_dir / "broker.key_secret")
+        load_broker_public(broker_dir / "broker.key_secret")
     _, secret = make_worker(tmp_path, "alice")
     with pytest.raises(KeyFileError, match="must stay on the worker"):
-        keyfiles.enrol_worker(broker_dir, secret)
-    assert keyfiles.list_enrolled(broker_dir) == []
+        enrol_worker(broker_dir, secret)
+    assert list_enrolled(broker_dir) == []
 
 
 def test_mismatched_broker_public_file_is_refused(tmp_path: Path, broker_dir: Path) -> None:
-    keyfiles.create_broker_keys(tmp_path / "other")
+    create_broker_keys(tmp_path / "other")
     (broker_dir / "broker.key").write_bytes((tmp_path / "other" / "broker.key").read_bytes())
     with pytest.raises(KeyFileError, match="does not match"):
-        keyfiles.load_broker_keys(broker_dir)
+        load_broker_keys(broker_dir)
 
 
 def test_several_secrets_in_a_directory_are_ambiguous(tmp_path: Path) -> None:
-    keyfiles.create_worker_keys(tmp_path, "a")
-    keyfiles.create_worker_keys(tmp_path, "b")
+    create_worker_keys(tmp_path, "a")
+    create_worker_keys(tmp_path, "b")
     with pytest.raises(KeyFileError, match=r"several .*a\.secret, b\.secret"):
-        keyfiles.load_worker_keys(tmp_path)
-    assert keyfiles.load_worker_keys(tmp_path / "b.secret").worker_id == "b"
+        load_worker_keys(tmp_path)
+    assert load_worker_keys(tmp_path / "b.secret").worker_id == "b"
 
 
 # --- enrolment ----------------------------------------------------------------------------------------
@@ -233,47 +246,47 @@ def test_several_secrets_in_a_directory_are_ambiguous(tmp_path: Path) -> None:
 def test_enrol_list_revoke(tmp_path: Path, broker_dir: Path) -> None:
     bob_pub, _ = make_worker(tmp_path, "bob")
     alice_pub, alice_secret = make_worker(tmp_path, "alice")
-    bob = keyfiles.enrol_worker(broker_dir, bob_pub)
-    alice = keyfiles.enrol_worker(broker_dir, alice_pub)
-    alice_keys = keyfiles.load_worker_keys(alice_secret)
+    bob = enrol_worker(broker_dir, bob_pub)
+    alice = enrol_worker(broker_dir, alice_pub)
+    alice_keys = load_worker_keys(alice_secret)
     assert alice.curve_public == alice_keys.curve_public
     assert alice.identity_public == alice_keys.identity_public
     assert alice.fingerprint == alice_keys.fingerprint
     assert alice.enrolled_at > 0
-    assert keyfiles.list_enrolled(broker_dir) == [alice, bob]
-    assert keyfiles.enrol_worker(broker_dir, alice_pub) == alice  # enrolling the same keys again is a no-op
-    assert keyfiles.revoke_worker(broker_dir, "alice") == alice
-    assert keyfiles.list_enrolled(broker_dir) == [bob]
+    assert list_enrolled(broker_dir) == [alice, bob]
+    assert enrol_worker(broker_dir, alice_pub) == alice  # enrolling the same keys again is a no-op
+    assert revoke_worker(broker_dir, "alice") == alice
+    assert list_enrolled(broker_dir) == [bob]
     assert [p.name.split(".")[0] for p in (broker_dir / "revoked").iterdir()] == ["alice"]
     with pytest.raises(KeyFileError, match="not enrolled"):
-        keyfiles.revoke_worker(broker_dir, "alice")
+        revoke_worker(broker_dir, "alice")
 
 
 def test_enrolment_refuses_a_second_key_for_one_id_until_revoked(tmp_path: Path, broker_dir: Path) -> None:
     first, _ = make_worker(tmp_path, "alice")
-    second, _ = keyfiles.create_worker_keys(tmp_path / "elsewhere", "alice")
-    keyfiles.enrol_worker(broker_dir, first)
+    second, _ = create_worker_keys(tmp_path / "elsewhere", "alice")
+    enrol_worker(broker_dir, first)
     with pytest.raises(KeyFileError, match=r"already enrolled .* different keys.*fl keys revoke alice"):
-        keyfiles.enrol_worker(broker_dir, second)
-    keyfiles.revoke_worker(broker_dir, "alice")
-    replaced = keyfiles.enrol_worker(broker_dir, second)
-    assert keyfiles.list_enrolled(broker_dir) == [replaced]
+        enrol_worker(broker_dir, second)
+    revoke_worker(broker_dir, "alice")
+    replaced = enrol_worker(broker_dir, second)
+    assert list_enrolled(broker_dir) == [replaced]
 
 
 def test_enrolment_refuses_one_key_under_two_ids(tmp_path: Path, broker_dir: Path) -> None:
     alice_pub, _ = make_worker(tmp_path, "alice")
-    keyfiles.enrol_worker(broker_dir, alice_pub)
+    enrol_worker(broker_dir, alice_pub)
     copy = tmp_path / "mallory.pub"
     rewrite_to = json.loads(alice_pub.read_text()) | {"worker_id": "mallory"}
     copy.write_text(json.dumps(rewrite_to))
     with pytest.raises(KeyFileError, match="already enrolled as worker 'alice'"):
-        keyfiles.enrol_worker(broker_dir, copy)
+        enrol_worker(broker_dir, copy)
 
 
 def test_enrol_needs_an_existing_keys_dir(tmp_path: Path) -> None:
     alice_pub, _ = make_worker(tmp_path, "alice")
     with pytest.raises(KeyFileError, match="fl keys broker"):
-        keyfiles.enrol_worker(tmp_path / "typo", alice_pub)
+        enrol_worker(tmp_path / "typo", alice_pub)
     assert not (tmp_path / "typo").exists()
 
 
@@ -281,27 +294,27 @@ def test_enrolment_notices_enrol_and_revoke_at_once(tmp_path: Path, broker_dir: 
     enrolment = Enrolment(broker_dir)
     assert enrolment.workers() == [] and not enrolment.reload_if_changed()
     alice_pub, _ = make_worker(tmp_path, "alice")
-    alice = keyfiles.enrol_worker(broker_dir, alice_pub)
+    alice = enrol_worker(broker_dir, alice_pub)
     assert enrolment.reload_if_changed()
     assert "alice" in enrolment and enrolment.by_curve_key(alice.curve_public) == alice
     assert enrolment.by_curve_key(alice.curve_public.decode()) == alice  # as a frame's User-Id gives it
     assert not enrolment.reload_if_changed()
-    keyfiles.revoke_worker(broker_dir, "alice")
+    revoke_worker(broker_dir, "alice")
     assert enrolment.reload_if_changed()
     assert "alice" not in enrolment and enrolment.by_curve_key(alice.curve_public) is None
     # Revoke and re-enrol with new keys between two reloads, within one tick of a coarse clock.
-    keyfiles.enrol_worker(broker_dir, alice_pub)
+    enrol_worker(broker_dir, alice_pub)
     enrolment.reload_if_changed()
-    new_pub, _ = keyfiles.create_worker_keys(tmp_path / "new", "alice")
-    keyfiles.revoke_worker(broker_dir, "alice")
-    new = keyfiles.enrol_worker(broker_dir, new_pub)
+    new_pub, _ = create_worker_keys(tmp_path / "new", "alice")
+    revoke_worker(broker_dir, "alice")
+    new = enrol_worker(broker_dir, new_pub)
     assert enrolment.reload_if_changed()
     assert enrolment.workers() == [new] and enrolment.by_curve_key(alice.curve_public) is None
 
 
 def test_enrolment_start_is_strict_and_reload_is_lenient(tmp_path: Path, broker_dir: Path) -> None:
     for worker_id in ("alice", "bob"):
-        keyfiles.enrol_worker(broker_dir, make_worker(tmp_path, worker_id)[0])
+        enrol_worker(broker_dir, make_worker(tmp_path, worker_id)[0])
     enrolment = Enrolment(broker_dir)
     bob_file = broker_dir / "enrolled" / "bob.pub"
     bob_file.write_text("{ broken")
@@ -310,7 +323,7 @@ def test_enrolment_start_is_strict_and_reload_is_lenient(tmp_path: Path, broker_
     with pytest.raises(KeyFileError, match=r"bob\.pub"):
         Enrolment(broker_dir)
     with pytest.raises(KeyFileError, match=r"bob\.pub"):
-        keyfiles.list_enrolled(broker_dir)
+        list_enrolled(broker_dir)
     # A file copied by hand under another name with the same key: neither is trusted.
     bob_file.unlink()
     alice_doc = json.loads((broker_dir / "enrolled" / "alice.pub").read_text())
@@ -322,10 +335,10 @@ def test_enrolment_start_is_strict_and_reload_is_lenient(tmp_path: Path, broker_
 
 
 def test_enrolled_file_must_be_named_after_its_worker(tmp_path: Path, broker_dir: Path) -> None:
-    keyfiles.enrol_worker(broker_dir, make_worker(tmp_path, "alice")[0])
+    enrol_worker(broker_dir, make_worker(tmp_path, "alice")[0])
     (broker_dir / "enrolled" / "alice.pub").rename(broker_dir / "enrolled" / "root.pub")
     with pytest.raises(KeyFileError, match=r"must be named alice\.pub"):
-        keyfiles.list_enrolled(broker_dir)
+        list_enrolled(broker_dir)
 
 
 # --- with real ZeroMQ ---------------------------------------------------------------------------------
@@ -342,11 +355,11 @@ def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, server_key: byte
 @pytest.mark.timeout(20)
 def test_curve_admits_only_enrolled_workers(tmp_path: Path, broker_dir: Path) -> None:
     alice_pub, alice_secret = make_worker(tmp_path, "alice")
-    keyfiles.enrol_worker(broker_dir, alice_pub)
+    enrol_worker(broker_dir, alice_pub)
     _, eve_secret = make_worker(tmp_path, "eve")  # has keys, never enrolled
-    alice, eve = keyfiles.load_worker_keys(alice_secret), keyfiles.load_worker_keys(eve_secret)
-    broker = keyfiles.load_broker_keys(broker_dir)
-    server_key = keyfiles.load_broker_public(broker_dir / "broker.key")
+    alice, eve = load_worker_keys(alice_secret), load_worker_keys(eve_secret)
+    broker = load_broker_keys(broker_dir)
+    server_key = load_broker_public(broker_dir / "broker.key")
     enrolment = Enrolment(broker_dir)
 
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -382,7 +395,7 @@ def test_curve_admits_only_enrolled_workers(tmp_path: Path, broker_dir: Path) ->
         bad.send(b"hello from eve")
         assert received(500) is None
 
-        keyfiles.revoke_worker(broker_dir, "alice")  # the next handshake re-reads the enrolment
+        revoke_worker(broker_dir, "alice")  # the next handshake re-reads the enrolment
         again = _dealer(ctx, endpoint, server_key, alice.curve_public, alice.curve_secret)
         sockets.append(again)
         again.send(b"alice after revocation")

@@ -17,7 +17,16 @@ from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundStore
 from federated.config import BrokerConfig, FederatedConfig
-from federated.crypto import keyfiles
+from federated.keys import (
+    Enrolment,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    load_broker_keys,
+    load_broker_public,
+    load_worker_keys,
+    revoke_worker,
+)
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
 from federated.transport import curve_client
 
@@ -27,14 +36,14 @@ pytestmark = [pytest.mark.network]
 @pytest.fixture
 def keys_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "broker-keys"
-    keyfiles.create_broker_keys(directory)
+    create_broker_keys(directory)
     return directory
 
 
 def _worker_keys(tmp_path: Path, worker_id: str, keys_dir: Path | None) -> Path:
-    public, secret = keyfiles.create_worker_keys(tmp_path / f"keys-{worker_id}", worker_id)
+    public, secret = create_worker_keys(tmp_path / f"keys-{worker_id}", worker_id)
     if keys_dir is not None:
-        keyfiles.enrol_worker(keys_dir, public)
+        enrol_worker(keys_dir, public)
     return secret
 
 
@@ -43,13 +52,13 @@ class LiveBroker:
 
     def __init__(self, keys_dir: Path) -> None:
         config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=600.0, keys_dir=str(keys_dir)))
-        self.enrolment = keyfiles.Enrolment(keys_dir)
+        self.enrolment = Enrolment(keys_dir)
         self.coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=self.enrolment)
-        self.public = keyfiles.load_broker_keys(keys_dir).public
+        self.public = load_broker_keys(keys_dir).public
         self.port = free_port()
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.loop = BrokerLoop(self.coordinator, f"tcp://127.0.0.1:{self.port}", context=self.context,
-                               keys=keyfiles.load_broker_keys(keys_dir))
+                               keys=load_broker_keys(keys_dir))
         bound = threading.Event()
         self.loop.on_bound = lambda _: bound.set()
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
@@ -57,7 +66,7 @@ class LiveBroker:
         assert bound.wait(10)
 
     def dealer(self, secret_file: Path, server_public: bytes | None = None) -> zmq.Socket[bytes]:
-        keys = keyfiles.load_worker_keys(secret_file)
+        keys = load_worker_keys(secret_file)
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         curve_client(sock, keys.curve_public, keys.curve_secret, server_public or self.public)
@@ -98,8 +107,8 @@ def test_an_unenrolled_key_gets_no_message_accepted(tmp_path: Path, keys_dir: Pa
 
 def test_a_worker_pinning_the_wrong_broker_key_delivers_nothing(tmp_path: Path, keys_dir: Path,
                                                                  live: LiveBroker) -> None:
-    impostor_keys = keyfiles.create_broker_keys(tmp_path / "other-broker")
-    wrong = keyfiles.load_broker_public(impostor_keys[0])
+    impostor_keys = create_broker_keys(tmp_path / "other-broker")
+    wrong = load_broker_public(impostor_keys[0])
     sock = live.dealer(_worker_keys(tmp_path, "w1", keys_dir), server_public=wrong)
     for _ in range(10):
         sock.send_multipart(Hello("w1", 10).to_frames())
@@ -121,7 +130,7 @@ def test_a_revoked_worker_is_refused_at_its_next_message_on_a_live_connection(
     sock = live.dealer(_worker_keys(tmp_path, "w1", keys_dir))
     sock.send_multipart(Hello("w1", 10).to_frames())
     assert isinstance(_recv(sock, 5.0), Welcome)
-    keyfiles.revoke_worker(keys_dir, "w1")
+    revoke_worker(keys_dir, "w1")
     time.sleep(0.25)  # the broker re-reads the enrolment at most every 0.2 s
     sock.send_multipart(Heartbeat("w1").to_frames())
     deadline = time.monotonic() + 5.0

@@ -22,7 +22,15 @@ from conftest import free_port
 from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
 from federated.config import BrokerConfig, FederatedConfig
-from federated.crypto import keyfiles
+from federated.keys import (
+    Enrolment,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    load_broker_keys,
+    load_broker_public,
+    load_worker_keys,
+)
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
 from federated.transport import curve_client
 
@@ -40,25 +48,25 @@ def _reply(sock: zmq.Socket[bytes], timeout_s: float) -> object | None:
 
 def test_a_routing_id_taken_over_with_another_key_cannot_speak_for_its_worker(tmp_path: Path) -> None:
     keys_dir = tmp_path / "broker-keys"
-    keyfiles.create_broker_keys(keys_dir)
+    create_broker_keys(keys_dir)
     keys = {}
     for wid in ("alice", "bob"):
-        public, secret = keyfiles.create_worker_keys(tmp_path / wid, wid)
-        keyfiles.enrol_worker(keys_dir, public)
-        keys[wid] = keyfiles.load_worker_keys(secret)
+        public, secret = create_worker_keys(tmp_path / wid, wid)
+        enrol_worker(keys_dir, public)
+        keys[wid] = load_worker_keys(secret)
     config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=600.0, heartbeat_interval_s=300.0,
                                                                 heartbeat_timeout_s=900.0))
-    coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=keyfiles.Enrolment(keys_dir))
+    coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=Enrolment(keys_dir))
     port = free_port()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     loop = BrokerLoop(coordinator, f"tcp://127.0.0.1:{port}", context=context,
-                      keys=keyfiles.load_broker_keys(keys_dir))
+                      keys=load_broker_keys(keys_dir))
     bound = threading.Event()
     loop.on_bound = lambda _: bound.set()
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     assert bound.wait(10)
-    server = keyfiles.load_broker_public(keys_dir)
+    server = load_broker_public(keys_dir)
 
     def dealer(wid: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)

@@ -24,7 +24,15 @@ import pytest
 import zmq
 from conftest import free_port  # pytest and `python tests/network/...` both put this folder on the path
 
-from federated.crypto import keyfiles
+import federated
+from federated.keys import (
+    WorkerKeys,
+    create_broker_keys,
+    create_worker_keys,
+    enrol_worker,
+    load_broker_public,
+    load_worker_keys,
+)
 from federated.protocol import Error, Hello, Welcome, decode_message
 from federated.transport import curve_client
 
@@ -38,7 +46,7 @@ import numpy as np
 from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
 from federated.config import BrokerConfig, FederatedConfig
-from federated.crypto import keyfiles
+from federated.keys import Enrolment, load_broker_keys
 from federated.protocol import Limits
 logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
 keys_dir, port, max_message_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -47,8 +55,8 @@ config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=3600
                                                             heartbeat_timeout_s=3600.0))
 curve = keys_dir != "-"
 coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, limits=limits,
-                          enrolment=keyfiles.Enrolment(keys_dir) if curve else None)
-loop = BrokerLoop(coordinator, f"tcp://127.0.0.1:{port}", keys=keyfiles.load_broker_keys(keys_dir) if curve else None)
+                          enrolment=Enrolment(keys_dir) if curve else None)
+loop = BrokerLoop(coordinator, f"tcp://127.0.0.1:{port}", keys=load_broker_keys(keys_dir) if curve else None)
 loop.on_bound = lambda endpoint: print("listening", endpoint, file=sys.stderr, flush=True)
 loop.run()
 """
@@ -76,7 +84,7 @@ class Broker:
             assert self.proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the broker did not start"
             time.sleep(0.05)
-        self.public = keyfiles.load_broker_public(keys_dir) if keys_dir is not None else None
+        self.public = load_broker_public(keys_dir) if keys_dir is not None else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -87,18 +95,18 @@ class Broker:
         self._log.close()
 
 
-def _keys(base: Path) -> tuple[Path, dict[str, keyfiles.WorkerKeys]]:
+def _keys(base: Path) -> tuple[Path, dict[str, WorkerKeys]]:
     keys_dir = base / "broker-keys"
-    keyfiles.create_broker_keys(keys_dir)
+    create_broker_keys(keys_dir)
     workers = {}
     for wid in ("honest", "mallory"):
-        public, secret = keyfiles.create_worker_keys(base / wid, wid)
-        keyfiles.enrol_worker(keys_dir, public)
-        workers[wid] = keyfiles.load_worker_keys(secret)
+        public, secret = create_worker_keys(base / wid, wid)
+        enrol_worker(keys_dir, public)
+        workers[wid] = load_worker_keys(secret)
     return keys_dir, workers
 
 
-def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], broker: Broker, keys: keyfiles.WorkerKeys) -> zmq.Socket[bytes]:
+def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], broker: Broker, keys: WorkerKeys) -> zmq.Socket[bytes]:
     sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if broker.public is not None:
@@ -303,7 +311,7 @@ def main() -> None:
         shown = f"{value / 2**20:.0f} MiB" if key in ("baseline_rss", "peak_rss", "growth", "message_bytes") else value
         print(f"{key:20} {shown}")
     print("\n".join(line for line in log.splitlines() if "inflight" in line or "refused" in line)[-2000:])
-    print(f"federated from {os.path.dirname(keyfiles.__file__)}")
+    print(f"federated from {os.path.dirname(federated.__file__)}")
 
 
 if __name__ == "__main__":
