@@ -60,9 +60,7 @@ from federated.protocol.secagg import (
     UnmaskShares,
 )
 
-# mask_seed, share_aad and share_key live in federated.crypto.masks (both sides use them); re-exported
-# here for callers that reached them through this module.
-__all__ = ["SecAggWorker", "mask_seed", "share_aad", "share_key"]
+__all__ = ["SecAggWorker"]
 
 
 @functools.lru_cache(maxsize=64)

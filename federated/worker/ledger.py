@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from federated.durable import fsync_directory
+
 __all__ = ["RoundLedger"]
 
 
@@ -47,9 +49,12 @@ class RoundLedger:
         """Remember ``(run, round_id)``, durably when the ledger has a file."""
         self._seen.add((run, round_id))
         if self.path is not None:
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 os.write(fd, (json.dumps({"run": run, "round": round_id}) + "\n").encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if created:
+                fsync_directory(self.path.parent)  # the new file's entry survives a crash too

@@ -21,7 +21,8 @@ from federated.crypto.errors import DecryptionError, ProtocolViolation
 from federated.crypto.params import SecAggParams, session_id
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_broker import SecAggBroker
-from federated.crypto.secagg_worker import SecAggWorker, mask_seed
+from federated.crypto.masks import mask_seed
+from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import ConsistencyCheck, Shares, UnmaskRequest
 
 ROUND = 5
