@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from federated.crypto.errors import DecryptionError, ProtocolViolation
+from federated.crypto.masks import mask_seed
 from federated.crypto.params import SecAggParams, session_id
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_broker import SecAggBroker
-from federated.crypto.masks import mask_seed
 from federated.crypto.secagg_worker import SecAggWorker
 from federated.protocol import ConsistencyCheck, Shares, UnmaskRequest
 
