@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import SecureFakeWorker, run_coordinator_round
 
 from federated.aggregation.vectors import flatten
 from federated.broker.coordinator import Coordinator, compression_seed
@@ -68,16 +69,14 @@ def test_compression_settings_are_checked() -> None:
 
 @pytest.mark.parametrize(("spec", "kept"), [("q8", 7), ("randk:0.5+q8", 4), ("randk:0.5+ef+q8", 4)])
 def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept: int) -> None:
-    from test_secure_coordinator import FakeWorker, run_round
-
     from federated.config import SecureConfig
 
     # Different sample counts: under 16-bit sums every worker weighs 1, so the mean is unweighted.
-    workers = [FakeWorker(f"w{i}", 10 + 90 * i, 0.1 * (i + 1)) for i in range(4)]
+    workers = [SecureFakeWorker(f"w{i}", 10 + 90 * i, 0.1 * (i + 1)) for i in range(4)]
     config = FederatedConfig(num_clients=4, clients_per_round=4, num_rounds=1, compression=spec,
                              secure=SecureConfig(enabled=True, clip=2.0),
                              broker=BrokerConfig(heartbeat_interval_s=100, heartbeat_timeout_s=1000))
-    coordinator, received = run_round(workers, config=config)
+    coordinator, received = run_coordinator_round(workers, config=config)
     (record,) = coordinator.history
     assert record.status == "complete", record.error
     masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
@@ -91,15 +90,13 @@ def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept:
 
 
 def test_secure_round_with_shared_random_k_masks_only_the_shared_coordinates() -> None:
-    from test_secure_coordinator import FakeWorker, run_round
-
     from federated.config import SecureConfig
 
-    workers = [FakeWorker(f"w{i}", 10, 0.25) for i in range(4)]
+    workers = [SecureFakeWorker(f"w{i}", 10, 0.25) for i in range(4)]
     config = FederatedConfig(num_clients=4, clients_per_round=4, num_rounds=1, compression="randk:0.5",
                              secure=SecureConfig(enabled=True),
                              broker=BrokerConfig(heartbeat_interval_s=100, heartbeat_timeout_s=1000))
-    coordinator, received = run_round(workers, config=config)
+    coordinator, received = run_coordinator_round(workers, config=config)
     (record,) = coordinator.history
     assert record.status == "complete", record.error
     masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]

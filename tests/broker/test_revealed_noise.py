@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_secure_coordinator import run_round
-from test_sum_bounds import Member
+from support import HonestMember, run_coordinator_round
 
 from federated.broker import secure_round
 from federated.config import BrokerConfig, FederatedConfig, PrivacyConfig, SecureConfig
@@ -39,8 +38,8 @@ def test_a_sum_below_min_clients_is_revealed_and_carries_the_charged_noise(monke
                              secure=SecureConfig(enabled=True),
                              privacy=PrivacyConfig(mode="distributed", noise_multiplier=1.0, clip=1.0),
                              broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
-    workers = [Member(f"w{i}", 10, 0.01 * (i + 1)) for i in range(5)]
-    coordinator, _ = run_round(list(workers), vanish_at={"w4": Shares}, config=config)
+    workers = [HonestMember(f"w{i}", 10, 0.01 * (i + 1)) for i in range(5)]
+    coordinator, _ = run_coordinator_round(list(workers), vanish_at={"w4": Shares}, config=config)
     (record,) = coordinator.history
     assert record.status == "failed" and "min_clients is 5" in (record.error or ""), record.error
     (machine, result), *_ = revealed

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_secure_coordinator import FakeWorker, run_round
+from support import SecureFakeWorker, run_coordinator_round
 
 from federated.aggregation import RULES
 from federated.broker.coordinator import Coordinator
@@ -87,12 +87,12 @@ def test_secure_with_a_robust_rule_needs_buckets() -> None:
 
 
 def test_bucketed_secure_round_sees_only_bucket_sums_and_resists_an_attacker() -> None:
-    workers = [FakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [FakeWorker("evil", 10, -90.0)]
+    workers = [SecureFakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [SecureFakeWorker("evil", 10, -90.0)]
     config = FederatedConfig(num_clients=9, clients_per_round=9, num_rounds=1, min_clients=2,
                              secure=SecureConfig(enabled=True),
                              aggregation=AggregationConfig(rule="median", bucket_size=3),
                              broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
-    coordinator, received = run_round(workers, config=config)
+    coordinator, received = run_coordinator_round(workers, config=config)
     (record,) = coordinator.history
     assert record.status == "complete", record.error
     # Three buckets of three; the attacker poisons one bucket mean, the median of three ignores it.
@@ -105,7 +105,7 @@ def test_bucketed_secure_round_sees_only_bucket_sums_and_resists_an_attacker() -
         assert all(np.count_nonzero(m == w.encoded) <= 1 for w in workers)
 
 
-class UnclippedWorker(FakeWorker):
+class UnclippedWorker(SecureFakeWorker):
     """A cheater that encodes its update without the round's clip (a malicious encoder)."""
 
     def answer(self, msg: Any) -> Any:
@@ -119,13 +119,13 @@ class UnclippedWorker(FakeWorker):
 
 @pytest.mark.parametrize("bucket_size", [None, 3])
 def test_a_sum_beyond_the_clip_bound_is_left_out(bucket_size: int | None) -> None:
-    workers = [FakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [UnclippedWorker("evil", 10, -30.0)]
+    workers = [SecureFakeWorker(f"w{i}", 10, 0.1) for i in range(8)] + [UnclippedWorker("evil", 10, -30.0)]
     config = FederatedConfig(num_clients=9, clients_per_round=9, num_rounds=1, min_clients=2,
                              secure=SecureConfig(enabled=True, clip=1.0),
                              aggregation=AggregationConfig(rule="median" if bucket_size else "mean",
                                                            bucket_size=bucket_size),
                              broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
-    coordinator, _ = run_round(workers, config=config)
+    coordinator, _ = run_coordinator_round(workers, config=config)
     (record,) = coordinator.history
     if bucket_size is None:  # one sum, provably not honest: the round fails and the model stays
         assert record.status == "failed" and "beyond the clip bound" in (record.error or "")
@@ -140,11 +140,11 @@ def test_a_sum_beyond_the_clip_bound_is_left_out(bucket_size: int | None) -> Non
 
 def test_honest_sums_at_the_clip_bound_are_kept() -> None:
     # Every worker exactly at the bound (norm 1 after clipping): no honest bucket may be left out.
-    workers = [FakeWorker(f"w{i}", 10 + i, 5.0) for i in range(6)]
+    workers = [SecureFakeWorker(f"w{i}", 10 + i, 5.0) for i in range(6)]
     config = FederatedConfig(num_clients=6, clients_per_round=6, num_rounds=1, min_clients=2,
                              secure=SecureConfig(enabled=True, clip=1.0),
                              aggregation=AggregationConfig(rule="median", bucket_size=3),
                              broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
-    coordinator, _ = run_round(workers, config=config)
+    coordinator, _ = run_coordinator_round(workers, config=config)
     (record,) = coordinator.history
     assert record.status == "complete", record.error

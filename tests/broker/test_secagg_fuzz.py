@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from test_secure_coordinator import WEIGHTS, FakeWorker
+from support import SECURE_WEIGHTS, SecureFakeWorker, frames_of
 
 from federated.broker.coordinator import Coordinator, Outbound
 from federated.config import AggregationConfig, BrokerConfig, FederatedConfig, SecureConfig
@@ -106,8 +106,8 @@ ATOL = 1e-4
 # ------------------------------------------------------------------------------------------- workers
 
 
-class Worker(FakeWorker):
-    """A FakeWorker that, like the real worker loop (``federated.worker.loop._on_secagg``), answers a
+class Worker(SecureFakeWorker):
+    """A SecureFakeWorker that, like the real worker loop (``federated.worker.loop._on_secagg``), answers a
     step its state machine refuses with ERROR "secagg_refused" and leaves the round (the broker then
     counts it as dropped at that stage's deadline)."""
 
@@ -209,7 +209,7 @@ class Harness:
 
     def __init__(self, workers: Sequence[Worker], config: FederatedConfig | None = None) -> None:
         self.workers = {w.wid.encode(): w for w in workers}
-        self.c = Coordinator(config or secure_config(len(workers)), WEIGHTS)
+        self.c = Coordinator(config or secure_config(len(workers)), SECURE_WEIGHTS)
         self.now = 0.0
         self.queue: list[Outbound] = []
         self.inbox: dict[bytes, list[Any]] = {}  # what connections other than our workers' received
@@ -339,7 +339,7 @@ def assert_sound(h: Harness, workers: Sequence[Worker]) -> None:
         assert_exact(h, workers, record.survivors)
     else:
         assert record.status == "failed" and record.error
-        assert all(np.array_equal(v, WEIGHTS[k]) for k, v in h.c.weights.items())
+        assert all(np.array_equal(v, SECURE_WEIGHTS[k]) for k, v in h.c.weights.items())
 
 
 # ------------------------------------------------------------------------------------ message makers
@@ -348,10 +348,6 @@ def assert_sound(h: Harness, workers: Sequence[Worker]) -> None:
 def raw(kind: Kind, header: dict[str, Any], tensors: dict[str, np.ndarray] | None = None) -> Frames:
     """Frames of any shape, bypassing the message classes (so widths and dtypes can be wrong)."""
     return [bytes(f) for f in encode(kind, header, tensors or {})]
-
-
-def frames_of(msg: Any) -> Frames:
-    return [bytes(f) for f in msg.to_frames()]
 
 
 def u8(rows: int, width: int, fill: int | None = None) -> np.ndarray:
@@ -525,7 +521,7 @@ def catalogue(h: Harness) -> list[Case]:
         ("a CONSISTENCY_CHECK", frames_of(ConsistencyCheck(rid, ("w0", "w1"), b"\1" * 32))),
         ("a SHARES", frames_of(Shares(rid, ("w1",), u8(1, CIPHERTEXT_BYTES)))),
         ("an UNMASK_REQUEST", frames_of(UnmaskRequest(rid, ("w0", "w1", "w2"), (), b"\1" * 32))),
-        ("a TASK", frames_of(Task(rid, "train", {}, WEIGHTS, 0, 1, 1.0))),
+        ("a TASK", frames_of(Task(rid, "train", {}, SECURE_WEIGHTS, 0, 1, 1.0))),
     ]]
     # Well-formed, but against the protocol in every stage: the state machine refuses them.
     cases += [(label, frames, SECAGG) for label, frames in [
@@ -752,7 +748,7 @@ def test_secure_messages_outside_a_secure_round_are_refused() -> None:
     workers = cohort(3)
     plain = FederatedConfig(num_clients=3, clients_per_round=3, num_rounds=1, min_clients=2,
                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
-    c = Coordinator(plain, WEIGHTS)
+    c = Coordinator(plain, SECURE_WEIGHTS)
     for w in workers[:2]:
         c.handle(w.wid.encode(), w.hello.to_frames(), 0.0)
     c.tick(0.0)

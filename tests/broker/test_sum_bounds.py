@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_secure_coordinator import WEIGHTS, FakeWorker, run_round
+from support import SECURE_WEIGHTS, HonestMember, run_coordinator_round
 
 from federated.broker.coordinator import Coordinator
 from federated.broker.secure_round import NOISE_TAIL, decode_round
@@ -33,10 +33,9 @@ from federated.crypto.params import SecAggParams
 from federated.privacy.noise import skellam_share
 from federated.privacy.skellam import noise_norm_bound
 from federated.protocol import Task
-from federated.worker.secure import encode_input
 
 N = 5
-DIM = sum(int(v.size) for v in WEIGHTS.values())
+DIM = sum(int(v.size) for v in SECURE_WEIGHTS.values())
 Craft = Callable[[np.ndarray, SecAggParams], np.ndarray]
 
 
@@ -47,21 +46,7 @@ def _config(*, dp: bool) -> FederatedConfig:
                            broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
 
 
-class Member(FakeWorker):
-    """An honest member; under distributed DP it adds its Skellam share, as ``federated.worker`` does."""
-
-    def answer(self, msg: Any) -> Any:
-        reply = super().answer(msg)
-        if isinstance(msg, Task):
-            params = SecAggParams.from_dict(msg.config["secagg"])
-            mu = msg.config.get("privacy", {}).get("skellam_mu")
-            self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params,
-                                        skellam_mu=mu)
-            self.params = params
-        return reply
-
-
-class Cheater(Member):
+class Cheater(HonestMember):
     """A member that sends ``craft(its honest encoding, params)`` in place of its encoding."""
 
     def __init__(self, wid: str, samples: int, delta: float, craft: Craft) -> None:
@@ -76,10 +61,10 @@ class Cheater(Member):
         return reply
 
 
-def _run(craft: Craft, *, dp: bool) -> tuple[Coordinator, list[Member]]:
-    workers: list[Member] = [Member(f"w{i}", 10 * (i + 1), 0.01 * (i + 1)) for i in range(N - 1)]
+def _run(craft: Craft, *, dp: bool) -> tuple[Coordinator, list[HonestMember]]:
+    workers: list[HonestMember] = [HonestMember(f"w{i}", 10 * (i + 1), 0.01 * (i + 1)) for i in range(N - 1)]
     workers.append(Cheater("evil", 10, 0.0, craft))
-    coordinator, _ = run_round(list(workers), config=_config(dp=dp))
+    coordinator, _ = run_coordinator_round(list(workers), config=_config(dp=dp))
     return coordinator, workers
 
 
@@ -88,7 +73,7 @@ def _assert_refused(coordinator: Coordinator, what: str) -> None:
     assert record.status == "failed", (record.status, record.error)
     assert "no secure sum could come from honest inputs" in (record.error or "") and what in (record.error or "")
     for name, value in coordinator.weights.items():  # nothing was applied
-        np.testing.assert_array_equal(value, WEIGHTS[name], err_msg=name)
+        np.testing.assert_array_equal(value, SECURE_WEIGHTS[name], err_msg=name)
     assert "evil" in record.dropped and "evil" not in record.survivors
 
 
@@ -213,13 +198,13 @@ def test_honest_sums_at_every_bound_are_kept(seed: int) -> None:
     update = direction / np.linalg.norm(direction) * clip * 1.5  # clipped down to the bound
     encodings = [fixedpoint.encode(update, cap, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32),
                                    extra=(max(clip, 1.0), 1.0)) for _ in range(n)]
-    decoded = decode_round(_sum(encodings), params, WEIGHTS, inputs=n)
+    decoded = decode_round(_sum(encodings), params, SECURE_WEIGHTS, inputs=n)
     assert decoded.weight == n * cap
     assert decoded.train_loss == pytest.approx(max(clip, 1.0), rel=1e-3) and decoded.train_accuracy == pytest.approx(1.0, rel=1e-3)
     # And the smallest: weight 1 each, zero metrics.
     small = [fixedpoint.encode(update, 1, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32), extra=(0.0, 0.0))
              for _ in range(n)]
-    assert decode_round(_sum(small), params, WEIGHTS, inputs=n).weight == n
+    assert decode_round(_sum(small), params, SECURE_WEIGHTS, inputs=n).weight == n
 
 
 def test_honest_noisy_sums_are_kept_and_the_noise_tail_is_what_it_says() -> None:
@@ -252,6 +237,6 @@ def test_decode_round_needs_the_input_count() -> None:
     params = _params(weight_cap=4, clip=1.0, n=3)
     total = np.zeros(DIM + 3, np.uint32)
     with pytest.raises(TypeError):
-        decode_round(total, params, WEIGHTS)  # type: ignore[call-arg]
+        decode_round(total, params, SECURE_WEIGHTS)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="inputs must be an integer"):
-        decode_round(total, params, WEIGHTS, inputs=0)
+        decode_round(total, params, SECURE_WEIGHTS, inputs=0)
