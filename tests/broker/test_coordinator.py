@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import (
+    HARNESS_BROKER,
+    CoordinatorHarness,
+    decoded,
+    harness_config,
+    harness_weights,
+    of_type,
+    tasked,
+    wire,
+)
 
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
-from federated.broker.store import RoundRecord, RoundStore
-from federated.config import BrokerConfig, FederatedConfig
+from federated.broker.store import RoundStore
+from federated.config import FederatedConfig
 from federated.protocol import (
     VERSION,
     Bye,
@@ -33,138 +43,6 @@ from federated.protocol import (
     Welcome,
     decode_message,
 )
-
-T0 = 1000.0
-BROKER = BrokerConfig(round_timeout_s=10.0, start_timeout_s=5.0, heartbeat_interval_s=1.0,
-                      heartbeat_timeout_s=3.0, max_failed_rounds=2)
-
-
-def make_config(**kw: Any) -> FederatedConfig:
-    base: dict[str, Any] = {"num_clients": 3, "clients_per_round": 3, "min_clients": 2, "num_rounds": 3,
-                            "broker": BROKER}
-    base.update(kw)
-    return FederatedConfig(**base)
-
-
-def initial_weights() -> dict[str, np.ndarray]:
-    return {"w": np.arange(4, dtype=np.float32), "b": np.ones((2, 3), np.float32)}
-
-
-def wire(frames: Sequence[Any]) -> list[bytes]:
-    return [bytes(f) for f in frames]
-
-
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class Harness:
-    """A coordinator, its fake clock, and helpers that speak for workers ``w1``, ``w2``, ... on routes
-    ``b"r-w1"``, ... . Every call checks that ``next_wakeup`` is not negative."""
-
-    def __init__(self, config: FederatedConfig | None = None, store: RoundStore | None = None,
-                 **kw: Any) -> None:
-        self.clock = FakeClock()
-        self.records: list[RoundRecord] = []
-        self.evaluated: list[dict[str, np.ndarray]] = []
-
-        def evaluate(weights: Mapping[str, np.ndarray]) -> tuple[float, float]:
-            self.evaluated.append(dict(weights))
-            return 0.25, 0.75
-
-        self.coord = Coordinator(config or make_config(), initial_weights(), store=store, evaluate=evaluate,
-                                 on_round=self.records.append, clock=self.clock, **kw)
-        self.routes: dict[str, bytes] = {}
-
-    @property
-    def now(self) -> float:
-        return self.clock.t
-
-    def _check(self, out: list[Outbound]) -> list[Outbound]:
-        assert self.coord.next_wakeup(self.now) >= 0.0
-        assert self.coord.next_wakeup(self.now + 1e6) == 0.0
-        for o in out:
-            assert isinstance(o, Outbound) and isinstance(o.route, bytes)
-        return out
-
-    def route(self, wid: str) -> bytes:
-        return self.routes.get(wid, f"r-{wid}".encode())
-
-    def send(self, wid_or_route: str | bytes, msg: Message | list[bytes]) -> list[Outbound]:
-        route = wid_or_route if isinstance(wid_or_route, bytes) else self.route(wid_or_route)
-        frames = msg if isinstance(msg, list) else wire(msg.to_frames())
-        return self._check(self.coord.handle(route, frames, self.now))
-
-    def hello(self, wid: str, num_samples: int = 10, route: bytes | None = None) -> list[Outbound]:
-        if route is not None:
-            self.routes[wid] = route
-        return self.send(wid, Hello(wid, num_samples))
-
-    def tick(self) -> list[Outbound]:
-        return self._check(self.coord.tick(self.now))
-
-    def advance(self, seconds: float, alive: Sequence[str] = (), step: float = 0.5) -> list[Outbound]:
-        """Move time forward in steps; ``alive`` workers heartbeat and the broker ticks at every step."""
-        out: list[Outbound] = []
-        end = self.now + seconds
-        while self.now < end - 1e-9:
-            self.clock.t = min(end, self.now + step)
-            for wid in alive:
-                out += self.send(wid, Heartbeat(wid))
-            out += self.tick()
-        return out
-
-    def join(self, *wids: str) -> list[Outbound]:
-        out: list[Outbound] = []
-        for wid in wids:
-            out += self.hello(wid)
-        return out + self.tick()
-
-    def update(self, wid: str, values: Mapping[str, np.ndarray] | None = None, *, num_samples: int = 10,
-               round_id: int | None = None, metrics: Mapping[str, float] | None = None,
-               stage: str = STAGE_TRAIN) -> Update:
-        rid = self.coord.round.round_id if round_id is None and self.coord.round else (round_id or 0)
-        if values is None:
-            values = {k: np.full(v.shape, 0.5, np.float32) for k, v in self.coord.weights.items()}
-        return Update(wid, rid, stage, num_samples, dict(metrics or {}), dict(values))
-
-    def snapshot(self) -> tuple[Any, ...]:
-        c = self.coord
-        rnd = c.round
-        return (
-            tuple(c.weights),
-            [(v.dtype.str, v.shape, v.tobytes()) for v in c.weights.values()],
-            None if rnd is None else rnd.round_id,
-            None if rnd is None else frozenset(rnd.pending),
-            None if rnd is None else {w: id(u) for w, u in rnd.updates.items()},
-            None if rnd is None else dict(rnd.dropped),
-            tuple(c.registry.live_ids()),
-            tuple((r.worker_id, r.route) for r in c.registry.records()),
-            c.completed, c.next_round_id, c.done, c.failed, len(c.history), c.consecutive_failures,
-        )
-
-
-def decoded(out: Sequence[Outbound]) -> list[tuple[bytes, Message]]:
-    return [(o.route, decode_message(wire(o.frames))) for o in out]
-
-
-def of_type(out: Sequence[Outbound], cls: type) -> dict[bytes, Any]:
-    found: dict[bytes, Any] = {}
-    for route, msg in decoded(out):
-        if isinstance(msg, cls):
-            assert route not in found, f"two {cls.__name__} messages to {route!r}"
-            found[route] = msg
-    return found
-
-
-def tasked(h: Harness, out: Sequence[Outbound]) -> dict[str, Task]:
-    by_route = of_type(out, Task)
-    ids = {h.route(w): w for w in [f"w{i}" for i in range(1, 10)]}
-    return {ids[r]: t for r, t in by_route.items()}
 
 
 @pytest.fixture(params=["no-store", "sqlite"])
@@ -180,22 +58,22 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RoundStore
 
 
 def test_full_round_with_three_workers(store: RoundStore | None) -> None:
-    h = Harness(store=store)
+    h = CoordinatorHarness(store=store)
     out = h.join("w1", "w2", "w3")
     tasks = tasked(h, out)
     assert sorted(tasks) == ["w1", "w2", "w3"]
     assert sorted(t.cohort_index for t in tasks.values()) == [0, 1, 2]
     for t in tasks.values():
         assert t.round_id == 1 and t.stage == STAGE_TRAIN and t.cohort_size == 3
-        assert t.deadline_s == BROKER.round_timeout_s
+        assert t.deadline_s == HARNESS_BROKER.round_timeout_s
         assert t.config["train"] == h.coord.config.training.to_task_config()
         assert t.config["seed"] == h.coord.config.seed
-        for name, arr in initial_weights().items():
+        for name, arr in harness_weights().items():
             np.testing.assert_array_equal(t.weights[name], arr)
 
     rng = np.random.default_rng(0)
     samples = {"w1": 10, "w2": 20, "w3": 70}
-    updates = {w: {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in initial_weights().items()}
+    updates = {w: {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in harness_weights().items()}
                for w in samples}
     h.clock.t += 4.0
     final: list[Outbound] = []
@@ -206,7 +84,7 @@ def test_full_round_with_three_workers(store: RoundStore | None) -> None:
     assert h.coord.round is None and h.coord.completed == 1
 
     total = sum(samples.values())
-    for name, w0 in initial_weights().items():
+    for name, w0 in harness_weights().items():
         expected = w0.astype(np.float64) + sum(samples[w] * updates[w][name].astype(np.float64)
                                                for w in samples) / total
         np.testing.assert_allclose(h.coord.weights[name], expected, rtol=1e-6, atol=1e-6)
@@ -223,8 +101,8 @@ def test_full_round_with_three_workers(store: RoundStore | None) -> None:
     assert rec.train_accuracy == pytest.approx(0.5)
     assert rec.duration_s == pytest.approx(4.0)
     assert rec.overhead_s == pytest.approx(4.0 - 1.5)
-    assert rec.bytes_down > 3 * sum(v.nbytes for v in initial_weights().values())
-    assert rec.bytes_up > 3 * sum(v.nbytes for v in initial_weights().values())
+    assert rec.bytes_down > 3 * sum(v.nbytes for v in harness_weights().values())
+    assert rec.bytes_up > 3 * sum(v.nbytes for v in harness_weights().values())
     assert len(h.evaluated) == 1
     np.testing.assert_array_equal(h.evaluated[0]["w"], h.coord.weights["w"])
 
@@ -252,7 +130,7 @@ def test_full_round_with_three_workers(store: RoundStore | None) -> None:
     ({}, 4.0),                 # nothing reported by w2: w1's 2 s is the slowest
 ])
 def test_overhead_is_duration_minus_slowest_local_time(slowest: dict[str, float], expected: float) -> None:
-    h = Harness(make_config(min_clients=1, clients_per_round=2, num_clients=2))
+    h = CoordinatorHarness(harness_config(min_clients=1, clients_per_round=2, num_clients=2))
     h.join("w1", "w2")
     h.clock.t += 2.0
     h.send("w1", h.update("w1", metrics={"train_s": 1.0, "wait_s": 1.0}))
@@ -265,7 +143,7 @@ def test_overhead_is_duration_minus_slowest_local_time(slowest: dict[str, float]
 
 
 def test_rounds_run_until_num_rounds_then_bye_to_everyone(store: RoundStore | None) -> None:
-    h = Harness(make_config(num_rounds=2), store=store)
+    h = CoordinatorHarness(harness_config(num_rounds=2), store=store)
     h.join("w1", "w2", "w3")
     last: list[Outbound] = []
     for rid in (1, 2):
@@ -285,7 +163,7 @@ def test_rounds_run_until_num_rounds_then_bye_to_everyone(store: RoundStore | No
     assert of_type(out, Task) == {}
     out = h.hello("w4")
     assert set(of_type(out, Welcome)) == {b"r-w4"} and set(of_type(out, Bye)) == {b"r-w4"}
-    np.testing.assert_allclose(h.coord.weights["w"], initial_weights()["w"] + 1.0)
+    np.testing.assert_allclose(h.coord.weights["w"], harness_weights()["w"] + 1.0)
     if store is not None:
         assert [r.round for r in store.list_rounds()] == [1, 2]
         assert store.last_complete_round() == 2
@@ -295,23 +173,23 @@ def test_rounds_run_until_num_rounds_then_bye_to_everyone(store: RoundStore | No
 
 
 def test_round_waits_for_clients_per_round_then_starts_with_min_clients_after_timeout() -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=4, min_clients=2))
-    assert h.tick() == []  # broker alone: waiting begins at T0
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=4, min_clients=2))
+    assert h.tick() == []  # broker alone: waiting begins at HARNESS_T0
     h.hello("w1")
     out = h.advance(2.0, alive=["w1"])
     assert of_type(out, Task) == {}
     h.hello("w2")
-    out = h.advance(2.5, alive=["w1", "w2"])  # T0 + 4.5 < T0 + start_timeout_s
+    out = h.advance(2.5, alive=["w1", "w2"])  # HARNESS_T0 + 4.5 < HARNESS_T0 + start_timeout_s
     assert of_type(out, Task) == {} and h.coord.round is None
     assert h.coord.next_wakeup(h.now) <= 0.5 + 1e-9  # wakes for the start timeout
-    out = h.advance(0.5, alive=["w1", "w2"])  # T0 + 5
+    out = h.advance(0.5, alive=["w1", "w2"])  # HARNESS_T0 + 5
     tasks = tasked(h, out)
     assert sorted(tasks) == ["w1", "w2"]
     assert all(t.cohort_size == 2 for t in tasks.values())
 
 
 def test_round_does_not_start_below_min_clients_however_long_it_waits() -> None:
-    h = Harness(make_config(min_clients=2))
+    h = CoordinatorHarness(harness_config(min_clients=2))
     h.tick()
     h.hello("w1")
     out = h.advance(30.0, alive=["w1"])
@@ -321,7 +199,7 @@ def test_round_does_not_start_below_min_clients_however_long_it_waits() -> None:
 
 
 def test_round_starts_at_once_with_clients_per_round_and_selects_a_subset() -> None:
-    h = Harness(make_config(num_clients=5, clients_per_round=3, min_clients=2))
+    h = CoordinatorHarness(harness_config(num_clients=5, clients_per_round=3, min_clients=2))
     out = h.join("w1", "w2", "w3", "w4", "w5")
     tasks = tasked(h, out)
     assert len(tasks) == 3
@@ -330,7 +208,7 @@ def test_round_starts_at_once_with_clients_per_round_and_selects_a_subset() -> N
 
 def test_selection_is_reproducible_for_a_seed() -> None:
     def cohort(seed: int) -> list[str]:
-        h = Harness(make_config(num_clients=6, clients_per_round=3, seed=seed))
+        h = CoordinatorHarness(harness_config(num_clients=6, clients_per_round=3, seed=seed))
         h.join(*[f"w{i}" for i in range(1, 7)])
         assert h.coord.round is not None
         return h.coord.round.cohort
@@ -342,8 +220,8 @@ def test_selection_is_reproducible_for_a_seed() -> None:
 # ---------------------------------------------------------------------------------------- dropouts
 
 
-def three_worker_round(store: RoundStore | None = None, **kw: Any) -> Harness:
-    h = Harness(make_config(**kw), store=store)
+def three_worker_round(store: RoundStore | None = None, **kw: Any) -> CoordinatorHarness:
+    h = CoordinatorHarness(harness_config(**kw), store=store)
     tasks = tasked(h, h.join("w1", "w2", "w3"))
     assert sorted(tasks) == ["w1", "w2", "w3"]
     return h
@@ -356,12 +234,12 @@ def test_deadline_drops_silent_workers(store: RoundStore | None) -> None:
     out = h.advance(9.5, alive=["w1", "w2", "w3"])
     assert h.coord.round is not None and h.coord.round.pending == {"w3"}
     assert of_type(out, Task) == {}
-    out = h.advance(0.5, alive=["w1", "w2", "w3"])  # T0 + 10 = deadline
+    out = h.advance(0.5, alive=["w1", "w2", "w3"])  # HARNESS_T0 + 10 = deadline
     (rec,) = h.records
     assert rec.status == "complete" and rec.survivors == ("w1", "w2") and rec.dropped == ("w3",)
     assert rec.metrics["dropped_deadline"] == 1.0
     assert "w3" in h.coord.registry  # still connected: only late, not dead
-    np.testing.assert_allclose(h.coord.weights["w"], initial_weights()["w"] + 0.5)
+    np.testing.assert_allclose(h.coord.weights["w"], harness_weights()["w"] + 0.5)
     if store is not None:
         workers = {w["worker_id"]: w for w in store.list_workers()}
         assert workers["w3"]["rounds_dropped"] == 1 and workers["w3"]["rounds_completed"] == 0
@@ -372,7 +250,7 @@ def test_heartbeat_expiry_drops_a_worker_mid_round() -> None:
     h.send("w1", h.update("w1"))
     h.send("w2", h.update("w2"))
     h.advance(2.5, alive=["w1", "w2"])
-    assert h.coord.round is not None  # w3 last heard at T0, expires at T0 + 3
+    assert h.coord.round is not None  # w3 last heard at HARNESS_T0, expires at HARNESS_T0 + 3
     h.advance(0.5, alive=["w1", "w2"])
     assert "w3" not in h.coord.registry
     (rec,) = h.records
@@ -498,7 +376,7 @@ def test_max_failed_rounds_in_a_row_stops_training(store: RoundStore | None) -> 
 # ---------------------------------------------------------------------------------------- refusals
 
 
-def only_error(h: Harness, out: list[Outbound], route: bytes, code: str) -> Error:
+def only_error(h: CoordinatorHarness, out: list[Outbound], route: bytes, code: str) -> Error:
     assert len(out) == 1, decoded(out)
     assert out[0].route == route
     msg = decode_message(wire(out[0].frames))
@@ -508,7 +386,7 @@ def only_error(h: Harness, out: list[Outbound], route: bytes, code: str) -> Erro
     return msg
 
 
-def assert_refused(h: Harness, sender: str | bytes, msg: Message | list[bytes], code: str) -> Error:
+def assert_refused(h: CoordinatorHarness, sender: str | bytes, msg: Message | list[bytes], code: str) -> Error:
     before = h.snapshot()
     refused = h.coord.refused
     out = h.send(sender, msg)
@@ -537,7 +415,7 @@ def test_update_for_another_stage_is_refused() -> None:
 
 
 def test_update_when_no_round_runs_is_refused() -> None:
-    h = Harness()
+    h = CoordinatorHarness()
     h.join("w1")
     assert h.coord.round is None
     assert_refused(h, "w1", h.update("w1", round_id=1), "wrong_stage")
@@ -546,15 +424,15 @@ def test_update_when_no_round_runs_is_refused() -> None:
 def test_duplicate_update_is_refused_and_the_first_one_counts() -> None:
     h = three_worker_round()
     h.send("w1", h.update("w1"))
-    twice = h.update("w1", {k: np.full(v.shape, 100.0, np.float32) for k, v in initial_weights().items()})
+    twice = h.update("w1", {k: np.full(v.shape, 100.0, np.float32) for k, v in harness_weights().items()})
     assert_refused(h, "w1", twice, "wrong_stage")
     h.send("w2", h.update("w2"))
     h.send("w3", h.update("w3"))
-    np.testing.assert_allclose(h.coord.weights["w"], initial_weights()["w"] + 0.5)
+    np.testing.assert_allclose(h.coord.weights["w"], harness_weights()["w"] + 0.5)
 
 
 def test_update_from_a_worker_outside_the_cohort_is_refused() -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=3))
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=3))
     tasks = tasked(h, h.join("w1", "w2", "w3", "w4"))
     (outsider,) = {"w1", "w2", "w3", "w4"} - set(tasks)
     assert_refused(h, outsider, h.update(outsider), "wrong_stage")
@@ -575,7 +453,7 @@ def test_update_with_wrong_tensors_is_refused(values: dict[str, np.ndarray]) -> 
 @pytest.mark.parametrize("dtype", [np.float16, np.int32, np.int8])
 def test_update_with_non_float32_tensors_is_refused(dtype: Any) -> None:
     h = three_worker_round()
-    values = {k: np.zeros(v.shape, dtype) for k, v in initial_weights().items()}
+    values = {k: np.zeros(v.shape, dtype) for k, v in harness_weights().items()}
     assert_refused(h, "w1", h.update("w1", values), "bad_tensor")
 
 
@@ -586,17 +464,17 @@ def test_update_with_float64_tensors_is_refused() -> None:
     for d in head["tensors"]:
         d["dtype"] = "float64"
     frames = [good[0], good[1], json.dumps(head).encode(),
-              *[np.zeros(v.shape, np.float64).tobytes() for v in initial_weights().values()]]
+              *[np.zeros(v.shape, np.float64).tobytes() for v in harness_weights().values()]]
     assert_refused(h, "w1", frames, "bad_tensor")
 
 
 def test_update_with_nan_is_refused() -> None:
     h = three_worker_round()
-    values = {k: np.full(v.shape, np.nan, np.float32) for k, v in initial_weights().items()}
+    values = {k: np.full(v.shape, np.nan, np.float32) for k, v in harness_weights().items()}
     assert_refused(h, "w1", h.update("w1", values), "bad_tensor")
 
 
-@pytest.mark.parametrize("msg", [Heartbeat("w1"), Update("w1", 1, "train", 1, {}, initial_weights()),
+@pytest.mark.parametrize("msg", [Heartbeat("w1"), Update("w1", 1, "train", 1, {}, harness_weights()),
                                  Welcome("w1", 1.0, 3.0)], ids=lambda m: type(m).__name__)
 def test_message_from_a_connection_that_never_said_hello_is_refused(msg: Message) -> None:
     h = three_worker_round()
@@ -613,7 +491,7 @@ def test_bye_or_error_from_a_stranger_is_ignored_silently(msg: Message) -> None:
 
 
 @pytest.mark.parametrize("msg", [Heartbeat("w2"), Bye("w2"),
-                                 Update("w2", 1, "train", 1, {}, initial_weights())],
+                                 Update("w2", 1, "train", 1, {}, harness_weights())],
                          ids=lambda m: type(m).__name__)
 def test_worker_id_that_does_not_match_its_connection_is_refused(msg: Message) -> None:
     h = three_worker_round()
@@ -622,7 +500,7 @@ def test_worker_id_that_does_not_match_its_connection_is_refused(msg: Message) -
 
 @pytest.mark.parametrize("msg", [
     Welcome("w1", 1.0, 3.0),
-    Task(1, "train", {}, initial_weights(), 0, 3, 10.0),
+    Task(1, "train", {}, harness_weights(), 0, 3, 10.0),
 ], ids=lambda m: type(m).__name__)
 def test_broker_to_worker_messages_sent_to_the_broker_are_refused(msg: Message) -> None:
     h = three_worker_round()
@@ -677,7 +555,7 @@ def test_fuzzed_input_never_crashes_or_moves_the_round(frames: list[bytes]) -> N
 
 
 def test_heartbeats_are_sent_every_interval() -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=4))
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=4))
     h.join("w1", "w2")
     sent: list[float] = []
     for _ in range(40):  # 10 s in quarter-second ticks
@@ -694,7 +572,7 @@ def test_heartbeats_are_sent_every_interval() -> None:
 
 
 def test_first_tick_sends_heartbeats_and_welcome_carries_the_timing() -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=4))
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=4))
     welcome = of_type(h.hello("w1"), Welcome)[b"r-w1"]
     assert (welcome.worker_id, welcome.heartbeat_interval_s, welcome.heartbeat_timeout_s) == ("w1", 1.0, 3.0)
     assert set(of_type(h.tick(), Heartbeat)) == {b"r-w1"}
@@ -702,14 +580,14 @@ def test_first_tick_sends_heartbeats_and_welcome_carries_the_timing() -> None:
 
 
 def test_next_wakeup_points_at_the_next_event() -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=4))
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=4))
     h.tick()
     assert h.coord.next_wakeup(h.now) == pytest.approx(1.0)  # next heartbeat
     h.hello("w1")
     h.clock.t += 0.9
     h.tick()
     assert h.coord.next_wakeup(h.now) == pytest.approx(0.1)
-    h2 = three_worker_round(broker=dataclasses.replace(BROKER, heartbeat_interval_s=50.0,
+    h2 = three_worker_round(broker=dataclasses.replace(HARNESS_BROKER, heartbeat_interval_s=50.0,
                                                        heartbeat_timeout_s=100.0, round_timeout_s=7.0))
     assert h2.coord.next_wakeup(h2.now) == pytest.approx(7.0)  # the round deadline
     h2.clock.t += 100.0
@@ -721,7 +599,7 @@ def test_next_wakeup_points_at_the_next_event() -> None:
                           st.sampled_from(["w1", "w2", "w3", "w4"]),
                           st.floats(0.0, 4.0)), max_size=40))
 def test_random_schedules_keep_invariants(steps: list[tuple[str, str, float]]) -> None:
-    h = Harness(make_config(num_clients=4, clients_per_round=3, min_clients=2, num_rounds=3))
+    h = CoordinatorHarness(harness_config(num_clients=4, clients_per_round=3, min_clients=2, num_rounds=3))
     for op, wid, dt in steps:
         h.clock.t += dt
         if op == "hello":
@@ -740,7 +618,7 @@ def test_random_schedules_keep_invariants(steps: list[tuple[str, str, float]]) -
         if rnd is not None:
             assert rnd.pending <= set(rnd.cohort)
             assert not rnd.pending & set(rnd.updates) and not rnd.pending & set(rnd.dropped)
-            assert rnd.deadline - h.now <= BROKER.round_timeout_s + 1e-9
+            assert rnd.deadline - h.now <= HARNESS_BROKER.round_timeout_s + 1e-9
         assert h.coord.completed + sum(r.status == "failed" for r in h.records) == len(h.records)
         assert [r.round for r in h.records] == list(range(1, len(h.records) + 1))
         assert h.coord.completed <= 3

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_coordinator import Harness, initial_weights, make_config, tasked
+from support import CoordinatorHarness, harness_config, harness_weights, tasked
 
 from federated.broker.service import _resume
 from federated.broker.store import RoundStore
@@ -22,20 +22,20 @@ ALL = ["w1", "w2", "w3"]
 def _config(**privacy: Any) -> FederatedConfig:
     budget = privacy.pop("budget", None)
     rounds = privacy.pop("rounds", 5)
-    return make_config(num_rounds=rounds, privacy_budget=budget, privacy=PrivacyConfig(**privacy))
+    return harness_config(num_rounds=rounds, privacy_budget=budget, privacy=PrivacyConfig(**privacy))
 
 
-def _round(h: Harness, values: dict[str, float] | None = None) -> None:
+def _round(h: CoordinatorHarness, values: dict[str, float] | None = None) -> None:
     rnd = h.coord.round
     assert rnd is not None
     for wid in sorted(rnd.cohort):
         fill = (values or {}).get(wid, 0.1)
-        h.send(wid, h.update(wid, {k: np.full(v.shape, fill, np.float32) for k, v in initial_weights().items()}))
+        h.send(wid, h.update(wid, {k: np.full(v.shape, fill, np.float32) for k, v in harness_weights().items()}))
     h.advance(0.5, alive=ALL)
 
 
 def test_central_mode_charges_each_round_with_the_gaussian_mechanism_and_no_amplification() -> None:
-    h = Harness(_config(mode="central", noise_multiplier=2.0, clip=1.0))
+    h = CoordinatorHarness(_config(mode="central", noise_multiplier=2.0, clip=1.0))
     h.join(*ALL)
     for _ in range(3):
         _round(h)
@@ -48,7 +48,7 @@ def test_central_mode_charges_each_round_with_the_gaussian_mechanism_and_no_ampl
 
 def test_central_noise_is_added_to_the_clipped_sum() -> None:
     # Each worker's update has norm sqrt(10) * 100 >> clip 1: the broker must clip it to norm 1.
-    h = Harness(_config(mode="central", noise_multiplier=1e-6, clip=1.0))
+    h = CoordinatorHarness(_config(mode="central", noise_multiplier=1e-6, clip=1.0))
     h.join(*ALL)
     before = {k: v.copy() for k, v in h.coord.weights.items()}
     _round(h, {"w1": 100.0, "w2": 100.0, "w3": 100.0})
@@ -57,9 +57,9 @@ def test_central_noise_is_added_to_the_clipped_sum() -> None:
 
 
 def test_central_noise_has_std_sigma_times_clip_over_n() -> None:
-    h = Harness(_config(mode="central", noise_multiplier=3.0, clip=0.5))
+    h = CoordinatorHarness(_config(mode="central", noise_multiplier=3.0, clip=0.5))
     h.join(*ALL)
-    updates = [h.update(w, {k: np.zeros(v.shape, np.float32) for k, v in initial_weights().items()}) for w in ALL]
+    updates = [h.update(w, {k: np.zeros(v.shape, np.float32) for k, v in harness_weights().items()}) for w in ALL]
     draws = np.concatenate([np.concatenate([v.ravel() for v in h.coord._central_dp_mean(updates).values()])
                             for _ in range(500)])
     assert draws.std() == pytest.approx(3.0 * 0.5 / 3, rel=0.05)
@@ -68,7 +68,7 @@ def test_central_noise_has_std_sigma_times_clip_over_n() -> None:
 def test_the_budget_stops_training_before_the_round_that_would_exceed_it(tmp_path: Path) -> None:
     budget = compute_epsilon(1.0, 4.0, 2, 1e-5) * 1.01  # room for two rounds, not three
     with RoundStore(tmp_path / "s.db") as store:
-        h = Harness(_config(mode="central", noise_multiplier=4.0, budget=budget, rounds=10), store=store)
+        h = CoordinatorHarness(_config(mode="central", noise_multiplier=4.0, budget=budget, rounds=10), store=store)
         h.join(*ALL)
         for _ in range(2):
             _round(h)
@@ -80,7 +80,7 @@ def test_the_budget_stops_training_before_the_round_that_would_exceed_it(tmp_pat
 
 
 def test_sigma_is_calibrated_so_the_planned_rounds_fit_the_budget() -> None:
-    h = Harness(_config(mode="central", budget=8.0, rounds=4))
+    h = CoordinatorHarness(_config(mode="central", budget=8.0, rounds=4))
     ledger = h.coord.privacy
     assert ledger is not None and ledger.calibrated
     h.join(*ALL)
@@ -93,7 +93,7 @@ def test_sigma_is_calibrated_so_the_planned_rounds_fit_the_budget() -> None:
 
 
 def test_record_mode_sends_dp_sgd_settings_and_charges_its_steps() -> None:
-    h = Harness(_config(mode="record", noise_multiplier=1.1, clip=2.0, sampling_rate=0.25))
+    h = CoordinatorHarness(_config(mode="record", noise_multiplier=1.1, clip=2.0, sampling_rate=0.25))
     tasks = tasked(h, h.join(*ALL))
     train = next(iter(tasks.values())).config["train"]
     assert (train["dp_clip"], train["dp_noise_multiplier"], train["dp_sampling_rate"]) == (2.0, 1.1, 0.25)
@@ -106,15 +106,15 @@ def test_a_resumed_broker_continues_the_same_accountant(tmp_path: Path) -> None:
     config = _config(mode="central", noise_multiplier=2.0, rounds=6)
     with RoundStore(tmp_path / "s.db") as store:
         store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
+        store.save_initial(harness_weights())
+        h = CoordinatorHarness(config, store=store)
         h.join(*ALL)
         _round(h)
         _round(h)
         # Round 3 has started (and been charged) when the broker "dies".
         assert h.coord.round is not None and h.coord.round.round_id == 3
         charged = h.coord.privacy.epsilon()  # type: ignore[union-attr]
-        restored = Harness(config, store=store)
+        restored = CoordinatorHarness(config, store=store)
         _resume(store, config, restored.coord)
     ledger = restored.coord.privacy
     assert ledger is not None and ledger.rounds_charged == 3
@@ -143,8 +143,8 @@ def test_adaptive_clipping_moves_the_clip_towards_the_median_norm_and_survives_a
                      rounds=10)
     with RoundStore(tmp_path / "s.db") as store:
         store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
+        store.save_initial(harness_weights())
+        h = CoordinatorHarness(config, store=store)
         ledger = h.coord.privacy
         assert ledger is not None and ledger.clipper is not None
         assert ledger.update_sigma > ledger.sigma  # the count's noise is paid for on the update
@@ -153,7 +153,7 @@ def test_adaptive_clipping_moves_the_clip_towards_the_median_norm_and_survives_a
         for _ in range(8):
             _round(h, {"w1": 1.0, "w2": 1.0, "w3": 1.0})  # norms ~3.2, far above the clip
             clips.append(ledger.current_clip)
-        restored = Harness(config, store=store)
+        restored = CoordinatorHarness(config, store=store)
         _resume(store, config, restored.coord)
     # Every update was clipped, so C grows: by exp(0.5) a round in expectation; the count's noise (std 1/3
     # on the fraction) makes single steps wobble, and 8 steps reach x2 except with probability ~2e-4.

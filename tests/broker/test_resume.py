@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_coordinator import BROKER, Harness, initial_weights, make_config, tasked
+from support import HARNESS_BROKER, CoordinatorHarness, harness_config, harness_weights, tasked
 
 from federated.broker.errors import StoreError
 from federated.broker.service import _resume
@@ -18,7 +18,7 @@ from federated.broker.store import RoundStore
 from federated.config import FederatedConfig
 
 
-def _play(h: Harness, rounds: int, rng: np.random.Generator, *, fail: set[int] = frozenset()) -> None:
+def _play(h: CoordinatorHarness, rounds: int, rng: np.random.Generator, *, fail: set[int] = frozenset()) -> None:
     """Run ``rounds`` rounds with workers w1..w5 (3 per round); rounds in ``fail`` get one answer only."""
     for _ in range(rounds):
         h.tick()
@@ -27,25 +27,25 @@ def _play(h: Harness, rounds: int, rng: np.random.Generator, *, fail: set[int] =
         rid = rnd.round_id
         answering = sorted(rnd.cohort)[:1] if rid in fail else sorted(rnd.cohort)
         for wid in answering:
-            values = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in initial_weights().items()}
+            values = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in harness_weights().items()}
             h.send(wid, h.update(wid, values, metrics={"loss": float(rng.random())}))
         if rid in fail:
-            h.advance(BROKER.round_timeout_s + 1, alive=["w1", "w2", "w3", "w4", "w5"])
+            h.advance(HARNESS_BROKER.round_timeout_s + 1, alive=["w1", "w2", "w3", "w4", "w5"])
         h.advance(0.5, alive=["w1", "w2", "w3", "w4", "w5"])
 
 
 def _config(**kw: Any) -> FederatedConfig:
     base: dict[str, Any] = {"num_clients": 5, "clients_per_round": 3, "num_rounds": 8, "selection": "performance",
-                            "broker": BROKER.__class__(**{**BROKER.__dict__, "server_optimizer": "fedadam"})}
+                            "broker": HARNESS_BROKER.__class__(**{**HARNESS_BROKER.__dict__, "server_optimizer": "fedadam"})}
     base.update(kw)
-    return make_config(**base)
+    return harness_config(**base)
 
 
-def _started(store: RoundStore, config: FederatedConfig) -> Harness:
+def _started(store: RoundStore, config: FederatedConfig) -> CoordinatorHarness:
     """A broker on a fresh run in ``store`` (as ``serve`` starts one) with workers w1..w5 joined."""
     store.set_meta("config", config.to_dict(resolved=True))
-    store.save_initial(initial_weights())
-    h = Harness(config, store=store)
+    store.save_initial(harness_weights())
+    h = CoordinatorHarness(config, store=store)
     h.join("w1", "w2", "w3", "w4", "w5")
     return h
 
@@ -54,8 +54,8 @@ def test_a_coordinator_restored_from_the_store_continues_exactly(tmp_path: Path)
     config = _config()
     with RoundStore(tmp_path / "s.db") as store:
         store.set_meta("config", config.to_dict(resolved=True))
-        store.save_initial(initial_weights())
-        h = Harness(config, store=store)
+        store.save_initial(harness_weights())
+        h = CoordinatorHarness(config, store=store)
         live = h.coord
         seen: list[tuple[Any, ...]] = []
         # The live state as each round is recorded (later the live broker starts the next round).
@@ -65,7 +65,7 @@ def test_a_coordinator_restored_from_the_store_continues_exactly(tmp_path: Path)
         h.join("w1", "w2", "w3", "w4", "w5")
         _play(h, 4, np.random.default_rng(1), fail={3})
 
-        restored = Harness(config, store=store).coord
+        restored = CoordinatorHarness(config, store=store).coord
         _resume(store, config, restored)
 
     assert [r.status for r in live.history] == ["complete", "complete", "failed", "complete"]
@@ -107,10 +107,10 @@ def test_a_store_of_another_run_is_refused_naming_the_settings(tmp_path: Path) -
         _play(h, 1, np.random.default_rng(3))
         other = _config(seed=5, compression="q8")
         with pytest.raises(StoreError, match=r"other settings \(compression, seed\)"):
-            _resume(store, other, Harness(other).coord)
+            _resume(store, other, CoordinatorHarness(other).coord)
         # More rounds, another port: the same run.
         longer = _config(num_rounds=20)
-        coordinator = Harness(longer).coord
+        coordinator = CoordinatorHarness(longer).coord
         _resume(store, longer, coordinator)
         assert coordinator.completed == 1 and not coordinator.done
 
@@ -123,11 +123,11 @@ def test_missing_state_file_is_an_error_not_a_silent_reset(tmp_path: Path) -> No
         for path in (tmp_path / "checkpoints").glob("state_*"):
             path.unlink()
         with pytest.raises(StoreError, match="resume state file .* is missing"):
-            _resume(store, config, Harness(config).coord)
+            _resume(store, config, CoordinatorHarness(config).coord)
 
 
 def test_a_hello_repeated_on_the_same_connection_is_not_a_reconnection() -> None:
-    h = Harness()
+    h = CoordinatorHarness()
     tasks = tasked(h, h.join("w1", "w2", "w3"))
     assert len(tasks) == 3
     h.hello("w1")  # e.g. queued heartbeats refused by a restarted broker, each answered with a HELLO
