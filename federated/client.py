@@ -18,7 +18,6 @@ from federated.config import ClientConfig
 from federated.models import get_weights
 from federated.worker.loop import ClientData, WorkerLoop, task_seed
 from federated.worker.runner import ModelRunner
-from federated.worker.trainer import TrainConfig
 
 __all__ = ["ClientUpdate", "FederatedClient"]
 
@@ -63,9 +62,7 @@ class FederatedClient:
         """
         start = dict(global_weights) if global_weights is not None else get_weights(self.model)
         c = self.config
-        cfg = TrainConfig(epochs=c.local_epochs, batch_size=c.batch_size, learning_rate=c.learning_rate,
-                          optimizer=c.optimizer, momentum=c.momentum, proximal_mu=c.proximal_mu)
-        result = self._runner.trainer({}).fit(start, self.x, self.y, cfg,
+        result = self._runner.trainer({}).fit(start, self.x, self.y, c.training().to_train_config(),
                                               seed=task_seed(self.seed, round_id, c.client_id))
         return ClientUpdate(c.client_id, round_id, result.num_samples, result.update,
                             {"loss": result.loss, "accuracy": result.accuracy, "train_s": result.train_s})

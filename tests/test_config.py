@@ -17,10 +17,12 @@ from federated.config import (
     ClientConfig,
     ConfigError,
     FederatedConfig,
+    TrainConfig,
     TrainingConfig,
     load_config,
     merge,
 )
+from federated.config.training import TASK_KEYS, TRAINING_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,17 +94,20 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"privacy_budget": float("nan")}, "privacy_budget", "(0.0"),
     ({"privacy_budget": float("inf")}, "privacy_budget", "(0.0"),
     ({"privacy_budget": "1"}, "privacy_budget", "(0.0"),
-    ({"training.local_epochs": 0}, "training.local_epochs", "positive integer"),
-    ({"training.batch_size": 1.5}, "training.batch_size", "positive integer"),
+    ({"training.local_epochs": 0}, "training.local_epochs", "an integer in [1, 1000]"),
+    ({"training.local_epochs": 1001}, "training.local_epochs", "an integer in [1, 1000]"),
+    ({"training.batch_size": 1.5}, "training.batch_size", "an integer in [1, 65536]"),
+    ({"training.batch_size": 65537}, "training.batch_size", "an integer in [1, 65536]"),
     ({"training.learning_rate": 0.0}, "training.learning_rate", "(0.0, 10.0]"),
     ({"training.learning_rate": 11}, "training.learning_rate", "(0.0, 10.0]"),
     ({"training.learning_rate": "fast"}, "training.learning_rate", "(0.0, 10.0]"),
     ({"training.learning_rate": 10**400}, "training.learning_rate", "(0.0, 10.0]"),
     ({"training.optimizer": "rmsprop"}, "training.optimizer", "sgd, adam"),
     ({"training.optimizer": 1}, "training.optimizer", "sgd, adam"),
-    ({"training.momentum": 1.0}, "training.momentum", "[0.0, 0.999]"),
-    ({"training.momentum": -0.1}, "training.momentum", "[0.0, 0.999]"),
+    ({"training.momentum": 1.0}, "training.momentum", "[0.0, 1.0)"),
+    ({"training.momentum": -0.1}, "training.momentum", "[0.0, 1.0)"),
     ({"training.proximal_mu": -1.0}, "training.proximal_mu", "[0.0, 1000000.0]"),
+    ({"training.proximal_mu": 2e6}, "training.proximal_mu", "[0.0, 1000000.0]"),
     ({"broker.bind": "localhost:80"}, "broker.bind", "tcp://HOST:PORT"),
     ({"broker.bind": 8080}, "broker.bind", "string"),
     ({"broker.store": ""}, "broker.store", "file path"),
@@ -168,7 +173,8 @@ def test_rule_and_server_optimizer_names_are_their_owners() -> None:
     ({"server_address": "tcp://host:80"}, "server_address", "HOST:PORT"),
     ({"server_address": "host"}, "server_address", "HOST:PORT"),
     ({"server_address": None}, "server_address", "HOST:PORT"),
-    ({"local_epochs": 0}, "client.local_epochs", "positive integer"),
+    ({"local_epochs": 0}, "client.local_epochs", "an integer in [1, 1000]"),
+    ({"momentum": 1.0}, "client.momentum", "[0.0, 1.0)"),
     ({"learning_rate": -1.0}, "client.learning_rate", "(0.0, 10.0]"),
     ({"optimizer": "lbfgs"}, "client.optimizer", "sgd, adam"),
 ])
@@ -182,6 +188,51 @@ def test_client_config_training_view() -> None:
     c = ClientConfig(local_epochs=3, learning_rate=0.1, optimizer="adam")
     t = c.training()
     assert (t.local_epochs, t.learning_rate, t.optimizer) == (3, 0.1, "adam")
+
+
+# ------------------------------------------------------------------------------ the training schema
+
+
+def test_one_training_schema_for_config_task_and_trainer() -> None:
+    """The run's training section, ClientConfig and a TASK's train object (TrainConfig) name the same
+    settings, all bounded by TRAINING_SCHEMA."""
+    assert list(TASK_KEYS) == [f.name for f in dataclasses.fields(TrainingConfig)]
+    assert set(TASK_KEYS.values()) <= set(TRAINING_SCHEMA)
+    assert list(TRAINING_SCHEMA) == [f.name for f in dataclasses.fields(TrainConfig)]
+    assert set(TASK_KEYS) <= {f.name for f in dataclasses.fields(ClientConfig)}
+    task = TrainingConfig().to_task_config()
+    assert TrainConfig.from_dict(task) == TrainingConfig().to_train_config()
+    assert TrainConfig.from_dict(ClientConfig().training().to_task_config()).epochs == ClientConfig().local_epochs
+
+
+PROBES: list[Any] = [0, 1, -1, 0.5, 0.999, 0.9995, 1.0, 10, 10.5, 1000, 1001, 65536, 65537, 1e6, 2e6, 1e9,
+                     float("nan"), float("inf"), True, None, "sgd", "adam", "rmsprop", "1", [1]]
+
+
+@pytest.mark.parametrize("name", list(TASK_KEYS))
+def test_the_broker_refuses_exactly_what_a_worker_refuses(name: str) -> None:
+    """A config the broker starts with is a TASK every worker accepts, and the reverse: one set of bounds."""
+    for value in PROBES:
+        try:
+            TrainingConfig(**{name: value}).validate()
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        try:
+            TrainConfig.from_dict({TASK_KEYS[name]: value})
+            task_ok = True
+        except ConfigError:
+            task_ok = False
+        assert config_ok == task_ok, (name, value)
+
+
+def test_a_task_error_names_the_setting_and_its_allowed_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"momentum": 1.0})
+    assert info.value.field == "train.momentum"
+    assert str(info.value) == "train.momentum: must be a number in [0.0, 1.0), got 1.0"
+    with pytest.raises(ConfigError, match=r"got 'xxxxx.*\.\.\.$"):
+        TrainConfig.from_dict({"learning_rate": "x" * 10_000})
 
 
 @pytest.mark.parametrize("partition", ["iid", "dirichlet:0.5", "dirichlet:1", "dirichlet:.1",

@@ -8,6 +8,7 @@ federated and central training is never flattered by an under-trained baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -32,7 +33,7 @@ def run_baseline(config: FederatedConfig, epochs: int | None = None) -> dict[str
     """Train centrally; return ``{"final_accuracy", "final_loss", "wall_s", "epochs", ...}``."""
     from federated.data import load_dataset
     from federated.models import build_model, get_weights
-    from federated.worker.trainer import LocalTrainer, TrainConfig
+    from federated.worker.trainer import LocalTrainer
 
     started = time.perf_counter()
     train, test = load_dataset(config.dataset, seed=config.seed)
@@ -41,9 +42,8 @@ def run_baseline(config: FederatedConfig, epochs: int | None = None) -> dict[str
     trainer = LocalTrainer(model)
     weights = get_weights(model)
     epochs = epochs or baseline_epochs(config)
-    t = config.training
-    cfg = TrainConfig(epochs=epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                      optimizer=t.optimizer, momentum=t.momentum)
+    # Central training: the run's settings over the union, without FedProx's pull towards a global model.
+    cfg = dataclasses.replace(config.training.to_train_config(), epochs=epochs, proximal_mu=0.0)
     result = trainer.fit(weights, train.x, train.y, cfg, seed=config.seed)
     final = {k: weights[k] + result.update[k] for k in weights}
     loss, accuracy = trainer.evaluate(final, test.x, test.y)

@@ -2,7 +2,8 @@
 
 - :mod:`~federated.config.errors`: :class:`ConfigError` (the field's dotted name, the allowed values);
 - :mod:`~federated.config.checks`: checks of single values shared by the sections;
-- :mod:`~federated.config.training`: the ``training`` section, what every worker's local training uses;
+- :mod:`~federated.config.training`: the training settings' one schema: the ``training`` section and a
+  TASK's ``train`` object (:class:`TrainConfig`), which the worker's trainer parses with it;
 - :mod:`~federated.config.sections`: the ``broker``, ``aggregation``, ``secure`` and ``privacy`` sections;
 - :mod:`~federated.config.run`: :class:`FederatedConfig`, a whole run, and the checks across sections;
 - :mod:`~federated.config.client`: :class:`ClientConfig`, one worker's own settings;
@@ -28,7 +29,7 @@ from federated.config.sections import (
     PrivacyConfig,
     SecureConfig,
 )
-from federated.config.training import OPTIMIZERS, TrainingConfig
+from federated.config.training import OPTIMIZERS, TrainConfig, TrainingConfig
 
 __all__ = [
     "ACCOUNTANTS",
@@ -44,6 +45,7 @@ __all__ = [
     "FederatedConfig",
     "PrivacyConfig",
     "SecureConfig",
+    "TrainConfig",
     "TrainingConfig",
     "load_config",
     "merge",

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from federated.config.errors import ConfigError
-from federated.config.training import TrainingConfig
+from federated.config.training import TASK_KEYS, TrainingConfig
 
 __all__ = ["ClientConfig"]
 
@@ -15,9 +15,10 @@ __all__ = ["ClientConfig"]
 class ClientConfig:
     """One worker's own settings (seed README API).
 
-    ``local_epochs`` and ``learning_rate`` are used by :class:`federated.client.FederatedClient` when it
-    trains on its own; in a federated run the broker's TASK carries the training configuration, so that
-    every worker in a round trains alike.
+    Its training settings (``local_epochs`` to ``proximal_mu``) are the run's ``training`` section with
+    their own defaults and the same bounds (:data:`~federated.config.training.TRAINING_SCHEMA`).
+    :class:`federated.client.FederatedClient` uses them when it trains on its own; in a federated run the
+    broker's TASK carries the training configuration, so that every worker in a round trains alike.
     """
 
     client_id: str = "client_0"
@@ -42,5 +43,4 @@ class ClientConfig:
 
     def training(self) -> TrainingConfig:
         """This client's training settings as a :class:`TrainingConfig`."""
-        return TrainingConfig(self.local_epochs, self.batch_size, self.learning_rate, self.optimizer,
-                              self.momentum, self.proximal_mu)
+        return TrainingConfig(**{name: getattr(self, name) for name in TASK_KEYS})

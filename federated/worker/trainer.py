@@ -15,6 +15,11 @@ process, so a fit on a tiny client must cost about a millisecond. What makes tha
 Optimizer state is reset at every fit: each round starts local training afresh from the global model, as in
 standard FedAvg. Randomness (the per-epoch shuffle) comes from ``seed`` only, so a fit is reproducible.
 
+A fit's settings are a :class:`~federated.config.training.TrainConfig`, the training settings' one schema
+(shared with the run's config, which writes them into each TASK); a worker parses every TASK's ``train``
+object with ``TrainConfig.from_dict``, which checks each name, type and bound, and :meth:`LocalTrainer.fit`
+validates the settings again. It is re-exported here with its limits, where a fit's caller looks for it.
+
 With ``dp_clip > 0`` a fit runs record-level DP-SGD instead (:mod:`federated.privacy.dpsgd`): Poisson-
 sampled batches at rate ``q``, per-example clipping to ``dp_clip``, Gaussian noise of std
 ``dp_noise_multiplier * dp_clip`` on each summed gradient, ``epochs * round(1/q)`` steps. The sampling
@@ -24,10 +29,9 @@ cannot remove it), so a DP fit with noise is not reproducible. The non-private p
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -36,6 +40,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx import nn
 
+from federated.config.training import MAX_BATCH_SIZE, MAX_EPOCHS, OPTIMIZERS, TrainConfig
 from federated.models import flat_parameters, get_weights, set_weights
 from federated.privacy.dpsgd import DpSgdStep, poisson_batch_rows, poisson_sample, supports_vmap
 from federated.privacy.noise import noise_rng
@@ -50,119 +55,10 @@ __all__ = [
     "TrainConfig",
 ]
 
-#: Accepted values of :attr:`TrainConfig.optimizer`.
-OPTIMIZERS = ("sgd", "adam")
-#: Bounds on work a broker may ask for in one task; beyond them a config is refused, not obeyed.
-MAX_EPOCHS = 1000
-MAX_BATCH_SIZE = 65536
 #: Bound on DP-SGD steps in one fit (``epochs * round(1 / q)``): a tiny sampling rate is a lot of work.
 MAX_DP_STEPS = 1_000_000
 #: Noise for this many parameters is drawn in one NumPy call (several steps at once for small models).
 _NOISE_BLOCK = 1 << 22
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local training settings sent by the broker with each task.
-
-    ``learning_rate`` is the step size; ``momentum`` applies to SGD only (Adam uses betas 0.9, 0.999 with
-    bias correction); ``proximal_mu`` > 0 turns on FedProx's ``mu/2 * ||w - w_global||^2`` term.
-
-    DP-SGD (off while ``dp_clip`` is 0): ``dp_clip`` is the per-example L2 clip C (model gradient units);
-    ``dp_noise_multiplier`` sigma gives noise std ``sigma * C`` on each summed gradient (0 = clipping
-    only, no privacy); ``dp_sampling_rate`` q is each example's Poisson inclusion probability (0 = use
-    ``min(1, batch_size / N)``).
-    """
-
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    proximal_mu: float = 0.0
-    dp_clip: float = 0.0
-    dp_noise_multiplier: float = 0.0
-    dp_sampling_rate: float = 0.0
-
-    @property
-    def dp_enabled(self) -> bool:
-        """Whether fits run DP-SGD (``dp_clip > 0``)."""
-        return self.dp_clip > 0
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first field outside its allowed values."""
-        if not 1 <= self.epochs <= MAX_EPOCHS:
-            raise ValueError(f"epochs must be an int in 1..{MAX_EPOCHS}, got {self.epochs}")
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be an int in 1..{MAX_BATCH_SIZE}, got {self.batch_size}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
-        if not (math.isfinite(self.dp_clip) and self.dp_clip >= 0):
-            raise ValueError(f"dp_clip must be a finite number >= 0 (0 = DP-SGD off), got {self.dp_clip}")
-        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
-            raise ValueError(
-                f"dp_noise_multiplier must be a finite number >= 0, got {self.dp_noise_multiplier}"
-            )
-        if not 0.0 <= self.dp_sampling_rate <= 1.0:
-            raise ValueError(
-                f"dp_sampling_rate must be in [0, 1] (0 = batch_size / N), got {self.dp_sampling_rate}"
-            )
-        if self.dp_clip == 0 and (self.dp_noise_multiplier > 0 or self.dp_sampling_rate > 0):
-            # A config that asks for noise but not for clipping would silently train without privacy.
-            raise ValueError(
-                "dp_noise_multiplier and dp_sampling_rate need dp_clip > 0 (DP-SGD is off while dp_clip is 0)"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of all fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build and validate a config from a decoded message; missing keys take their defaults.
-
-        Raises ValueError for a non-mapping, an unknown key, a value of the wrong type (bools are not
-        numbers here) or a value outside its allowed range.
-        """
-        if not isinstance(data, Mapping):
-            # ValueError, not TypeError, for every defect of a decoded message: callers catch one type.
-            raise ValueError(f"train config must be a JSON object, got {type(data).__name__}")  # noqa: TRY004
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"train config has unknown key(s) {unknown}; allowed: {sorted(known)}")
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            kind = _FIELD_TYPES[name]
-            if isinstance(value, bool) or not isinstance(value, kind):
-                allowed = "a number" if kind == (int, float) else _TYPE_NAMES[kind]
-                raise ValueError(  # noqa: TRY004 (see above)
-                    f"train config {name!r} must be {allowed}, got {type(value).__name__}"
-                )
-            values[name] = float(value) if kind == (int, float) else value
-        config = cls(**values)
-        config.validate()
-        return config
-
-
-_FIELD_TYPES: dict[str, Any] = {
-    "epochs": int,
-    "batch_size": int,
-    "learning_rate": (int, float),
-    "optimizer": str,
-    "momentum": (int, float),
-    "proximal_mu": (int, float),
-    "dp_clip": (int, float),
-    "dp_noise_multiplier": (int, float),
-    "dp_sampling_rate": (int, float),
-}
-_TYPE_NAMES: dict[Any, str] = {int: "an int", str: "a string"}
 
 
 @dataclass(frozen=True)
