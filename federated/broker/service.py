@@ -136,6 +136,10 @@ def serve(
         else:
             store.set_meta("config", config.to_dict(resolved=True))
             store.save_initial({k: np.asarray(v, np.float32) for k, v in initial_weights.items()})
+        model = (task_config or {}).get("model")
+        if isinstance(model, Mapping):
+            # How to build the network: checkpoints and exported models carry it in their model card.
+            store.set_meta("model", dict(model))
         loop = BrokerLoop(coordinator, config.broker.bind, keys=keys)
         interrupted = False
 

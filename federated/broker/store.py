@@ -39,6 +39,7 @@ from typing import Any, Self
 import numpy as np
 import safetensors.numpy
 
+from federated.broker.card import model_card
 from federated.broker.errors import (
     DuplicateRoundError,
     ReadOnlyStoreError,
@@ -318,10 +319,11 @@ class RoundStore:
         if self._readonly:
             raise ReadOnlyStoreError(f"round store {self._path} is open read-only")
 
-    def _write_checkpoint(self, n: int, weights: dict[str, np.ndarray], final: Path | None = None) -> Path:
+    def _write_checkpoint(self, n: int, weights: dict[str, np.ndarray], final: Path | None = None,
+                          metadata: dict[str, str] | None = None) -> Path:
         """Write round n's checkpoint (or another tensor file, ``final``) durably: see
-        :func:`federated.durable.write_atomic`."""
-        data = safetensors.numpy.save(_contiguous(weights), metadata={"round": str(n)})
+        :func:`federated.durable.write_atomic`. ``metadata``: its model card (default ``{"round": n}``)."""
+        data = safetensors.numpy.save(_contiguous(weights), metadata=metadata or {"round": str(n)})
         final = final or self.checkpoint_path(n)
         self._checkpoint_dir.mkdir(parents=True, exist_ok=True)
         # The temp name (".<name>.<random>.tmp") never matches round_*.safetensors, so a crash leaves no
@@ -408,7 +410,7 @@ class RoundStore:
                             f"round {rec.round} is already recorded in {self._path}; a round is recorded once"
                         )
                     if weights is not None:
-                        written.append(self._write_checkpoint(rec.round, weights))
+                        written.append(self._write_checkpoint(rec.round, weights, metadata=self._card(rec)))
                     if resume_text is not None and state:
                         written.append(self._write_checkpoint(rec.round, dict(state), self._state_path(rec.round)))
                     self._conn.execute(_INSERT_ROUND, row)
@@ -420,6 +422,17 @@ class RoundStore:
                 raise
         if resume_text is not None:
             self._drop_old_state(keep=self._state_path(rec.round) if state else None)
+
+    def _card(self, rec: RoundRecord) -> dict[str, str]:
+        """The model card a complete round's checkpoint carries (see :mod:`federated.broker.card`)."""
+        model, config = self._meta_unlocked("model"), self._meta_unlocked("config")
+        return model_card(rec.round, model=model if isinstance(model, dict) else None,
+                          config=config if isinstance(config, dict) else None,
+                          accuracy=rec.accuracy, loss=rec.loss, epsilon=rec.epsilon)
+
+    def _meta_unlocked(self, key: str) -> object | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def _state_path(self, n: int) -> Path:
         return self._checkpoint_dir / f"state_{n:06d}.safetensors"

@@ -20,6 +20,7 @@ COMMANDS = {
     "broker": "federated.cli.broker:broker_command",
     "worker": "federated.cli.worker:worker_command",
     "rounds": "federated.cli.rounds:rounds",
+    "model": "federated.cli.model:model",
     "keys": "federated.cli.keys:keys",
     "privacy": "federated.cli.privacy:privacy",
 }
