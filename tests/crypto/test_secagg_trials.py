@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from support import round_trip
 
 from federated.crypto.errors import CryptoError, ProtocolViolation, SignatureError
 from federated.crypto.params import SecAggParams
 from federated.crypto.primitives import generate_identity
 from federated.crypto.secagg_broker import SecAggBroker
 from federated.crypto.secagg_worker import SecAggWorker
-from federated.protocol import Roster, UnmaskRequest, decode_message
+from federated.protocol import Roster, UnmaskRequest
 
 STAGES = ("advertise", "roster", "shares", "consistency", "unmask")
 
@@ -37,11 +38,6 @@ class Trial:
     ring_bits: int = 32
 
 
-def _wire(msg):  # type: ignore[no-untyped-def]
-    """Every message crosses the real codec, as it would the network."""
-    return decode_message([bytes(f) for f in msg.to_frames()])
-
-
 def run(trial: Trial, rng: random.Random) -> tuple[SecAggBroker, dict[str, np.ndarray], set[str]]:
     ids = [f"w{i:02d}" for i in range(trial.n)]
     params = SecAggParams(threshold=trial.threshold, degree=trial.degree, clip=1.0, weight_cap=1, frac_bits=0,
@@ -55,29 +51,29 @@ def run(trial: Trial, rng: random.Random) -> tuple[SecAggBroker, dict[str, np.nd
         if w in trial.drops["advertise"]:
             broker.drop(w, "test")
         else:
-            broker.receive(w, _wire(workers[w].advertise()))
+            broker.receive(w, round_trip(workers[w].advertise()))
     for stage in STAGES[1:]:
         out = broker.advance()
         if broker.stage == "aborted":
             return broker, inputs, set()
         for w, msg in out:
-            msg = _wire(msg)
+            msg = round_trip(msg)
             if w in trial.drops[stage]:
                 broker.drop(w, "test")
                 continue
             try:
                 if stage == "roster":
-                    broker.receive(w, _wire(workers[w].on_roster(msg)))
+                    broker.receive(w, round_trip(workers[w].on_roster(msg)))
                 elif stage == "shares":
                     workers[w].on_shares(msg)
                     # Half mask a copy in place (as the worker loop does), half leave the input alone.
-                    masked = _wire(workers[w].masked_input(inputs[w].copy(), in_place=rng.random() < 0.5))
+                    masked = round_trip(workers[w].masked_input(inputs[w].copy(), in_place=rng.random() < 0.5))
                     trial.seen_by_broker.append(masked.masked)
                     broker.receive(w, masked)
                 elif stage == "consistency":
-                    broker.receive(w, _wire(workers[w].on_consistency(msg)))
+                    broker.receive(w, round_trip(workers[w].on_consistency(msg)))
                 else:
-                    broker.receive(w, _wire(workers[w].on_unmask(msg)))
+                    broker.receive(w, round_trip(workers[w].on_unmask(msg)))
             except CryptoError:
                 # The worker refuses a step against its floor (too few share senders) and leaves the
                 # round, as the real worker does; the broker counts it as dropped at this stage.
@@ -221,7 +217,7 @@ def test_broker_refuses_a_masked_input_of_the_wrong_width() -> None:
     good = workers["w0"].masked_input(np.zeros(4, np.uint32))
     narrow = type(good)(good.worker_id, good.round_id, good.masked.astype(np.uint16), 0.0)
     with pytest.raises(ProtocolViolation, match="uint32"):
-        broker.receive("w0", _wire(narrow))
+        broker.receive("w0", round_trip(narrow))
 
 
 def _ready_workers(n: int = 4, t: int = 2) -> tuple[SecAggBroker, dict[str, SecAggWorker], list]:
@@ -306,10 +302,10 @@ def test_worker_refuses_overlapping_small_and_repeated_unmask_requests() -> None
 def test_broker_refuses_out_of_stage_and_foreign_messages() -> None:
     broker, workers, out = _ready_workers()
     with pytest.raises(ProtocolViolation):  # a second advert in the share-keys stage
-        broker.receive("w0", _wire(workers["w0"].advertise() if workers["w0"].stage == "advertise" else
-                                   SecAggWorker("w0", generate_identity()[0], 1, broker.params).advertise()))
+        broker.receive("w0", round_trip(workers["w0"].advertise() if workers["w0"].stage == "advertise" else
+                                        SecAggWorker("w0", generate_identity()[0], 1, broker.params).advertise()))
     with pytest.raises(ProtocolViolation):  # w1's shares presented as w0's: wrong recipients
-        broker.receive("w0", _wire(workers["w1"].on_roster(out[1][1])))
+        broker.receive("w0", round_trip(workers["w1"].on_roster(out[1][1])))
     outsider = SecAggWorker("w9", generate_identity()[0], 1, broker.params)
     with pytest.raises(ProtocolViolation):
         broker.receive("w9", outsider.advertise())

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import wire
 
 from federated.protocol import (
     VERSION,
@@ -28,10 +29,6 @@ from federated.protocol import (
     encode,
     validate_worker_id,
 )
-
-
-def wire(frames: list[Any]) -> list[bytes]:
-    return [bytes(f) for f in frames]
 
 
 def weights() -> dict[str, np.ndarray]:

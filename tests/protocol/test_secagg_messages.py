@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import wire
 
 from federated.protocol import (
     CIPHERTEXT_BYTES,
@@ -22,10 +23,6 @@ from federated.protocol import (
     decode_message,
     encode,
 )
-
-
-def wire(frames: list) -> list[bytes]:
-    return [bytes(f) for f in frames]
 
 
 def u8(*shape: int) -> np.ndarray:

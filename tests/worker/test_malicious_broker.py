@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_session import params, secure_task, sends, session, train_now, wire
+from support import round_trip, secagg_params, secure_task, sends, through_codec, train_now, worker_session
 
 from federated.crypto import shamir
 from federated.crypto.floor import SafetyFloor
@@ -43,9 +43,9 @@ class Federation:
     and the test decides what each worker is really sent."""
 
     def __init__(self, n: int, p: SecAggParams | None = None, **session_kwargs: Any) -> None:
-        self.p = p or params(n)
+        self.p = p or secagg_params(n)
         self.ids = [f"w{i}" for i in range(n)]
-        self.sessions: dict[str, WorkerSession] = {w: session(w, **session_kwargs) for w in self.ids}
+        self.sessions: dict[str, WorkerSession] = {w: worker_session(w, **session_kwargs) for w in self.ids}
         self.broker = SecAggBroker(1, self.ids, self.p, {w: bytes.fromhex(s.identity_hex)
                                                           for w, s in self.sessions.items()})
         self.jobs: dict[str, list[Any]] = {}
@@ -54,7 +54,7 @@ class Federation:
     def deliver(self, wid: str, msg: Any) -> list[Any]:
         """Send ``msg`` to ``wid``'s session; its answers (errors recorded, not returned)."""
         out = []
-        for answer in sends(self.sessions[wid].on_message(wire(msg.to_frames()))):
+        for answer in sends(self.sessions[wid].on_message(round_trip(msg))):
             if isinstance(answer, Error):
                 self.refusals[wid] = answer
             else:
@@ -81,7 +81,8 @@ class Federation:
         """Run until every masked input is in; returns the honest CONSISTENCY_CHECKs (undelivered)."""
         for w, shares in self.to_shares().items():
             assert self.deliver(w, shares) == []
-            (masked,) = [wire(a.frames) for a in train_now(self.sessions[w], self.jobs[w], 0.1 * (1 + int(w[1:])))]
+            (masked,) = [through_codec(a.frames)
+                         for a in train_now(self.sessions[w], self.jobs[w], 0.1 * (1 + int(w[1:])))]
             assert isinstance(masked, MaskedInput)
             self.broker.receive(w, masked)
         return dict(self.broker.advance())
@@ -127,7 +128,8 @@ def test_a_worker_refuses_to_mask_with_fewer_than_t_share_senders(senders: int) 
 ])
 def test_a_worker_refuses_a_threshold_that_lets_both_secrets_be_rebuilt(n: int, threshold: int, degree: int,
                                                                        colluders: int) -> None:
-    fed = Federation(n, params(n, threshold=threshold, degree=degree), floor=SafetyFloor(assumed_colluders=colluders))
+    fed = Federation(n, secagg_params(n, threshold=threshold, degree=degree),
+                     floor=SafetyFloor(assumed_colluders=colluders))
     fed.start()
     for w, roster in fed.broker.advance():
         assert fed.deliver(w, roster) == []
@@ -234,7 +236,7 @@ def test_a_replayed_round_is_refused_before_any_key_or_training(tmp_path: Path) 
     assert isinstance(error, Error) and error.code == ErrorCode.REPLAYED_ROUND
     assert not any(isinstance(a, Train) for a in again)  # no training, no advertised keys
     # A restarted worker (a new session over the same ledger file) refuses too ...
-    restarted = session("w0", ledger=RoundLedger(ledger))
+    restarted = worker_session("w0", ledger=RoundLedger(ledger))
     (error,) = sends(restarted.on_message(secure_task(1, fed.p, 0, 4)))
     assert error.code == ErrorCode.REPLAYED_ROUND
     # ... while the next round, or round 1 of another run, is fine.
@@ -257,27 +259,28 @@ def test_a_round_left_before_masking_can_be_retried() -> None:
 
 def test_a_worker_refuses_noise_too_large_to_draw() -> None:
     # Not a privacy attack but a cost one: mu = 1e15 would take 1e5 Poisson draws per coordinate.
-    (error,) = sends(session("w0").on_message(secure_task(1, params(5), 0, 5, privacy={"skellam_mu": 1e15})))
+    task = secure_task(1, secagg_params(5), 0, 5, privacy={"skellam_mu": 1e15})
+    (error,) = sends(worker_session("w0").on_message(task))
     assert error.code == ErrorCode.BAD_TASK and "skellam_mu" in error.message
 
 
 @pytest.mark.parametrize("privacy", [{"skellam_mu": 0}, {"skellam_mu": 1.0}])
 def test_a_worker_with_a_noise_floor_refuses_distributed_noise_below_it(privacy: dict[str, Any]) -> None:
-    s = session("w0", min_noise=1.0)
-    p = params(5)
+    s = worker_session("w0", min_noise=1.0)
+    p = secagg_params(5)
     (error,) = sends(s.on_message(secure_task(1, p, 0, 5, privacy=privacy)))
     assert error.code == ErrorCode.BAD_TASK and "noise multiplier >= 1" in error.message
 
 
 def test_a_worker_with_a_noise_floor_accepts_enough_distributed_noise() -> None:
-    p = params(5)  # t = 3, clip 10, 2^16: sigma = sqrt(2 mu t) / (clip 2^16)
+    p = secagg_params(5)  # t = 3, clip 10, 2^16: sigma = sqrt(2 mu t) / (clip 2^16)
     mu = (1.0 * 10.0 * 2**16) ** 2 / (2 * 3)
-    s = session("w0", min_noise=1.0)
+    s = worker_session("w0", min_noise=1.0)
     actions = s.on_message(secure_task(1, p, 0, 5, privacy={"skellam_mu": mu * 1.001}))
     assert isinstance(sends(actions)[0], AdvertiseKeys)
     # Distributed noise under the floor's own survivor count: a worker demanding 5 survivors is
     # satisfied with less noise per worker (its smallest sum has more shares).
-    s = session("w0", min_noise=1.0, floor=SafetyFloor(min_survivors=5))
+    s = worker_session("w0", min_noise=1.0, floor=SafetyFloor(min_survivors=5))
     assert isinstance(sends(s.on_message(secure_task(1, p, 0, 5, privacy={"skellam_mu": mu * 0.61})))[0],
                       AdvertiseKeys)
 
@@ -291,14 +294,14 @@ def test_a_real_workers_training_seed_cannot_be_computed_or_replayed_by_the_brok
     fed = Federation(4)
     fed.start()
     first = fed.jobs["w0"][0].job.seed
-    again = [a for a in session("w0").on_message(secure_task(1, fed.p, 0, 4)) if isinstance(a, Train)]
+    again = [a for a in worker_session("w0").on_message(secure_task(1, fed.p, 0, 4)) if isinstance(a, Train)]
     assert again[0].job.seed != first  # 2^-32 to collide by chance
     trained = train_now(fed.sessions["w1"], fed.jobs["w1"], 0.2)
     assert trained == []  # (its input waits for the shares)
 
 
 def test_share_keys_sent_by_a_worker_go_only_to_its_neighbours() -> None:
-    fed = Federation(6, params(6, degree=4))  # SecAgg+: 4 of the 5 others
+    fed = Federation(6, secagg_params(6, degree=4))  # SecAgg+: 4 of the 5 others
     fed.start()
     for w, roster in fed.broker.advance():
         (share_keys,) = fed.deliver(w, roster)

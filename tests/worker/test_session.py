@@ -11,9 +11,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import (
+    SESSION_SIZE,
+    SESSION_WEIGHTS,
+    fit_with,
+    round_trip,
+    secagg_params,
+    secure_task,
+    sends,
+    train_now,
+    worker_session,
+)
 
 from federated.crypto.fixedpoint import decode_sum
-from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker
 from federated.protocol import (
     AdvertiseKeys,
@@ -24,14 +34,11 @@ from federated.protocol import (
     Task,
     Update,
     Welcome,
-    decode_message,
 )
 from federated.worker.randomness import LocalRandomness
 from federated.worker.session import (
     Announce,
-    ClientData,
     Finish,
-    Send,
     Train,
     Vanish,
     Welcomed,
@@ -40,57 +47,11 @@ from federated.worker.session import (
 )
 from federated.worker.simulation import DropoutPlan
 
-WEIGHTS = {"b": np.zeros(3, np.float32), "w": np.zeros((2, 3), np.float32)}
-SIZE = 9
-
-
-def wire(frames: list[Any]) -> Any:
-    """Frames through the real codec, as the network would carry them."""
-    return decode_message([bytes(f) for f in frames])
-
-
-def fit_with(delta: float) -> Any:
-    def fit(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
-            seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        if config.get("fail"):
-            raise ValueError("unknown option 'fail'")
-        return {k: np.full_like(v, delta) for k, v in weights.items()}, {"loss": 0.5, "accuracy": 0.25, "train_s": 0.01}
-    return fit
-
-
-def session(wid: str, n: int = 4, **kwargs: Any) -> WorkerSession:
-    data = ClientData(wid, np.zeros((n, 2), np.float32), np.zeros(n, np.int64))
-    s = WorkerSession(data, **kwargs)
-    s.connected()
-    return s
-
-
-def params(n: int, *, threshold: int | None = None, degree: int | None = None) -> SecAggParams:
-    degree = degree if degree is not None else n - 1
-    return SecAggParams(threshold if threshold is not None else degree // 2 + 1, degree, 10.0, 100, 16, n,
-                        SIZE + 3)
-
-
-def secure_task(round_id: int, p: SecAggParams, index: int, size: int, **extra: Any) -> Task:
-    config = {"secagg": p.to_dict(), "seed": 3, "run_id": "run-a", **extra}
-    return wire(Task(round_id, "train", config, WEIGHTS, index, size, 30.0).to_frames())
-
-
-def sends(actions: list[Any]) -> list[Any]:
-    return [wire(a.frames) for a in actions if isinstance(a, Send)]
-
-
-def train_now(s: WorkerSession, actions: list[Any], delta: float) -> list[Any]:
-    """Run the Train action of ``actions`` (as the loop's training thread would) and hand back its result."""
-    jobs = [a.job for a in actions if isinstance(a, Train)]
-    assert len(jobs) == 1, actions
-    return s.on_trained(s.train(jobs[0], fit_with(delta)))
-
 
 def test_plain_round_trains_and_answers_with_an_update() -> None:
-    s = session("w0")
+    s = worker_session("w0")
     assert s.on_message(Welcome("w0", 1.0, 5.0)) == [Welcomed(1.0, 5.0)]
-    actions = s.on_message(wire(Task(1, "train", {"seed": 5}, WEIGHTS, 0, 1, 30.0).to_frames()))
+    actions = s.on_message(round_trip(Task(1, "train", {"seed": 5}, SESSION_WEIGHTS, 0, 1, 30.0)))
     assert [type(a) for a in actions] == [Train]
     (update,) = sends(train_now(s, actions, 0.25))
     assert isinstance(update, Update) and update.round_id == 1 and update.num_samples == 4
@@ -98,22 +59,22 @@ def test_plain_round_trains_and_answers_with_an_update() -> None:
 
 
 def test_a_bad_task_becomes_an_error_not_an_exception() -> None:
-    s = session("w0")
-    actions = s.on_message(wire(Task(2, "train", {"fail": True}, WEIGHTS, 0, 1, 30.0).to_frames()))
+    s = worker_session("w0")
+    actions = s.on_message(round_trip(Task(2, "train", {"fail": True}, SESSION_WEIGHTS, 0, 1, 30.0)))
     (error,) = sends(train_now(s, actions, 0.0))
     assert isinstance(error, Error) and error.code == ErrorCode.BAD_TASK and "fail" in error.message
 
 
 def test_results_of_an_earlier_connection_are_dropped() -> None:
-    s = session("w0")
-    actions = s.on_message(wire(Task(1, "train", {}, WEIGHTS, 0, 1, 30.0).to_frames()))
+    s = worker_session("w0")
+    actions = s.on_message(round_trip(Task(1, "train", {}, SESSION_WEIGHTS, 0, 1, 30.0)))
     (job,) = [a.job for a in actions if isinstance(a, Train)]
     s.connected()  # reconnected while training: the broker already counted us as dropped
     assert s.on_trained(s.train(job, fit_with(1.0))) == []
 
 
 def test_bye_unknown_worker_and_heartbeats() -> None:
-    s = session("w0")
+    s = worker_session("w0")
     assert s.on_message(Heartbeat("")) == []
     assert s.on_message(Error(ErrorCode.UNKNOWN_WORKER.value, "send HELLO first")) == [Announce()]
     assert s.on_message(Error("wrong_stage", "late")) == []
@@ -121,11 +82,11 @@ def test_bye_unknown_worker_and_heartbeats() -> None:
 
 
 def test_training_seed_is_the_task_seed_only_when_seeded_for_a_simulation() -> None:
-    task = wire(Task(4, "train", {"seed": 9}, WEIGHTS, 0, 1, 30.0).to_frames())
-    seeded = session("w0", randomness=LocalRandomness.seeded(9, "w0"))
+    task = round_trip(Task(4, "train", {"seed": 9}, SESSION_WEIGHTS, 0, 1, 30.0))
+    seeded = worker_session("w0", randomness=LocalRandomness.seeded(9, "w0"))
     (job,) = [a.job for a in seeded.on_message(task) if isinstance(a, Train)]
     assert job.seed == task_seed(9, 4, "w0")
-    real = session("w0")  # the OS: a broker that knows the run's seed cannot predict or replay it
+    real = worker_session("w0")  # the OS: a broker that knows the run's seed cannot predict or replay it
     seeds = {next(a.job.seed for a in real.on_message(task) if isinstance(a, Train)) for _ in range(8)}
     assert len(seeds) == 8  # 8 draws of 32 bits: a repeat has probability 28 / 2^32 = 6.5e-9
 
@@ -135,9 +96,9 @@ def run_secure_round(n: int, deltas: list[float], *, vanish: dict[str, str] | No
     """A whole secure round: ``n`` sessions and the real broker-side machine, every message through the
     codec, dropped sessions (``vanish``: worker id -> stage) simply never answer again."""
     vanish = vanish or {}
-    p = params(n)
+    p = secagg_params(n)
     ids = [f"w{i}" for i in range(n)]
-    sessions = {w: session(w) for w in ids}
+    sessions = {w: worker_session(w) for w in ids}
     broker = SecAggBroker(1, ids, p, {w: bytes.fromhex(s.identity_hex) for w, s in sessions.items()})
     trained: dict[str, list[Any]] = {}
     for i, w in enumerate(ids):
@@ -151,7 +112,7 @@ def run_secure_round(n: int, deltas: list[float], *, vanish: dict[str, str] | No
             if vanish.get(w) == broker.stage:
                 broker.drop(w, "vanished")
                 continue
-            out = sends(sessions[w].on_message(wire(msg.to_frames())))
+            out = sends(sessions[w].on_message(round_trip(msg)))
             if broker.stage == "masked_input":
                 assert out == []  # the shares are in, the input is not trained yet
                 out = sends(train_now(sessions[w], trained[w], deltas[ids.index(w)]))
@@ -167,7 +128,7 @@ def test_a_secure_round_of_sessions_gives_the_exact_weighted_mean() -> None:
     data, weight = decode_sum(broker.result.total, 16, 32)
     assert weight == 5 * 4  # every session's weight is its 4 samples
     # Each coordinate's rounding error is under one unit of 2^-16 per input.
-    np.testing.assert_allclose(data[:SIZE] / weight, np.mean(deltas), atol=5 * 2**-16 / 4)
+    np.testing.assert_allclose(data[:SESSION_SIZE] / weight, np.mean(deltas), atol=5 * 2**-16 / 4)
 
 
 @pytest.mark.parametrize("stage", ["share_keys", "masked_input", "consistency", "unmask"])
@@ -178,12 +139,12 @@ def test_a_session_vanishing_at_any_stage_leaves_an_exact_sum_of_the_survivors(s
     data, weight = decode_sum(broker.result.total, 16, 32)
     included = deltas if stage in ("consistency", "unmask") else deltas[:4]  # its input is in the sum
     assert weight == 4 * len(included)
-    np.testing.assert_allclose(data[:SIZE] / weight, np.mean(included), atol=5 * 2**-16 / 4)
+    np.testing.assert_allclose(data[:SESSION_SIZE] / weight, np.mean(included), atol=5 * 2**-16 / 4)
 
 
 def test_simulated_dropout_vanishes_at_its_stage_only() -> None:
-    p = params(3)
-    s = session("w0", dropout=DropoutPlan(0.4, "task"))
+    p = secagg_params(3)
+    s = worker_session("w0", dropout=DropoutPlan(0.4, "task"))
     assert s.on_message(secure_task(1, p, 0, 3)) == [Vanish()]  # index 0 < round(0.4 * 3) = 1
-    other = session("w1", dropout=DropoutPlan(0.4, "task"))
+    other = worker_session("w1", dropout=DropoutPlan(0.4, "task"))
     assert Vanish() not in other.on_message(secure_task(1, p, 1, 3))
