@@ -1,4 +1,4 @@
-"""Datasets: the built-in ``digits`` and ``synthetic`` problems, and user ``.npz`` directories.
+"""Datasets: the built-in ``digits`` and ``synthetic`` problems, published benchmarks, ``.npz`` directories.
 
 A dataset spec (``--dataset``) is one of:
 
@@ -8,6 +8,13 @@ A dataset spec (``--dataset``) is one of:
 - ``synthetic``: a 10-class, 32-feature Gaussian-mixture problem (4,000 samples) generated from the seed.
   Each class is a mixture of two clusters in an 8-dimensional subspace, so a small MLP learns it well
   above chance but not perfectly.
+- ``mnist1d`` or ``mnist1d:N``: MNIST-1D (40-sample signals, 10 classes) from its reference generator;
+  the canonical 4,000 train / 1,000 test, or N samples with the same recipe, always with the package's own
+  split and seed (``seed`` and ``test_fraction`` do not change it). See :mod:`federated.data.published`.
+- ``leaf-synthetic:ALPHA,BETA[,DEVICES]``: the LEAF/FedProx Synthetic(α, β) federation (60 features,
+  10 classes, 30 devices by default), generated from ``seed``. Its samples carry their device
+  (:attr:`Dataset.devices`) for the ``natural`` partition; the test set is 10% of every device, as in
+  the FedProx code (``test_fraction`` does not change it). See :mod:`federated.data.published`.
 - ``npz:DIR``: a data directory in the format below.
 
 Data directory format (``--dataset npz:DIR`` and ``flworker --data-path DIR``)
@@ -45,15 +52,16 @@ from pathlib import Path
 
 import numpy as np
 
+from federated.data import published
 from federated.data.errors import DataError
 
-__all__ = ["MAX_CLASSES", "Dataset", "load_client_dir", "load_dataset"]
+__all__ = ["MAX_CLASSES", "Dataset", "check_dataset_spec", "load_client_dir", "load_dataset"]
 
 #: Upper bound on the number of classes a data file may imply; a larger label is almost surely a mistake
 #: (an id column, an unencoded value) and would silently build a huge output layer.
 MAX_CLASSES = 10_000
 
-_DATASET_SPECS = '"digits", "synthetic", "npz:DIR"'
+_DATASET_SPECS = '"digits", "synthetic", "mnist1d[:N]", "leaf-synthetic:ALPHA,BETA[,DEVICES]", "npz:DIR"'
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,9 @@ class Dataset:
 
     ``x`` is float32 of shape (N, F) with flat features; ``input_shape`` is the per-sample shape models see
     (``prod(input_shape) == F``, e.g. (64,) or (8, 8, 1) for NHWC images). ``y`` is int32 of shape (N,) with
-    labels in ``0 .. num_classes - 1``. Raises :class:`DataError` if these do not hold.
+    labels in ``0 .. num_classes - 1``. ``devices``, for a data set with a natural per-device partition
+    (``leaf-synthetic``), is int32 of shape (N,): the device (0, 1, ...) each sample belongs to; ``None``
+    otherwise. Raises :class:`DataError` if these do not hold.
     """
 
     x: np.ndarray
@@ -70,6 +80,7 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+    devices: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Checked once here so that every consumer (partitioner, trainer, broker evaluation) can trust it.
@@ -86,6 +97,10 @@ class Dataset:
             raise DataError(f"{self.name}: num_classes must be >= 1, got {self.num_classes}")
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise DataError(f"{self.name}: labels must be in 0..{self.num_classes - 1}")
+        devices = self.devices
+        if devices is not None and (devices.dtype != np.int32 or devices.shape != y.shape
+                                    or (len(devices) and int(devices.min()) < 0)):
+            raise DataError(f"{self.name}: devices must be int32 of shape ({len(y)},) with values >= 0")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -98,18 +113,25 @@ class Dataset:
             num_classes=self.num_classes,
             input_shape=self.input_shape,
             name=self.name if name is None else name,
+            devices=None if self.devices is None else self.devices[indices],
         )
 
 
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
     """Load a dataset by spec and return ``(train, test)``.
 
-    ``spec`` is ``"digits"``, ``"synthetic"`` or ``"npz:DIR"``. The split is stratified by label and
+    ``spec`` is one of the specs in the module docstring. The split is stratified by label and
     deterministic from ``seed``; ``test_fraction`` (0 < f < 1) is ignored for ``npz:DIR`` when the directory
-    has its own ``test.npz``. Raises :class:`DataError` for an unknown spec or a malformed file.
+    has its own ``test.npz``, and for the published benchmarks, which have their own split. Raises
+    :class:`DataError` for an unknown spec or a malformed file.
     """
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_dataset_spec(spec)
+    if spec == "mnist1d" or spec.startswith("mnist1d:"):
+        return _mnist1d(spec)
+    if spec.startswith("leaf-synthetic:"):
+        return _leaf_synthetic(spec, seed)
     if spec == "digits":
         x, y = _digits_arrays()
         return _split(x, y, 10, (8, 8, 1), "digits", seed, test_fraction)
@@ -123,6 +145,19 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> tup
             return train, test
         return _split(train.x, train.y, train.num_classes, train.input_shape, spec, seed, test_fraction)
     raise DataError(f"unknown dataset {spec!r}; allowed: {_DATASET_SPECS}")
+
+
+def check_dataset_spec(spec: str) -> None:
+    """Raise :class:`DataError` naming the allowed specs unless ``spec`` is well formed (nothing is loaded:
+    a directory is checked when it is read)."""
+    if not isinstance(spec, str):
+        raise DataError(f"dataset spec must be a string, got {spec!r}")
+    if spec == "mnist1d" or spec.startswith("mnist1d:"):
+        published.parse_mnist1d(spec)
+    elif spec.startswith("leaf-synthetic:"):
+        published.parse_leaf_synthetic(spec)
+    elif spec not in ("digits", "synthetic") and not (spec.startswith("npz:") and len(spec) > len("npz:")):
+        raise DataError(f"unknown dataset {spec!r}; allowed: {_DATASET_SPECS}")
 
 
 def load_client_dir(path: str | Path, *, num_classes: int | None = None) -> tuple[Dataset, Dataset | None]:
@@ -227,6 +262,31 @@ def _synthetic_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = latent @ embed.T + 0.1 * rng.normal(size=(_SYNTH_SAMPLES, _SYNTH_FEATURES))
     x = (x - x.mean(axis=0)) / x.std(axis=0)
     return x.astype(np.float32), y.astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------ published benchmarks
+
+
+def _mnist1d(spec: str) -> tuple[Dataset, Dataset]:
+    """The package's own split; copies, so callers never share (or mutate) the cached arrays."""
+    x_train, y_train, x_test, y_test = published.mnist1d_arrays(published.parse_mnist1d(spec))
+    features = x_train.shape[1]
+    return (
+        Dataset(x_train.copy(), y_train.copy(), 10, (features,), f"{spec}/train"),
+        Dataset(x_test.copy(), y_test.copy(), 10, (features,), f"{spec}/test"),
+    )
+
+
+def _leaf_synthetic(spec: str, seed: int) -> tuple[Dataset, Dataset]:
+    """Each device's held-out 10% is the test set; samples keep their device for the natural partition."""
+    data = published.leaf_synthetic(*published.parse_leaf_synthetic(spec), seed=seed)
+    features = data.x.shape[1]
+
+    def part(mask: np.ndarray, role: str) -> Dataset:
+        return Dataset(data.x[mask], data.y[mask], data.num_classes, (features,), f"{spec}/{role}",
+                       devices=data.device[mask])
+
+    return part(~data.test, "train"), part(data.test, "test")
 
 
 # ------------------------------------------------------------------------------------------- npz files

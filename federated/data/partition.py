@@ -1,10 +1,12 @@
-"""Split a dataset's samples among clients: ``iid`` or label-skewed ``dirichlet:ALPHA``.
+"""Split a dataset's samples among clients: ``iid``, label-skewed ``dirichlet:ALPHA``, or ``natural``.
 
 ``iid`` shuffles the samples and deals them out in near-equal shares. ``dirichlet:ALPHA`` is the label-skew
 partition of Hsu et al. (2019, "Measuring the effects of non-identical data distribution"): for every class
 the share each client receives is drawn from Dirichlet(ALPHA, ..., ALPHA). Small ALPHA (0.1) gives each
 client a few dominant classes; large ALPHA (100) approaches iid. Draws that leave a client with fewer than
-``min_samples`` samples are re-drawn a bounded number of times.
+``min_samples`` samples are re-drawn a bounded number of times. ``natural`` is the data set's own split
+into devices (``leaf-synthetic``: client i gets device i's samples); it needs a data set that has one, and
+exactly as many clients as devices.
 
 Randomness comes from a NumPy generator seeded with ``seed``: partitioning is simulation bookkeeping, not
 anything secret, and it must be reproducible.
@@ -16,23 +18,26 @@ import math
 
 import numpy as np
 
+from federated.data.datasets import Dataset
 from federated.data.errors import DataError
 
-__all__ = ["MAX_DIRICHLET_DRAWS", "parse_partition", "partition"]
+__all__ = ["MAX_DIRICHLET_DRAWS", "parse_partition", "partition", "partition_dataset"]
 
 #: Re-draws allowed before a Dirichlet partition that keeps starving some client is declared impossible.
 MAX_DIRICHLET_DRAWS = 1000
 
-_ALLOWED = '"iid" or "dirichlet:ALPHA" with ALPHA > 0 (e.g. "dirichlet:0.5")'
+_ALLOWED = ('"iid", "dirichlet:ALPHA" with ALPHA > 0 (e.g. "dirichlet:0.5") or "natural" (for a data set '
+            'split into devices: leaf-synthetic)')
 
 
 def parse_partition(spec: str) -> tuple[str, float | None]:
-    """Parse a partition spec into ``(kind, alpha)``: ``("iid", None)`` or ``("dirichlet", alpha)``.
+    """Parse a partition spec into ``(kind, alpha)``: ``("iid", None)``, ``("dirichlet", alpha)`` or
+    ``("natural", None)``.
 
     Raises :class:`DataError` naming the allowed values for anything else, including ALPHA <= 0, NaN or inf.
     """
-    if spec == "iid":
-        return "iid", None
+    if spec in ("iid", "natural"):
+        return spec, None
     kind, sep, value = spec.partition(":")
     if kind == "dirichlet" and sep:
         try:
@@ -45,15 +50,25 @@ def parse_partition(spec: str) -> tuple[str, float | None]:
     raise DataError(f"unknown partition {spec!r}; allowed: {_ALLOWED}")
 
 
+def partition_dataset(data: Dataset, num_clients: int, spec: str, *, seed: int,
+                      min_samples: int = 2) -> list[np.ndarray]:
+    """:func:`partition` of ``data``'s samples, with its devices for ``natural`` (errors name ``data``)."""
+    return partition(data.y, num_clients, spec, seed=seed, min_samples=min_samples, devices=data.devices,
+                     source=data.name)
+
+
 def partition(
-    labels: np.ndarray, num_clients: int, spec: str, *, seed: int, min_samples: int = 2
+    labels: np.ndarray, num_clients: int, spec: str, *, seed: int, min_samples: int = 2,
+    devices: np.ndarray | None = None, source: str = "the data set",
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` among ``num_clients`` clients.
 
     Returns one sorted int64 index array per client; together they are disjoint and cover every sample.
-    Deterministic from ``seed``. Every client gets at least ``min_samples`` samples. Raises
-    :class:`DataError` for a bad spec, too few samples for the clients, or a Dirichlet partition that still
-    starves some client after :data:`MAX_DIRICHLET_DRAWS` draws (raise ALPHA or lower the client count).
+    Deterministic from ``seed``. Every client gets at least ``min_samples`` samples. ``natural`` gives
+    client i the samples whose entry in ``devices`` is i (``source`` names the data set in its errors).
+    Raises :class:`DataError` for a bad spec, too few samples for the clients, a Dirichlet partition that
+    still starves some client after :data:`MAX_DIRICHLET_DRAWS` draws (raise ALPHA or lower the client
+    count), or ``natural`` without devices or with a client count other than the device count.
     """
     kind, alpha = parse_partition(spec)
     labels = np.asarray(labels)
@@ -66,6 +81,8 @@ def partition(
     n = len(labels)
     if n == 0:
         raise DataError("cannot partition an empty dataset")
+    if kind == "natural":
+        return _natural(labels, num_clients, devices, source, min_samples)
     if n < num_clients * min_samples:
         raise DataError(
             f"{n} samples cannot give {num_clients} clients at least {min_samples} each; "
@@ -77,6 +94,27 @@ def partition(
         return [np.sort(share).astype(np.int64) for share in shares]
     assert alpha is not None  # parse_partition returns an alpha for every non-iid kind
     return _dirichlet(labels, num_clients, alpha, rng, min_samples, spec)
+
+
+def _natural(labels: np.ndarray, num_clients: int, devices: np.ndarray | None, source: str,
+             min_samples: int) -> list[np.ndarray]:
+    if devices is None:
+        raise DataError(f"partition 'natural': {source} has no natural split into devices (only "
+                        "leaf-synthetic:ALPHA,BETA[,DEVICES] has); use iid or dirichlet:ALPHA")
+    devices = np.asarray(devices)
+    if devices.shape != labels.shape:
+        raise DataError(f"partition 'natural': devices must have shape {labels.shape}, got {devices.shape}")
+    count = int(devices.max()) + 1
+    if num_clients != count:
+        raise DataError(f"partition 'natural': {source} has {count} devices, so the number of clients "
+                        f"(--num-clients) must be {count}, got {num_clients}")
+    # A stable sort keeps each device's samples in order: client i's indices come out sorted.
+    order = np.argsort(devices, kind="stable").astype(np.int64)
+    parts = np.split(order, np.cumsum(np.bincount(devices, minlength=count))[:-1])
+    smallest = min(len(p) for p in parts)
+    if smallest < min_samples:
+        raise DataError(f"partition 'natural': a device of {source} has {smallest} < {min_samples} samples")
+    return parts
 
 
 def _dirichlet(

@@ -72,7 +72,8 @@ def test_loading_digits_does_not_import_sklearn_or_mlx() -> None:
 
 
 def test_unknown_spec_names_allowed_values() -> None:
-    with pytest.raises(DataError, match=r'"digits", "synthetic", "npz:DIR"'):
+    with pytest.raises(DataError, match=r'"digits", "synthetic", "mnist1d\[:N\]", '
+                                        r'"leaf-synthetic:ALPHA,BETA\[,DEVICES\]", "npz:DIR"'):
         load_dataset("mnist")
     with pytest.raises(DataError, match="test_fraction"):
         load_dataset("digits", test_fraction=1.0)

@@ -16,7 +16,8 @@ LABELS = np.arange(2000) % 10  # balanced, 200 per class
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("iid", ("iid", None)), ("dirichlet:0.5", ("dirichlet", 0.5)), ("dirichlet:1e-1", ("dirichlet", 0.1))],
+    [("iid", ("iid", None)), ("dirichlet:0.5", ("dirichlet", 0.5)), ("dirichlet:1e-1", ("dirichlet", 0.1)),
+     ("natural", ("natural", None))],
 )
 def test_parse_partition_accepts(spec: str, expected: tuple[str, float | None]) -> None:
     assert parse_partition(spec) == expected
@@ -38,7 +39,7 @@ def test_parse_partition_accepts(spec: str, expected: tuple[str, float | None]) 
     ],
 )
 def test_parse_partition_rejects_with_allowed_values(spec: str) -> None:
-    with pytest.raises(DataError, match=r'"iid" or "dirichlet:ALPHA" with ALPHA > 0'):
+    with pytest.raises(DataError, match=r'"iid", "dirichlet:ALPHA" with ALPHA > 0 .* or "natural"'):
         parse_partition(spec)
 
 
