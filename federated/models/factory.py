@@ -1,4 +1,4 @@
-"""Build a model from a spec string: ``mlp``, ``cnn`` or ``MODULE:FACTORY`` (a user's own model).
+"""Build a model from a spec string: ``mlp``, ``cnn``, ``cnn1d``, ``logistic`` or ``MODULE:FACTORY``.
 
 The broker and every worker call :func:`build_model` with the same spec, shapes and seed, and get models
 with identical parameter names, shapes and (with a seed) initial values.
@@ -16,13 +16,13 @@ import mlx.core as mx
 import numpy as np
 from mlx import nn
 
-from federated.models.builtin import CNN, MLP
+from federated.models.builtin import CNN, CNN1D, MLP, Logistic
 from federated.models.errors import ModelError
 
 __all__ = ["MODEL_SPECS", "build_model"]
 
 #: Human-readable list of accepted specs, used in error messages and CLI help.
-MODEL_SPECS = '"mlp", "cnn", "MODULE:FACTORY"'
+MODEL_SPECS = '"mlp", "cnn", "cnn1d", "logistic", "MODULE:FACTORY"'
 
 
 def build_model(
@@ -30,8 +30,8 @@ def build_model(
 ) -> nn.Module:
     """Build the model named by ``spec`` for samples of ``input_shape`` and ``num_classes`` classes.
 
-    ``spec`` is ``"mlp"``, ``"cnn"`` (needs an image ``input_shape`` (H, W, C), or (H, W) for one channel)
-    or ``"MODULE:FACTORY"``: ``MODULE`` is imported, ``FACTORY`` (a dotted attribute path) is called with no
+    ``spec`` is ``"mlp"``, ``"cnn"`` (needs an image ``input_shape`` (H, W, C), or (H, W) for one channel),
+    ``"cnn1d"`` (a signal: (L,) or (L, C)), ``"logistic"`` or ``"MODULE:FACTORY"``: ``MODULE`` is imported, ``FACTORY`` (a dotted attribute path) is called with no
     arguments, or with ``input_shape=``/``num_classes=`` when its signature accepts them, and must return an
     ``mlx.nn.Module``. All models take flat (B, F) float32 input. With ``seed`` the initial parameters are
     deterministic; MLX's global random state is restored afterwards so that later randomness does not
@@ -67,6 +67,13 @@ def _construct(spec: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
             )
         height, width, channels = input_shape
         return CNN((height, width, channels), num_classes)
+    if spec == "cnn1d":
+        if len(input_shape) > 2 or input_shape[0] < 3:
+            raise ModelError(f"model 'cnn1d' needs a signal input_shape (L,) or (L, C) with L >= 3, got "
+                             f"{input_shape}; use 'cnn' for images")
+        return CNN1D(input_shape, num_classes)
+    if spec == "logistic":
+        return Logistic(int(np.prod(input_shape)), num_classes)
     module_name, sep, attr_path = spec.partition(":")
     if sep and module_name and attr_path:
         return _from_factory(spec, module_name, attr_path, input_shape, num_classes)

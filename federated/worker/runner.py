@@ -1,7 +1,7 @@
 """Glue between the wire and the MLX trainer: builds models named in a TASK and runs local training.
 
 A TASK's ``config`` carries ``model`` (spec, input shape, class count) and ``train`` (the trainer's
-settings). Only built-in model specs (``mlp``, ``cnn``) are accepted from the network: a
+settings). Only built-in model specs (``mlp``, ``cnn``, ``cnn1d``, ``logistic``) are accepted from the network: a
 ``MODULE:FACTORY`` spec would make the worker import code the broker names, so it is honoured only when
 the worker itself was started with that same spec.
 """
@@ -23,7 +23,7 @@ from federated.worker.trainer import LocalTrainer, TrainConfig
 __all__ = ["BUILTIN", "ModelRunner", "model_config"]
 
 #: Model specs a worker builds when a broker names them.
-BUILTIN = ("mlp", "cnn")
+BUILTIN = ("mlp", "cnn", "cnn1d", "logistic")
 
 
 def _call_factory(spec: str) -> nn.Module:

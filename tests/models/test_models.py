@@ -42,8 +42,57 @@ def test_cnn_rejects_flat_features() -> None:
 
 @pytest.mark.parametrize("spec", ["", "MLP", "resnet", "module:", ":factory", "nomodule"])
 def test_unknown_spec_names_allowed_values(spec: str) -> None:
-    with pytest.raises(ModelError, match='"mlp", "cnn", "MODULE:FACTORY"'):
+    with pytest.raises(ModelError, match='"mlp", "cnn", "cnn1d", "logistic", "MODULE:FACTORY"'):
         build_model(spec, input_shape=(64,), num_classes=10)
+
+
+def test_cnn1d_is_mnist1d_convbase() -> None:
+    weights = get_weights(build_model("cnn1d", input_shape=(40,), num_classes=10, seed=0))
+    shapes = {name: value.shape for name, value in weights.items()}
+    assert shapes == {"convs.0.weight": (25, 5, 1), "convs.0.bias": (25,), "convs.1.weight": (25, 3, 25),
+                      "convs.1.bias": (25,), "convs.2.weight": (25, 3, 25), "convs.2.bias": (25,),
+                      "head.weight": (10, 125), "head.bias": (10,)}
+    assert sum(v.size for v in weights.values()) == 5210
+
+
+@pytest.mark.parametrize(("shape", "features"), [((40,), 40), ((3,), 3), ((17, 2), 34)])
+def test_cnn1d_accepts_signal_shapes(shape: tuple[int, ...], features: int) -> None:
+    model = build_model("cnn1d", input_shape=shape, num_classes=4, seed=0)
+    assert model(mx.zeros((2, features))).shape == (2, 4)
+
+
+@pytest.mark.parametrize("shape", [(2,), (8, 8, 1)])
+def test_cnn1d_rejects_short_signals_and_images(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ModelError, match="needs a signal input_shape"):
+        build_model("cnn1d", input_shape=shape, num_classes=10)
+
+
+def test_logistic_is_one_linear_layer() -> None:
+    model = build_model("logistic", input_shape=(60,), num_classes=10, seed=0)
+    weights = get_weights(model)
+    assert {k: v.shape for k, v in weights.items()} == {"linear.weight": (10, 60), "linear.bias": (10,)}
+    x = np.random.default_rng(0).normal(size=(3, 60)).astype(np.float32)
+    expected = x @ weights["linear.weight"].T + weights["linear.bias"]
+    np.testing.assert_allclose(np.array(model(mx.array(x))), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("spec", "shape"), [("mlp", (40,)), ("cnn", (8, 8, 1)), ("cnn1d", (40,)),
+                                             ("logistic", (60,))])
+def test_builtin_models_train(spec: str, shape: tuple[int, ...]) -> None:
+    # A linearly separable problem: a few epochs of SGD from a seeded start must lower the training loss.
+    from federated.worker.trainer import LocalTrainer, TrainConfig
+
+    features = int(np.prod(shape))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, features)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0).astype(np.int32)
+    trainer = LocalTrainer(build_model(spec, input_shape=shape, num_classes=4, seed=0))
+    start = get_weights(trainer.model)
+    before, _ = trainer.evaluate(start, x, y)
+    result = trainer.fit(start, x, y, TrainConfig(epochs=5, batch_size=16, learning_rate=0.05), seed=0)
+    after, _ = trainer.evaluate({k: start[k] + result.update[k] for k in start}, x, y)
+    assert all(np.isfinite(v).all() for v in result.update.values())
+    assert after < before
 
 
 @pytest.mark.parametrize(("shape", "classes"), [((), 10), ((0,), 10), ((64,), 0), ((8.0,), 10)])
@@ -127,11 +176,12 @@ def test_missing_module_is_a_model_error() -> None:
 # --------------------------------------------------------------------------------------- seeded init
 
 
-@pytest.mark.parametrize("spec", ["mlp", "cnn"])
-def test_same_seed_same_initial_weights(spec: str) -> None:
-    a = get_weights(build_model(spec, input_shape=(8, 8, 1), num_classes=10, seed=42))
-    b = get_weights(build_model(spec, input_shape=(8, 8, 1), num_classes=10, seed=42))
-    c = get_weights(build_model(spec, input_shape=(8, 8, 1), num_classes=10, seed=43))
+@pytest.mark.parametrize(("spec", "shape"), [("mlp", (8, 8, 1)), ("cnn", (8, 8, 1)), ("cnn1d", (40,)),
+                                             ("logistic", (60,))])
+def test_same_seed_same_initial_weights(spec: str, shape: tuple[int, ...]) -> None:
+    a = get_weights(build_model(spec, input_shape=shape, num_classes=10, seed=42))
+    b = get_weights(build_model(spec, input_shape=shape, num_classes=10, seed=42))
+    c = get_weights(build_model(spec, input_shape=shape, num_classes=10, seed=43))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
 

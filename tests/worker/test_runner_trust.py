@@ -93,3 +93,16 @@ def test_fit_refuses_a_task_naming_os_system_before_training(os_system: Spy, for
     update, _ = runner.fit(weights, x, y, {"model": model_config("mlp", (4,), 3),
                                           "train": {"epochs": 1, "batch_size": 4}}, seed=0)
     assert set(update) == set(weights)
+
+
+@pytest.mark.parametrize(("spec", "shape"), [("cnn1d", (40,)), ("logistic", (60,))])
+def test_a_task_naming_a_builtin_benchmark_model_is_built_and_trained(spec: str, shape: tuple[int, ...]) -> None:
+    from federated.models import build_model
+
+    runner = ModelRunner(trusted_spec=None)
+    weights = get_weights(build_model(spec, input_shape=shape, num_classes=10, seed=0))
+    x = np.random.default_rng(0).normal(size=(8, shape[0])).astype(np.float32)
+    y = np.arange(8, dtype=np.int64) % 10
+    update, metrics = runner.fit(weights, x, y, {"model": model_config(spec, shape, 10),
+                                                 "train": {"epochs": 1, "batch_size": 4}}, seed=0)
+    assert set(update) == set(weights) and np.isfinite(metrics["loss"])
