@@ -80,14 +80,16 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"seed": -1}, "seed", "[0, 2**32)"),
     ({"seed": 2**32}, "seed", "[0, 2**32)"),
     ({"seed": 1.5}, "seed", "[0, 2**32)"),
-    ({"dataset": "mnist"}, "dataset", "digits, synthetic, npz:DIR"),
+    ({"dataset": "mnist"}, "dataset", '"digits", "synthetic", "mnist1d[:N]"'),
+    ({"dataset": "mnist1d:15"}, "dataset", "multiple of 10"),
+    ({"dataset": "leaf-synthetic:1"}, "dataset", "leaf-synthetic:ALPHA,BETA"),
     ({"dataset": 3}, "dataset", "string"),
-    ({"partition": "dirichlet:0"}, "partition", "iid, dirichlet:ALPHA"),
-    ({"partition": "dirichlet:"}, "partition", "iid, dirichlet:ALPHA"),
-    ({"partition": "dirichlet:-1"}, "partition", "iid, dirichlet:ALPHA"),
-    ({"partition": "shards"}, "partition", "iid, dirichlet:ALPHA"),
-    ({"model": "resnet"}, "model", "mlp, cnn, MODULE:FACTORY"),
-    ({"model": "a b:c"}, "model", "mlp, cnn, MODULE:FACTORY"),
+    ({"partition": "dirichlet:0"}, "partition", '"iid", "dirichlet:ALPHA"'),
+    ({"partition": "dirichlet:"}, "partition", '"iid", "dirichlet:ALPHA"'),
+    ({"partition": "dirichlet:-1"}, "partition", '"iid", "dirichlet:ALPHA"'),
+    ({"partition": "shards"}, "partition", '"iid", "dirichlet:ALPHA"'),
+    ({"model": "resnet"}, "model", "mlp, cnn, cnn1d, logistic, MODULE:FACTORY"),
+    ({"model": "a b:c"}, "model", "mlp, cnn, cnn1d, logistic, MODULE:FACTORY"),
     ({"selection": "best"}, "selection", "random"),
     ({"privacy_budget": 0}, "privacy_budget", "(0.0, 1000000.0]"),
     ({"privacy_budget": -1.0}, "privacy_budget", "(0.0"),
@@ -236,7 +238,7 @@ def test_a_task_error_names_the_setting_and_its_allowed_values() -> None:
 
 
 @pytest.mark.parametrize("partition", ["iid", "dirichlet:0.5", "dirichlet:1", "dirichlet:.1",
-                                       "dirichlet:1e-3"])
+                                       "dirichlet:1e-3", "natural"])
 def test_valid_partitions(partition: str) -> None:
     assert FederatedConfig(partition=partition).partition == partition
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from federated.config.client import ClientConfig
 from federated.config.errors import ConfigError
 from federated.config.loading import load_config, merge
-from federated.config.run import SELECTIONS, FederatedConfig
+from federated.config.run import BUILTIN_MODELS, SELECTIONS, FederatedConfig
 from federated.config.sections import (
     ACCOUNTANTS,
     AGGREGATION_RULES,
@@ -34,6 +34,7 @@ from federated.config.training import OPTIMIZERS, TrainConfig, TrainingConfig
 __all__ = [
     "ACCOUNTANTS",
     "AGGREGATION_RULES",
+    "BUILTIN_MODELS",
     "OPTIMIZERS",
     "PRIVACY_MODES",
     "SELECTIONS",

@@ -12,10 +12,13 @@ from federated.config.checks import number, positive_int
 from federated.config.errors import ConfigError
 from federated.config.sections import AggregationConfig, BrokerConfig, PrivacyConfig, SecureConfig
 from federated.config.training import TrainingConfig
+from federated.data import DataError, check_dataset_spec, parse_partition
 
-__all__ = ["SELECTIONS", "FederatedConfig"]
+__all__ = ["BUILTIN_MODELS", "SELECTIONS", "FederatedConfig"]
 
 SELECTIONS = ("random", "performance", "adaptive")
+#: The built-in model specs (federated.models builds them; naming them here keeps MLX out of the config).
+BUILTIN_MODELS = ("mlp", "cnn", "cnn1d", "logistic")
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,14 @@ class FederatedConfig:
         for name in ("dataset", "partition", "model", "selection"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
-        if not (self.dataset in ("digits", "synthetic") or self.dataset.startswith("npz:")):
-            raise ConfigError("dataset", f"{self.dataset!r} is not one of digits, synthetic, npz:DIR")
-        if not re.fullmatch(r"iid|dirichlet:\d*\.?\d+(e-?\d+)?", self.partition) or \
-                self.partition.startswith("dirichlet:") and float(self.partition[10:]) <= 0:
-            raise ConfigError("partition", f"{self.partition!r} is not one of iid, dirichlet:ALPHA (ALPHA > 0)")
-        if not (self.model in ("mlp", "cnn") or re.fullmatch(r"[\w.]+:\w+", self.model)):
-            raise ConfigError("model", f"{self.model!r} is not one of mlp, cnn, MODULE:FACTORY")
+        # The data module owns the spec grammars (one home): the config accepts exactly what it loads.
+        for name, check in (("dataset", check_dataset_spec), ("partition", parse_partition)):
+            try:
+                check(getattr(self, name))
+            except DataError as exc:
+                raise ConfigError(name, str(exc)) from None
+        if not (self.model in BUILTIN_MODELS or re.fullmatch(r"[\w.]+:\w+", self.model)):
+            raise ConfigError("model", f"{self.model!r} is not one of {', '.join(BUILTIN_MODELS)}, MODULE:FACTORY")
         if self.selection not in SELECTIONS:
             raise ConfigError("selection", f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
         if self.privacy_budget is not None:

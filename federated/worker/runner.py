@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from mlx import nn
 
+from federated.config import BUILTIN_MODELS
 from federated.crypto.floor import SafetyFloor
 from federated.models import ModelError, build_model
 from federated.worker.payload import distributed_noise_multiplier
@@ -22,8 +23,8 @@ from federated.worker.trainer import LocalTrainer, TrainConfig
 
 __all__ = ["BUILTIN", "ModelRunner", "model_config"]
 
-#: Model specs a worker builds when a broker names them.
-BUILTIN = ("mlp", "cnn", "cnn1d", "logistic")
+#: Model specs a worker builds when a broker names them: the built-in models, named once in the config.
+BUILTIN = BUILTIN_MODELS
 
 
 def _call_factory(spec: str) -> nn.Module:
