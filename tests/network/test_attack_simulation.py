@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import simulate_json
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
 def test_sign_flip_attackers_are_suspected_and_a_robust_rule_still_learns(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--num-clients", "10",
-                           "--num-rounds", "3", "--byzantine-fraction", "0.2", "--attack", "sign_flip",
-                           "--aggregation", "median", "--json", "--store", str(tmp_path / "s.db")],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = simulate_json("--num-clients", "10", "--num-rounds", "3", "--byzantine-fraction", "0.2",
+                           "--attack", "sign_flip", "--aggregation", "median", "--store", str(tmp_path / "s.db"))
     attackers = set(result["attackers"])
     assert len(attackers) == 2
     assert all(attackers <= set(r["suspects"]) for r in result["rounds"])

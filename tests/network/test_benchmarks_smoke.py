@@ -4,14 +4,12 @@ guard that they still run, and that what they measure still holds at a smaller s
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import run_in_group
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -21,23 +19,16 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def _run(script: str, *flags: str, timeout: float) -> dict[str, Any]:
     # A session of its own, so that a timeout kills the benchmark's broker and workers with it (killed
     # alone, it would leave workers that keep reconnecting to a broker that is gone).
-    proc = subprocess.Popen([sys.executable, str(BENCHMARKS / script), *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{script} did not finish within {timeout} s:\n{stderr[-3000:]}")
-    assert proc.returncode == 0, stderr[-3000:]
-    lines = stdout.strip().splitlines()
-    assert len(lines) == 1, stdout[-3000:]  # one JSON line, nothing else
+    proc = run_in_group([sys.executable, str(BENCHMARKS / script), *flags], timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout[-3000:]  # one JSON line, nothing else
     result: dict[str, Any] = json.loads(lines[0])
     return result
 
 
 def test_fuzz_benchmark_small() -> None:
-    result = _run("fuzz.py", "--count", "2000", "--timeout", "120", timeout=300)
+    result = _run("fuzz.py", "--count", "2000", "--timeout", "120", timeout=240)
     # Every assertion shows the whole result: a failure under load must say which figure moved.
     shown = json.dumps(result)
     assert result["messages"] == 2000 and result["seconds"] > 0 and result["msgs_per_s"] > 0, shown
@@ -59,7 +50,7 @@ def test_fuzz_benchmark_small() -> None:
 
 
 def test_soak_benchmark_small() -> None:
-    result = _run("soak.py", "--rounds", "30", "--local-epochs", "10", "--timeout", "240", timeout=400)
+    result = _run("soak.py", "--rounds", "30", "--local-epochs", "10", "--timeout", "200", timeout=280)
     assert result["hang"] is False
     assert result["completed"] == 30 and result["broker_exit_code"] == 0 and result["broker_tracebacks"] == 0
     assert result["rounds_recorded_contiguous"] is True

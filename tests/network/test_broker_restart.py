@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
 

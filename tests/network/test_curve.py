@@ -3,7 +3,6 @@ key, and a revoked worker is refused at its next message on a live connection. L
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, BrokerThread, Proc, broker_config, free_port
 
 from federated.broker.coordinator import Coordinator
-from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundStore
 from federated.config import BrokerConfig, FederatedConfig
 from federated.keys import (
@@ -28,7 +26,6 @@ from federated.keys import (
     revoke_worker,
 )
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
-from federated.transport import curve_client
 
 pytestmark = [pytest.mark.network]
 
@@ -47,41 +44,25 @@ def _worker_keys(tmp_path: Path, worker_id: str, keys_dir: Path | None) -> Path:
     return secret
 
 
-class LiveBroker:
+class CurveBroker(BrokerThread):
     """An in-process broker (coordinator + ROUTER loop on a thread) with CURVE on."""
 
     def __init__(self, keys_dir: Path) -> None:
         config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=600.0, keys_dir=str(keys_dir)))
-        self.enrolment = Enrolment(keys_dir)
-        self.coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=self.enrolment)
-        self.public = load_broker_keys(keys_dir).public
-        self.port = free_port()
-        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.loop = BrokerLoop(self.coordinator, f"tcp://127.0.0.1:{self.port}", context=self.context,
-                               keys=load_broker_keys(keys_dir))
-        bound = threading.Event()
-        self.loop.on_bound = lambda _: bound.set()
-        self.thread = threading.Thread(target=self.loop.run, daemon=True)
-        self.thread.start()
-        assert bound.wait(10)
+        coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=Enrolment(keys_dir))
+        keys = load_broker_keys(keys_dir)
+        self.public = keys.public
+        super().__init__(coordinator, keys=keys)
 
-    def dealer(self, secret_file: Path, server_public: bytes | None = None) -> zmq.Socket[bytes]:
+    def keyed_dealer(self, secret_file: Path, server_public: bytes | None = None) -> zmq.Socket[bytes]:
+        """A DEALER with the keys of ``secret_file``, pinning ``server_public`` (default: this broker's)."""
         keys = load_worker_keys(secret_file)
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        curve_client(sock, keys.curve_public, keys.curve_secret, server_public or self.public)
-        sock.connect(f"tcp://127.0.0.1:{self.port}")
-        return sock
-
-    def close(self) -> None:
-        self.loop.stop()
-        self.thread.join(10)
-        self.context.destroy(linger=0)
+        return self.dealer((keys.curve_public, keys.curve_secret, server_public or self.public))
 
 
 @pytest.fixture
-def live(keys_dir: Path) -> Iterator[LiveBroker]:
-    broker = LiveBroker(keys_dir)
+def live(keys_dir: Path) -> Iterator[CurveBroker]:
+    broker = CurveBroker(keys_dir)
     yield broker
     broker.close()
 
@@ -92,9 +73,9 @@ def _recv(sock: zmq.Socket[bytes], timeout_s: float) -> object | None:
     return decode_message(sock.recv_multipart())
 
 
-def test_an_unenrolled_key_gets_no_message_accepted(tmp_path: Path, keys_dir: Path, live: LiveBroker) -> None:
-    enrolled = live.dealer(_worker_keys(tmp_path, "good", keys_dir))
-    stranger = live.dealer(_worker_keys(tmp_path, "stranger", None))
+def test_an_unenrolled_key_gets_no_message_accepted(tmp_path: Path, keys_dir: Path, live: CurveBroker) -> None:
+    enrolled = live.keyed_dealer(_worker_keys(tmp_path, "good", keys_dir))
+    stranger = live.keyed_dealer(_worker_keys(tmp_path, "stranger", None))
     for _ in range(20):
         stranger.send_multipart(Hello("stranger", 10).to_frames())
         stranger.send_multipart(Heartbeat("stranger").to_frames())
@@ -106,19 +87,19 @@ def test_an_unenrolled_key_gets_no_message_accepted(tmp_path: Path, keys_dir: Pa
 
 
 def test_a_worker_pinning_the_wrong_broker_key_delivers_nothing(tmp_path: Path, keys_dir: Path,
-                                                                 live: LiveBroker) -> None:
+                                                                 live: CurveBroker) -> None:
     impostor_keys = create_broker_keys(tmp_path / "other-broker")
     wrong = load_broker_public(impostor_keys[0])
-    sock = live.dealer(_worker_keys(tmp_path, "w1", keys_dir), server_public=wrong)
+    sock = live.keyed_dealer(_worker_keys(tmp_path, "w1", keys_dir), server_public=wrong)
     for _ in range(10):
         sock.send_multipart(Hello("w1", 10).to_frames())
     assert _recv(sock, 1.0) is None
     assert live.loop.received == 0 and len(live.coordinator.registry) == 0
 
 
-def test_an_enrolled_key_cannot_speak_for_another_worker(tmp_path: Path, keys_dir: Path, live: LiveBroker) -> None:
+def test_an_enrolled_key_cannot_speak_for_another_worker(tmp_path: Path, keys_dir: Path, live: CurveBroker) -> None:
     _worker_keys(tmp_path, "victim", keys_dir)
-    sock = live.dealer(_worker_keys(tmp_path, "w1", keys_dir))
+    sock = live.keyed_dealer(_worker_keys(tmp_path, "w1", keys_dir))
     sock.send_multipart(Hello("victim", 10).to_frames())
     reply = _recv(sock, 5.0)
     assert isinstance(reply, Error) and reply.code == "wrong_worker"
@@ -126,8 +107,8 @@ def test_an_enrolled_key_cannot_speak_for_another_worker(tmp_path: Path, keys_di
 
 
 def test_a_revoked_worker_is_refused_at_its_next_message_on_a_live_connection(
-        tmp_path: Path, keys_dir: Path, live: LiveBroker) -> None:
-    sock = live.dealer(_worker_keys(tmp_path, "w1", keys_dir))
+        tmp_path: Path, keys_dir: Path, live: CurveBroker) -> None:
+    sock = live.keyed_dealer(_worker_keys(tmp_path, "w1", keys_dir))
     sock.send_multipart(Hello("w1", 10).to_frames())
     assert isinstance(_recv(sock, 5.0), Welcome)
     revoke_worker(keys_dir, "w1")
@@ -140,7 +121,7 @@ def test_a_revoked_worker_is_refused_at_its_next_message_on_a_live_connection(
     assert isinstance(reply, Error) and reply.code == "not_enrolled"
     assert "w1" not in live.coordinator.registry
     # A new connection with the revoked key does not even get through the handshake.
-    again = live.dealer(tmp_path / "keys-w1" / "w1.secret")
+    again = live.keyed_dealer(tmp_path / "keys-w1" / "w1.secret")
     received = live.loop.received
     again.send_multipart(Hello("w1", 10).to_frames())
     assert _recv(again, 0.5) is None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -23,12 +22,11 @@ from typing import TypeVar
 import numpy as np
 import pytest
 import zmq
-from conftest import Proc, free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import BrokerThread, Proc, frames_of, free_port
 
 from federated.broker.coordinator import Coordinator
-from federated.broker.loop import BrokerLoop
 from federated.config import BrokerConfig, FederatedConfig, TrainingConfig
 from federated.models import build_model, get_weights
 from federated.protocol import (
@@ -59,18 +57,14 @@ DECODE_CODES = frozenset({"malformed", "version", "unknown_kind", "limit", "bad_
 COORDINATOR_CODES = frozenset({"wrong_worker", "wrong_stage", "bad_tensor", "wrong_direction"})
 
 
-def _frames(msg: object) -> list[bytes]:
-    return [bytes(f) for f in msg.to_frames()]  # type: ignore[attr-defined]
-
-
 def _valid_update(round_id: int = 1) -> list[bytes]:
     """Well-formed, but never acceptable: one made-up tensor, not the model's four."""
-    return _frames(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0},
-                          {"layers.0.weight": np.zeros((2, 2), np.float32)}))
+    return frames_of(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0},
+                            {"layers.0.weight": np.zeros((2, 2), np.float32)}))
 
 
 def _model_update(round_id: int, tensors: dict[str, np.ndarray]) -> list[bytes]:
-    return _frames(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0}, tensors))
+    return frames_of(Update(FUZZ_ID, round_id, "train", 10, {"loss": 1.0}, tensors))
 
 
 def _decoder_code(frames: list[bytes]) -> str:
@@ -155,16 +149,16 @@ def _mutations(round_id: int) -> st.SearchStrategy[Case]:
     wrong_round = st.integers(0, 10**6).filter(lambda r: r != round_id).map(lambda r: _model_update(r, good))
     negative_round = st.integers(-5, -1).map(lambda r: _model_update(r, good))
     wrong_stage = st.sampled_from(["unmask", "eval", "aggregate"]).map(
-        lambda stage: _frames(Update(FUZZ_ID, round_id, stage, 10, {}, good)))
+        lambda stage: frames_of(Update(FUZZ_ID, round_id, stage, 10, {}, good)))
     foreign_id = st.sampled_from([BYSTANDER_ID, "someone_else"]).map(
-        lambda wid: _frames(Update(wid, round_id, "train", 10, {}, good)))
+        lambda wid: frames_of(Update(wid, round_id, "train", 10, {}, good)))
     headless_kind = st.sampled_from([Kind.TASK, Kind.WELCOME, Kind.ROSTER, Kind.MASKED_INPUT]).map(
         lambda k: [bytes(f) for f in encode(k, {"round_id": round_id})])  # required fields missing
     broker_kind = st.sampled_from([
         Welcome(FUZZ_ID, 0.2, 2.0),
         Task(round_id, "train", {}, good, 0, 2, 60.0),
-    ]).map(_frames)
-    secagg_in_plain_round = st.just(_frames(MaskedInput(FUZZ_ID, round_id, np.zeros(4, np.uint32), 0.0)))
+    ]).map(frames_of)
+    secagg_in_plain_round = st.just(frames_of(MaskedInput(FUZZ_ID, round_id, np.zeros(4, np.uint32), 0.0)))
     flipped = st.tuples(st.integers(0, 3), st.integers(0, 10_000), st.integers(1, 255)).map(
         lambda t: [bytes(b if i != t[0] else _flip(b, t[1], t[2])) for i, b in enumerate(valid)])
     return st.one_of(
@@ -193,55 +187,41 @@ CATEGORIES = ("random_frames", "wrong_version", "oversized", "bad_dtype", "size_
               "headless_kind", "broker_kind", "secagg_in_plain_round", "flipped")
 
 
-class LiveBroker:
+def _live_broker(tmp: Path, *, heartbeat_timeout_s: float = 2.0,
+                 round_timeout_s: float = 60.0) -> BrokerThread:
     """A broker loop on 127.0.0.1 in a thread, for two workers, one round of the MLP."""
+    port = free_port()
+    config = FederatedConfig(
+        num_clients=2, clients_per_round=2, min_clients=2, num_rounds=1,
+        training=TrainingConfig(local_epochs=1),
+        broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp / "s.db"),
+                            heartbeat_interval_s=0.2, heartbeat_timeout_s=heartbeat_timeout_s,
+                            start_timeout_s=60.0, round_timeout_s=round_timeout_s))
+    coordinator = Coordinator(config, get_weights(MODEL),
+                              task_config={"model": model_config("mlp", (8, 8, 1), 10)})
+    return BrokerThread(coordinator, port=port)
 
-    def __init__(self, tmp: Path, *, heartbeat_timeout_s: float = 2.0, round_timeout_s: float = 60.0) -> None:
-        self.port = free_port()
-        config = FederatedConfig(
-            num_clients=2, clients_per_round=2, min_clients=2, num_rounds=1,
-            training=TrainingConfig(local_epochs=1),
-            broker=BrokerConfig(bind=f"tcp://127.0.0.1:{self.port}", store=str(tmp / "s.db"),
-                                heartbeat_interval_s=0.2, heartbeat_timeout_s=heartbeat_timeout_s,
-                                start_timeout_s=60.0, round_timeout_s=round_timeout_s))
-        self.coordinator = Coordinator(config, get_weights(MODEL),
-                                       task_config={"model": model_config("mlp", (8, 8, 1), 10)})
-        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.loop = BrokerLoop(self.coordinator, config.broker.bind, context=self.context)
-        self.thread = threading.Thread(target=self.loop.run, daemon=True)
-        self.thread.start()
 
-    def dealer(self) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://127.0.0.1:{self.port}")
-        return sock
-
-    def snapshot(self) -> tuple[object, ...]:
-        c = self.coordinator
-        digest = hashlib.sha256(b"".join(w.tobytes() for w in c.weights.values())).hexdigest()
-        rnd = c.round
-        progress = (None if rnd is None
-                    else (rnd.round_id, tuple(sorted(rnd.pending)), tuple(sorted(rnd.updates))))
-        return (digest, progress, c.next_round_id, c.completed, tuple(c.registry.live_ids()), c.done)
-
-    def close(self) -> None:
-        self.loop.stop()
-        self.thread.join(timeout=10)
-        self.context.term()
+def _snapshot(c: Coordinator) -> tuple[object, ...]:
+    """What a refused message must leave as it was: the model, the round's progress, the registry."""
+    digest = hashlib.sha256(b"".join(w.tobytes() for w in c.weights.values())).hexdigest()
+    rnd = c.round
+    progress = (None if rnd is None
+                else (rnd.round_id, tuple(sorted(rnd.pending)), tuple(sorted(rnd.updates))))
+    return (digest, progress, c.next_round_id, c.completed, tuple(c.registry.live_ids()), c.done)
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[LiveBroker]:
+def live(tmp_path: Path) -> Iterator[BrokerThread]:
     """A fresh broker for each test (none depends on what another did to its broker)."""
     # Long timeouts: the fuzzing worker sends no heartbeats and its round must stay open however long the
     # fuzzing takes. (The honest workers heartbeat, and their round ends when they answer.)
-    broker = LiveBroker(tmp_path, heartbeat_timeout_s=600.0, round_timeout_s=600.0)
+    broker = _live_broker(tmp_path, heartbeat_timeout_s=600.0, round_timeout_s=600.0)
     yield broker
     broker.close()
 
 
-def test_malformed_messages_are_refused_with_their_code_and_change_nothing(live: LiveBroker) -> None:
+def test_malformed_messages_are_refused_with_their_code_and_change_nothing(live: BrokerThread) -> None:
     fuzzer, bystander = live.dealer(), live.dealer()
     try:
         for sock, wid in ((fuzzer, FUZZ_ID), (bystander, BYSTANDER_ID)):
@@ -253,14 +233,14 @@ def test_malformed_messages_are_refused_with_their_code_and_change_nothing(live:
         @settings(max_examples=300, deadline=None, database=None)
         @given(case=_mutations(round_id))
         def fuzz(case: Case) -> None:
-            before = live.snapshot()
+            before = _snapshot(live.coordinator)
             refused = live.coordinator.refused
             fuzzer.send_multipart(case.frames)
             error = _recv(fuzzer, Error, timeout_ms=5000)
             assert error.code in case.codes, (case.category, error)
             assert live.coordinator.refused == refused + 1
             assert live.thread.is_alive()
-            assert live.snapshot() == before
+            assert _snapshot(live.coordinator) == before
             seen[case.category] += 1
 
         fuzz()
@@ -280,7 +260,7 @@ JUNK = [b"", b"FL1"], [b"FL2", b"UPDATE", b"{}"], [b"FL1", b"NOPE", b"{}"], _val
 
 
 def test_honest_round_completes_after_the_fuzzing(tmp_path: Path, procs: list[Proc]) -> None:
-    live = LiveBroker(tmp_path)
+    live = _live_broker(tmp_path)
     stranger = live.dealer()
     try:
         # Junk from a connection that never said HELLO, each refused, before the honest workers join...
@@ -293,9 +273,8 @@ def test_honest_round_completes_after_the_fuzzing(tmp_path: Path, procs: list[Pr
         # ... and replays while they join, to be sure they are harmless mid-flight too.
         for _ in range(20):
             stranger.send_multipart(_valid_update(1))
-            stranger.send_multipart([bytes(f) for f in Heartbeat(FUZZ_ID).to_frames()])
-        live.thread.join(timeout=120)
-        assert not live.thread.is_alive(), "the broker did not finish its round"
+            stranger.send_multipart(frames_of(Heartbeat(FUZZ_ID)))
+        assert live.join(120), "the broker did not finish its round"
     finally:
         stranger.close()
         live.close()
@@ -333,15 +312,10 @@ def test_a_selected_connection_cannot_get_a_malformed_update_into_its_round(tmp_
         broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp_path / "s.db"), heartbeat_interval_s=0.2,
                             heartbeat_timeout_s=10.0, start_timeout_s=60.0, round_timeout_s=60.0))
     coordinator = Coordinator(config, weights)
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    loop = BrokerLoop(coordinator, config.broker.bind, context=context)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    honest, fuzzer = (context.socket(zmq.DEALER) for _ in range(2))
+    broker = BrokerThread(coordinator, port=port)
+    honest, fuzzer = broker.dealer(), broker.dealer()
     try:
         for sock, wid in ((honest, "honest"), (fuzzer, "fuzz_0")):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://127.0.0.1:{port}")
             sock.send_multipart(Hello(wid, 10, ("train",)).to_frames())
             _recv(sock, Welcome)
         tasks = [_recv(sock, Task) for sock in (honest, fuzzer)]
@@ -377,14 +351,9 @@ def test_a_selected_connection_cannot_get_a_malformed_update_into_its_round(tmp_
         assert "fuzz_0" in rnd.pending and not rnd.updates
         fuzzer.send_multipart(Bye("fuzz_0", "done fuzzing").to_frames())
         honest.send_multipart(Update("honest", round_id, "train", 10, {"loss": 0.5}, good).to_frames())
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the round did not finish"
+        assert broker.join(60), "the round did not finish"
     finally:
-        loop.stop()
-        thread.join(timeout=10)
-        honest.close()
-        fuzzer.close()
-        context.term()
+        broker.close()
     (record,) = coordinator.history
     assert record.status == "complete" and record.survivors == ("honest",) and record.dropped == ("fuzz_0",)
     assert record.metrics.get("dropped_left") == 1.0
@@ -407,13 +376,8 @@ def test_a_strangers_tensor_message_is_refused_before_it_is_decoded(tmp_path: Pa
         num_clients=1, clients_per_round=1, min_clients=1, num_rounds=1,
         broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp_path / "s.db"), start_timeout_s=600.0))
     coordinator = Coordinator(config, {"w": np.zeros(4, np.float32)})
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    loop = BrokerLoop(coordinator, config.broker.bind, context=context)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    stranger = context.socket(zmq.DEALER)
-    stranger.setsockopt(zmq.LINGER, 0)
-    stranger.connect(f"tcp://127.0.0.1:{port}")
+    broker = BrokerThread(coordinator, port=port)
+    stranger = broker.dealer()
     # 16 MiB in two 8 MiB chunks: every frame passes MAXMSGSIZE, the whole is well within the limits.
     frames = Update("x", 1, "train", 1, {}, {"w": np.ones(4 * 1024 * 1024, np.float32)}).to_frames()
     tracemalloc.start()
@@ -425,9 +389,6 @@ def test_a_strangers_tensor_message_is_refused_before_it_is_decoded(tmp_path: Pa
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-        loop.stop()
-        thread.join(timeout=10)
-        stranger.close()
-        context.term()
+        broker.close()
     assert error.code == "unknown_worker"
     assert peak < 2 * 1024 * 1024, f"refusing a stranger's 16 MiB message allocated {peak / 2**20:.0f} MiB"

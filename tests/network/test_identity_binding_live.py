@@ -10,17 +10,15 @@ liveness); it now answers ``wrong_worker``. The socket-free cases are in
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from conftest import free_port
+from support import BrokerThread
 
 from federated.broker.coordinator import Coordinator
-from federated.broker.loop import BrokerLoop
 from federated.config import BrokerConfig, FederatedConfig
 from federated.keys import (
     Enrolment,
@@ -32,7 +30,6 @@ from federated.keys import (
     load_worker_keys,
 )
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
-from federated.transport import curve_client
 
 pytestmark = [pytest.mark.network]
 
@@ -57,24 +54,11 @@ def test_a_routing_id_taken_over_with_another_key_cannot_speak_for_its_worker(tm
     config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=600.0, heartbeat_interval_s=300.0,
                                                                 heartbeat_timeout_s=900.0))
     coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=Enrolment(keys_dir))
-    port = free_port()
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    loop = BrokerLoop(coordinator, f"tcp://127.0.0.1:{port}", context=context,
-                      keys=load_broker_keys(keys_dir))
-    bound = threading.Event()
-    loop.on_bound = lambda _: bound.set()
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
-    assert bound.wait(10)
+    broker = BrokerThread(coordinator, keys=load_broker_keys(keys_dir))
     server = load_broker_public(keys_dir)
 
     def dealer(wid: str) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, b"the-route")
-        curve_client(sock, keys[wid].curve_public, keys[wid].curve_secret, server)
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        return sock
+        return broker.dealer((keys[wid].curve_public, keys[wid].curve_secret, server), routing_id=b"the-route")
 
     try:
         bob = dealer("bob")
@@ -95,6 +79,4 @@ def test_a_routing_id_taken_over_with_another_key_cannot_speak_for_its_worker(tm
         assert coordinator.registry.get("bob").expires_at == expires  # type: ignore[union-attr]
         alice.close()
     finally:
-        loop.stop()
-        thread.join(10)
-        context.destroy(linger=0)
+        broker.close()

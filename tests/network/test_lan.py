@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
 from federated.cli.main import fl

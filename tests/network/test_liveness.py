@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, Proc, broker_config, free_port
 
 from federated.broker.store import RoundStore
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, Proc, broker_config, free_port, simulate_json
 
 from federated.broker.store import RoundStore
 
@@ -17,12 +14,8 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 @pytest.mark.parametrize("stage", ["task", "roster", "shares", "unmask"])
 def test_secure_rounds_survive_dropouts_at_every_stage(stage: str, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--secure", "--num-clients", "8",
-                           "--num-rounds", "3", "--local-epochs", "2", "--dropout", "0.25", "--dropout-stage", stage,
-                           "--json", "--store", str(tmp_path / "s.db")], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = simulate_json("--secure", "--num-clients", "8", "--num-rounds", "3", "--local-epochs", "2",
+                           "--dropout", "0.25", "--dropout-stage", stage, "--store", str(tmp_path / "s.db"))
     rounds = result["rounds"]
     assert [r["status"] for r in rounds] == ["complete"] * 3
     # Two of eight vanish each round; before their masked input they are dropped, after it they are

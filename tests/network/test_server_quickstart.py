@@ -1,19 +1,18 @@
-"""The seed README's server quick start, run as written (with a privacy budget of 1.0), served by real
-workers over loopback."""
+"""The seed README's server quick start, run as written (with a privacy budget of 1.0) but on a free port,
+served by real workers over loopback."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, Proc
+from support import BIN, Proc, free_port, kill_group
 
 from federated.broker.store import RoundStore
 
@@ -21,28 +20,35 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 SNIPPETS = Path(__file__).resolve().parents[2].parent / "shared" / "seed" / "snippets"
 
+#: Runs the snippet file unchanged, with one difference: the server it makes listens on ``argv[1]`` (a free
+#: port) instead of its config's default ``tcp://127.0.0.1:8080``, which another program may hold.
+ON_A_FREE_PORT = """
+import dataclasses, runpy, sys
+import federated.server
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+bind, init = sys.argv[1], federated.server.FederatedServer.__init__
+
+def init_on_a_free_port(self, config, *args, **kwargs):
+    config = dataclasses.replace(config, broker=dataclasses.replace(config.broker, bind=bind))
+    init(self, config, *args, **kwargs)
+
+federated.server.FederatedServer.__init__ = init_on_a_free_port
+runpy.run_path("server_quickstart.py", run_name="__main__")
+"""
 
 
 @pytest.mark.skipif(not SNIPPETS.is_dir(), reason="shared/seed/snippets is not beside this checkout")
 def test_server_quickstart_runs_as_written_and_stops_within_its_privacy_budget(
         tmp_path: Path, procs: list[Proc], monkeypatch: pytest.MonkeyPatch) -> None:
-    if not _port_free(8080):
-        pytest.skip("the snippet binds its default address 127.0.0.1:8080, which is taken here")
     # The snippet and its model, unchanged, in a scratch directory (its store goes to ./runs/latest).
     for name in ("server_quickstart.py", "model.py"):
         shutil.copy(SNIPPETS / name, tmp_path / name)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the workers import model:SimpleModel too
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "server_quickstart.py"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-c", ON_A_FREE_PORT, f"tcp://127.0.0.1:{port}"], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
     rng = np.random.default_rng(0)
     try:
         for i in range(10):
@@ -50,13 +56,16 @@ def test_server_quickstart_runs_as_written_and_stops_within_its_privacy_budget(
             data.mkdir()
             x = rng.normal(size=(100, 10)).astype(np.float32)
             np.savez(data / "train.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
-            worker = Proc([str(BIN / "flworker"), "--client-id", f"client_{i}", "--server-address", "127.0.0.1:8080",
-                           "--data-path", str(data), "--model", "model:SimpleModel"])
+            worker = Proc([str(BIN / "flworker"), "--client-id", f"client_{i}",
+                           "--server-address", f"127.0.0.1:{port}", "--data-path", str(data),
+                           "--model", "model:SimpleModel"])
             procs.append(worker)
-        out, err = server.communicate(timeout=400)
+        out, err = server.communicate(timeout=280)
+    except subprocess.TimeoutExpired:
+        kill_group(server)
+        pytest.fail(f"the quick start did not finish within 280 s:\n{server.communicate()[1][-3000:]}")
     finally:
-        if server.poll() is None:
-            server.kill()
+        kill_group(server)  # whatever failed; nothing to do once it has exited
     assert server.returncode == 0, err[-3000:]
     assert out.strip()
     with RoundStore(tmp_path / "runs" / "latest" / "store.db", readonly=True) as store:

@@ -5,12 +5,10 @@ reconnecting forever."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Proc, broker_config, free_port
+from support import BIN, Proc, broker_config, free_port, run_fl
 
 from federated.cli.exit_codes import CONFIG_ERROR, REFUSED
 from federated.worker.loop import Outcome
@@ -19,8 +17,8 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
 def fl_keys(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "federated.cli.main", "keys", *args], check=True, capture_output=True,
-                   timeout=60)
+    proc = run_fl("keys", *args, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def keyed_broker(tmp_path: Path, port: int) -> tuple[Proc, Path]:

@@ -60,10 +60,14 @@ class BrokerThread:
             self.close()
             raise AssertionError(f"the broker loop did not bind {self.endpoint} within {bind_timeout_s} s")
 
-    def dealer(self, curve: CurveClientKeys | None = None) -> zmq.Socket[bytes]:
-        """A DEALER connected to the broker (LINGER 0; a CURVE client if ``curve`` is given)."""
+    def dealer(self, curve: CurveClientKeys | None = None, *,
+               routing_id: bytes | None = None) -> zmq.Socket[bytes]:
+        """A DEALER connected to the broker (LINGER 0; a CURVE client if ``curve`` is given; the routing id
+        it asks for, if given)."""
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id)
         if curve is not None:
             curve_client(sock, *curve)
         sock.connect(self.endpoint)

@@ -77,10 +77,10 @@ class Proc:
     """A child process leading its own process group, whose stdout and stderr lines are collected by
     background threads. ``kill()`` (and the ``procs`` fixture of tests/network) kills the group."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], *, cwd: Path | None = None) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.args = args
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
                                       start_new_session=True)
         self.stdout: queue.Queue[str] = queue.Queue()
         self.stderr_lines: list[str] = []

@@ -3,7 +3,6 @@ reconnection with a new connection when the broker falls silent, BYE, and simula
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
+from support import free_port
 
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
 from federated.worker.loop import ClientData, WorkerLoop
@@ -26,12 +26,6 @@ def _fit(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: d
     if config.get("fail"):
         raise ValueError("unknown option 'fail'")
     return {k: np.full_like(v, 0.5) for k, v in weights.items()}, {"loss": 1.0, "accuracy": 0.5, "train_s": 0.01}
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FakeBroker:
@@ -65,7 +59,7 @@ class FakeBroker:
 
 @pytest.fixture
 def port() -> int:
-    return _port()
+    return free_port()
 
 
 def _run(loop: WorkerLoop) -> tuple[threading.Thread, list[int]]:
