@@ -3,7 +3,9 @@
 The tree (built-in bases in brackets, so callers can catch what they already know)::
 
     BrokerError
+     ├── BindError [OSError]             the broker cannot listen on its address (in use, not local)
      └── StoreError                      the round store cannot do what was asked
+          ├── StoreInUseError            another broker is running on this store
           ├── StoreNotFoundError         [FileNotFoundError] no store file (read-only open)
           ├── SchemaVersionError         the store was written by a newer version of this code
           ├── ReadOnlyStoreError         a write was attempted on a store opened read-only
@@ -18,6 +20,7 @@ Misuse of an API (a wrong argument type or value) raises ``TypeError`` / ``Value
 from __future__ import annotations
 
 __all__ = [
+    "BindError",
     "BrokerError",
     "DuplicateRoundError",
     "NotInStoreError",
@@ -25,6 +28,7 @@ __all__ = [
     "RoundNotFoundError",
     "SchemaVersionError",
     "StoreError",
+    "StoreInUseError",
     "StoreNotFoundError",
     "WorkerNotFoundError",
 ]
@@ -36,6 +40,16 @@ class BrokerError(Exception):
 
 class StoreError(BrokerError):
     """The round store (SQLite database and checkpoints) cannot do what was asked."""
+
+
+class StoreInUseError(StoreError):
+    """Another broker process holds this store (its lock file); two brokers on one store would both
+    record rounds."""
+
+
+class BindError(BrokerError, OSError):
+    """The broker cannot listen on its ``--bind`` address (already in use, or not an address of this
+    host)."""
 
 
 class StoreNotFoundError(StoreError, FileNotFoundError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import zmq
 
 from federated.broker.coordinator import Coordinator, Outbound
+from federated.broker.errors import BindError
 from federated.broker.inflight import InflightGuard, wire_size
 from federated.keys import BrokerKeys
 from federated.protocol import Error, LimitExceeded
@@ -92,7 +93,10 @@ class BrokerLoop:
                 # The ZAP handler first: a CURVE server without one admits any client key.
                 auth = start_authenticator(self.context, self.coordinator.enrolment)
                 curve_server(sock, self.keys.public, self.keys.secret)
-            sock.bind(self.bind)
+            try:
+                sock.bind(self.bind)
+            except zmq.ZMQError as exc:
+                raise BindError(f"cannot listen on {self.bind}: {exc.strerror}") from None
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("broker listening on %s", self.endpoint)
             if self.on_bound is not None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from federated.broker.coordinator import Coordinator, Evaluator
 from federated.broker.errors import StoreError
+from federated.broker.lock import StoreLock
 from federated.broker.loop import BrokerLoop
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
@@ -123,11 +124,19 @@ def serve(
 
     With ``broker.keys_dir`` set the broker speaks CurveZMQ and admits only enrolled workers.
 
-    Raises :class:`KeyFileError` for missing or unsafe key files; :class:`StoreError` if the store cannot be opened, holds a run with other settings, or its
-    resume state is unusable. SIGINT and SIGTERM stop the loop after the current step.
+    Raises :class:`KeyFileError` for missing or unsafe key files; :class:`StoreError` if the store cannot be
+    opened, holds a run with other settings, its resume state is unusable, or another broker runs on it
+    (:class:`StoreInUseError`); :class:`BindError` if the address cannot be listened on. SIGINT and SIGTERM
+    stop the loop after the current step.
     """
     keys, enrolment = _transport_keys(config)
-    store = RoundStore(config.broker.store)
+    lock = StoreLock(config.broker.store)
+    lock.acquire()  # one broker per store: StoreInUseError before anything is read or written
+    try:
+        store = RoundStore(config.broker.store)
+    except BaseException:
+        lock.release()
+        raise
     try:
         coordinator = Coordinator(config, initial_weights, store=store, evaluate=evaluate,
                                   on_round=on_round, task_config=task_config, enrolment=enrolment)
@@ -167,3 +176,4 @@ def serve(
                              tuple(coordinator.history), coordinator.weights, privacy)
     finally:
         store.close()
+        lock.release()

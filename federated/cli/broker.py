@@ -56,7 +56,7 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
             click.echo(json.dumps(event, separators=(",", ":")))
             sys.stdout.flush()
 
-    from federated.broker.errors import StoreError
+    from federated.broker.errors import BindError, StoreError
     from federated.broker.service import serve
     from federated.keys import KeyFileError
 
@@ -64,7 +64,7 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
         outcome = serve(config, weights, evaluate=evaluate, task_config=task_config,
                         on_round=lambda rec: say({"event": "round", **rec.to_dict()}),
                         on_listening=lambda ep: say({"event": "listening", "endpoint": ep}))
-    except (StoreError, KeyFileError, ValueError) as exc:  # ValueError: sigma calibration impossible
+    except (StoreError, BindError, KeyFileError, ValueError) as exc:  # ValueError: sigma calibration impossible
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
     summary = {"event": "done", "completed": outcome.completed, "failed": outcome.failed,
