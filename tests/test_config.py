@@ -439,6 +439,9 @@ def test_secure_needs_three_workers_per_round() -> None:
 @pytest.mark.parametrize(("overrides", "text"), [
     ({"secure.frac_bits": 24}, "frac_bits"),
     ({"secure.threshold": 50}, "threshold"),
+    # Not more than half the neighbours: workers would refuse every round (issue 16, item 7).
+    ({"secure.threshold": 1}, r"threshold must be in \[5, 9\] \(more than half"),
+    ({"secure.threshold": 4}, r"threshold must be in \[5, 9\]"),
     ({"secure.neighbors": 3, "num_clients": 40}, "even"),
     ({"secure.clip": -1.0}, "secure.clip"),
 ])

@@ -179,7 +179,7 @@ class SecureConfig:
         must have at least 255 levels over [-clip, clip] (8 bits' worth).
 
         Raises ParameterError (a ValueError) if the settings cannot work for that cohort: a threshold
-        larger than the neighbours, an odd degree below n - 1, a fixed-point scale whose sum could wrap,
+        larger than the neighbours or not more than half of them, an odd degree below n - 1, a fixed-point scale whose sum could wrap,
         or a 16-bit grid coarser than 8 bits.
         """
         from federated.crypto.errors import ParameterError
@@ -191,8 +191,11 @@ class SecureConfig:
         if degree < cohort - 1 and degree % 2:
             raise ValueError(f"neighbors must be even below the complete graph ({cohort - 1}), got {degree}")
         threshold = self.threshold if self.threshold is not None else default_threshold(degree)
-        if not 1 <= threshold <= degree:
-            raise ValueError(f"threshold must be in [1, {degree}] (the neighbours per worker), got {threshold}")
+        if not degree // 2 < threshold <= degree:
+            # Workers refuse 2t <= k (federated.crypto.floor.SafetyFloor): below a majority, a cheating
+            # broker could rebuild both of a worker's secrets. Refused here, so the run never starts.
+            raise ValueError(f"threshold must be in [{degree // 2 + 1}, {degree}] (more than half of the "
+                             f"{degree} neighbours per worker, which workers require), got {threshold}")
         n_max = max(n_max or cohort, cohort)
         # 16 bits leave no room for sample counts: a weight of 1024 alone would take 10 of them.
         weight_cap = 1 if ring_bits == 16 else self.weight_cap
