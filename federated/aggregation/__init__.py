@@ -7,7 +7,8 @@ numpy in, numpy out. Where things are:
   BLAS threads. ``robust``: :data:`RULES` and :func:`make_rule`, the registry; the rules live in
   ``coordinate`` (median, trimmed mean), ``distance`` (Krum, Multi-Krum, Bulyan), ``geomed``
   (geometric median) and ``clipping`` (centered clipping, norm bounding); ``bucketing`` wraps any rule.
-- ``detection``: outlier scores that flag suspicious workers.
+- ``detection``: outlier scores that flag suspicious workers, calibrated by ``outliers`` (robust z-scores
+  and how rare each is among honest workers).
 - ``byzantine``: the seed README's :class:`ByzantineTolerantAggregator` façade over all of the above.
 """
 

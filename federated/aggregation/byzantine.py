@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from federated.aggregation.detection import Detection, detect_byzantine_clients
+from federated.aggregation.detection import DEFAULT_THRESHOLD, Detection, detect_byzantine_clients
 from federated.aggregation.fedavg import check_compatible
 from federated.aggregation.robust import make_rule
 from federated.aggregation.rule import Rule
@@ -57,7 +57,7 @@ class ByzantineTolerantAggregator:
         self.trim_ratio = trim_ratio
         self.f = f
         self.rule_kwargs = rule_kwargs
-        self.detection_threshold = 3.0
+        self.detection_threshold = DEFAULT_THRESHOLD
         self.last_detection: Detection | None = None
 
     def rule(self, n: int) -> Rule:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from federated.aggregation import Detection, detect_byzantine_clients
-from federated.aggregation.detection import robust_z
 
 WORKERS, ATTACKERS, CLASSES = 20, 4, 10
 
@@ -108,7 +107,14 @@ def test_detection_survives_float32_overflow() -> None:
     assert detection.suspects == ("3",)
 
 
-def test_robust_z_uses_mad_and_a_floor() -> None:
-    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
-    np.testing.assert_allclose(robust_z(values, 1e-9), (values - 3.0) / 1.4826)
-    np.testing.assert_allclose(robust_z(np.array([5.0, 5.0, 5.0, 6.0]), 0.5), [0.0, 0.0, 0.0, 2.0])
+def test_more_attackers_than_a_quarter_need_a_matching_byzantine_fraction() -> None:
+    """Each statistic's spread ignores a quarter of the cohort, or byzantine_fraction of it if more: four
+    identical outliers among ten then stand out, which the default quarter (two set aside) lets mask one
+    another."""
+    rng = np.random.default_rng(4)
+    x = 1.0 + 0.1 * rng.standard_normal((10, 50))
+    x[6:] = -3.0 + 0.1 * rng.standard_normal((4, 50))
+    ids = [str(i) for i in range(10)]
+    assert detect_byzantine_clients(x, ids, byzantine_fraction=0.4).suspects == ("6", "7", "8", "9")
+    with pytest.raises(ValueError, match="byzantine_fraction"):
+        detect_byzantine_clients(x, ids, byzantine_fraction=0.5)
