@@ -32,10 +32,10 @@ rounds) under the null.
 Why a quarter: the MAD ignores half, and its yardstick then collapses whenever half the cohort happens
 to lie close together. A MAD z-score of one of 10 normal values exceeds 3 with probability 1.4%, not
 the normal 0.13%; the largest of three MAD z-scores did so for 5% of honest workers and rounds, and
-``fl simulate`` printed 3 to 11 suspicions in each of 20 clean default runs. Setting aside fewer
-makes the yardstick steadier, but each honest outlier beyond the set-aside widens it: a fifth (the
-attackers the robust rules assume) found 87% of sign-flipped updates in the synthetic non-IID tests,
-a quarter 93%, the MAD-like half 62%, at the same false-alarm probability.
+each of 20 seeds of the clean default ``fl simulate`` run warned in 3 to 11 of its 20 rounds. Setting
+aside fewer makes the yardstick steadier, but each honest outlier beyond the set-aside widens it: a
+fifth (the attackers the robust rules assume) found 87% of sign-flipped updates in the synthetic
+non-IID tests, a quarter 93%, the MAD-like half 62%, at the same false-alarm probability.
 
 Real honest statistics are not exactly normal: under strong label skew (Dirichlet 0.5) honest
 outliers are more frequent than the model says (README, Byzantine robustness). Detection only

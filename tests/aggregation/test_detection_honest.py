@@ -2,8 +2,8 @@
 workers, IID digits, the default training settings, 20 rounds of FedAvg) raises no suspicion, and its
 scores are no more extreme than the null model of :mod:`federated.aggregation.detection` says.
 
-Before calibration, this run flagged honest workers in 5% of worker-rounds; every one of 20 seeds of
-the default run printed 3 to 11 suspicions."""
+Before calibration, the default ``fl simulate`` run flagged honest workers in 5% of worker-rounds:
+each of 20 seeds warned in 3 to 11 of its 20 rounds (4 to 19 suspicions a run)."""
 
 from __future__ import annotations
 
