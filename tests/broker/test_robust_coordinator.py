@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from support import SecureFakeWorker, run_coordinator_round
 
-from federated.aggregation import RULES
 from federated.broker.coordinator import Coordinator
 from federated.config import (
-    AGGREGATION_RULES,
     AggregationConfig,
     BrokerConfig,
     ConfigError,
@@ -44,10 +42,6 @@ def _play(c: Coordinator, updates: dict[str, float]) -> None:
     for wid, value in updates.items():
         tensors = {k: np.full(v.shape, value, np.float32) for k, v in WEIGHTS.items()}
         c.handle(wid.encode(), Update(wid, rid, "train", 10, {"loss": 1.0}, tensors).to_frames(), 0.1)
-
-
-def test_config_rules_match_the_aggregation_package() -> None:
-    assert AGGREGATION_RULES == RULES
 
 
 @pytest.mark.parametrize("rule", ["median", "trimmed_mean", "geometric_median", "krum", "centered_clipping"])
