@@ -6,13 +6,11 @@ about 25 s on 2 cores.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import simulate_json
 
 from federated.compression import kept_count, secure_plan
 
@@ -22,11 +20,8 @@ DIGITS_PARAMS = 4810  # the digits MLP, 64 -> 64 -> 10
 
 
 def _run(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--seed", "0", "--num-clients", "10",
-                           "--num-rounds", "20", "--json", "--store", str(tmp_path / f"{name}.db"), *args],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = simulate_json("--seed", "0", "--num-clients", "10", "--num-rounds", "20",
+                           "--store", str(tmp_path / f"{name}.db"), *args, stderr_tail=2000)
     assert result["failed_rounds"] == 0
     result["bytes_up"] = sum(r["bytes_up"] for r in result["rounds"])
     return result

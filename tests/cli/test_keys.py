@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
 from click.testing import CliRunner
+from support import last_json
 
 from federated.cli.keys import keys
 from federated.keys import load_broker_public, load_worker_keys
@@ -44,7 +44,7 @@ def test_full_cycle(tmp_path: Path) -> None:
 
     code, out, _ = run("list", "--keys-dir", broker, "--json")
     assert code == 0
-    payload = json.loads(out.strip().splitlines()[-1])
+    payload = last_json(out)
     assert payload["keys_dir"] == str(broker)
     [entry] = payload["workers"]
     assert entry["worker_id"] == "alice" and entry["fingerprint"] == fingerprint
@@ -55,7 +55,7 @@ def test_full_cycle(tmp_path: Path) -> None:
     code, out, _ = run("list", "--keys-dir", broker)
     assert code == 0 and "No workers enrolled" in out
     code, out, _ = run("list", "--keys-dir", broker, "--json")
-    assert json.loads(out.strip().splitlines()[-1])["workers"] == []
+    assert last_json(out)["workers"] == []
 
 
 def test_existing_keys_need_force(tmp_path: Path) -> None:

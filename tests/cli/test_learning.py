@@ -7,22 +7,18 @@ Real processes, real MLX training; about 30 s on 2 cores.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import fl_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
 
 def _accuracy(*args: str) -> float:
-    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", *args, "--seed", "0", "--num-clients", "10",
-                           "--num-rounds", "20", "--json"], capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["final_accuracy"])
+    result = fl_json(*args, "--seed", "0", "--num-clients", "10", "--num-rounds", "20", "--json",
+                     stderr_tail=2000)
+    return float(result["final_accuracy"])
 
 
 def test_federated_learning_matches_central_training(tmp_path: Path) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import last_json
 
 from federated.broker.store import RoundStore
 from federated.cli.main import fl
@@ -19,7 +19,7 @@ def _simulate(tmp_path: Path, *flags: str) -> tuple[int, dict, str]:
     store = tmp_path / "store.db"
     result = CliRunner().invoke(fl, ["simulate", "--num-clients", "4", "--local-epochs", "2", "--store", str(store),
                                      "--json", *flags])
-    return result.exit_code, json.loads(result.output.strip().splitlines()[-1]), str(store)
+    return result.exit_code, last_json(result.output), str(store)
 
 
 def test_a_small_budget_stops_before_the_round_that_would_exceed_it(tmp_path: Path) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support import last_json
 
 from federated.broker.store import RoundRecord, RoundStore
 from federated.cli.rounds import human_bytes, rounds
@@ -55,10 +55,6 @@ def run(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(rounds, list(args), env={"COLUMNS": "120"})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.exit_code, result.stdout, result.stderr
-
-
-def last_json(stdout: str) -> dict[str, object]:
-    return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_list_table(store_path: Path) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from support import last_json, simulate_json
 
 from federated.broker.store import RoundStore
 from federated.cli.main import fl
@@ -18,22 +15,10 @@ ROUND_KEYS = {"round", "accuracy", "loss", "participants", "dropped", "bytes_up"
               "overhead_s", "epsilon"}
 
 
-def _fl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federated.cli.main", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def _last_json(stdout: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    return result
-
-
 @pytest.mark.network
 def test_simulate_json_contract_and_store(tmp_path: Path) -> None:
     store = tmp_path / "run" / "store.db"
-    proc = _fl("simulate", "--num-clients", "4", "--num-rounds", "3", "--json", "--store", str(store))
-    assert proc.returncode == 0, proc.stderr
-    result = _last_json(proc.stdout)
+    result = simulate_json("--num-clients", "4", "--num-rounds", "3", "--store", str(store))
     assert {"num_rounds", "final_accuracy", "final_loss", "wall_s", "rounds", "store"} <= result.keys()
     assert result["num_rounds"] == 3 and len(result["rounds"]) == 3
     assert all(ROUND_KEYS <= r.keys() for r in result["rounds"])
@@ -42,15 +27,13 @@ def test_simulate_json_contract_and_store(tmp_path: Path) -> None:
     with RoundStore(store, readonly=True) as s:
         assert [r.accuracy for r in s.list_rounds()] == [r["accuracy"] for r in result["rounds"]]
     listed = CliRunner().invoke(fl, ["rounds", "list", "--store", str(store), "--json"])
-    assert listed.exit_code == 0 and len(_last_json(listed.output)["rounds"]) == 3
+    assert listed.exit_code == 0 and len(last_json(listed.output)["rounds"]) == 3
 
 
 @pytest.mark.network
 def test_simulate_dropout_drops_that_fraction_and_still_learns(tmp_path: Path) -> None:
-    proc = _fl("simulate", "--num-clients", "10", "--num-rounds", "3", "--dropout", "0.3", "--json",
-               "--store", str(tmp_path / "s.db"))
-    assert proc.returncode == 0, proc.stderr
-    rounds = _last_json(proc.stdout)["rounds"]
+    rounds = simulate_json("--num-clients", "10", "--num-rounds", "3", "--dropout", "0.3",
+                           "--store", str(tmp_path / "s.db"))["rounds"]
     assert [r["dropped"] for r in rounds] == [3, 3, 3]
     assert all(r["status"] == "complete" for r in rounds)
 
@@ -86,7 +69,7 @@ def test_simulate_refuses_an_existing_store(tmp_path: Path) -> None:
 def test_baseline_json() -> None:
     result = CliRunner().invoke(fl, ["baseline", "--num-rounds", "2", "--json"])
     assert result.exit_code == 0, result.output
-    out = _last_json(result.output)
+    out = last_json(result.output)
     assert {"final_accuracy", "final_loss", "wall_s"} <= out.keys()
     # 2 rounds x 2 local epochs x 10/10 clients -> at least 4 passes over the union.
     assert out["epochs"] >= 4 and out["final_accuracy"] > 0.8

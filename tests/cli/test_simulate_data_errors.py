@@ -3,11 +3,10 @@ it used to start the processes, wait 30 s and exit 130)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support import run_fl
 
 from federated.cli.exit_codes import CONFIG_ERROR
 
@@ -17,8 +16,7 @@ from federated.cli.exit_codes import CONFIG_ERROR
     (("--dataset", "npz:/nonexistent"), "/nonexistent"),
 ])
 def test_a_data_problem_exits_2_before_any_process_starts(tmp_path: Path, args: tuple[str, ...], reason: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--store", str(tmp_path / "s.db"),
-                           *args], capture_output=True, text=True, timeout=60, check=False)
+    proc = run_fl("simulate", "--store", str(tmp_path / "s.db"), *args, timeout=60)
     assert proc.returncode == CONFIG_ERROR, proc.stderr[-2000:]
     assert reason in proc.stderr
     assert not (tmp_path / "s.db").exists()  # no broker ever started

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import dp_accounting
 import pytest
 from click.testing import CliRunner
 from dp_accounting import pld, rdp
+from support import last_json
 
 from federated.cli.privacy import privacy
 from federated.privacy import compute_epsilon
@@ -16,11 +15,6 @@ from federated.privacy import compute_epsilon
 def _run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(privacy, list(args))
     return result.exit_code, result.output
-
-
-def _last_json(output: str) -> dict[str, object]:
-    parsed: dict[str, object] = json.loads(output.strip().splitlines()[-1])
-    return parsed
 
 
 def _library(kind: str, q: float, sigma: float, steps: int, delta: float) -> float:
@@ -44,7 +38,7 @@ def test_epsilon_json_agrees_with_dp_accounting(
     code, output = _run("epsilon", "--sampling-rate", str(q), "--noise-multiplier", str(sigma),
                         "--steps", str(steps), "--delta", str(delta), "--accountant", kind, "--json")
     assert code == 0, output
-    obj = _last_json(output)
+    obj = last_json(output)
     assert set(obj) == {"epsilon", "delta", "accountant", "sampling_rate", "noise_multiplier", "steps"}
     assert (obj["accountant"], obj["sampling_rate"], obj["noise_multiplier"], obj["steps"], obj["delta"]) == (
         kind, q, sigma, steps, delta)
@@ -55,14 +49,14 @@ def test_epsilon_human_output_and_no_noise() -> None:
     code, output = _run("epsilon", "-q", "0.01", "-s", "1.1", "-T", "1000", "--delta", "1e-5")
     assert code == 0 and output.startswith("epsilon = 1.71") and "rdp" in output
     code, output = _run("epsilon", "-q", "0.01", "-s", "0", "-T", "10", "--delta", "1e-5", "--json")
-    assert code == 0 and _last_json(output)["epsilon"] is None  # inf is not JSON; no noise, no privacy
+    assert code == 0 and last_json(output)["epsilon"] is None  # inf is not JSON; no noise, no privacy
 
 
 def test_sigma_json_round_trips() -> None:
     code, output = _run("sigma", "--epsilon", "2", "--sampling-rate", "0.02", "--steps", "500",
                         "--delta", "1e-5", "--json")
     assert code == 0, output
-    obj = _last_json(output)
+    obj = last_json(output)
     assert set(obj) == {"noise_multiplier", "epsilon", "delta", "accountant", "sampling_rate", "steps"}
     sigma = obj["noise_multiplier"]
     assert isinstance(sigma, float)
