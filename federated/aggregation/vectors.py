@@ -7,12 +7,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["flatten", "flatten_rows", "unflatten"]
+__all__ = ["flatten", "flatten_into", "flatten_rows", "unflatten"]
 
 
 def flatten(tensors: Mapping[str, np.ndarray], dtype: Any = np.float64) -> np.ndarray:
     """Concatenate ``tensors`` in sorted-name order into one ``dtype`` vector."""
     return np.concatenate([np.asarray(tensors[k], dtype).ravel() for k in sorted(tensors)])
+
+
+def flatten_into(tensors: Mapping[str, np.ndarray], out: np.ndarray) -> np.ndarray:
+    """Write ``tensors`` in sorted-name order into the 1-D array ``out`` (cast to its dtype), the same
+    vector :func:`flatten` makes without a new one; return ``out``. Raises ``ValueError`` if the sizes
+    differ."""
+    size = sum(int(np.size(t)) for t in tensors.values())
+    if out.shape != (size,):
+        raise ValueError(f"{size} values do not fit an array of shape {out.shape}")
+    offset = 0
+    for name in sorted(tensors):
+        tensor = np.asarray(tensors[name]).reshape(-1)
+        out[offset:offset + tensor.size] = tensor
+        offset += tensor.size
+    return out
 
 
 def flatten_rows(updates: Sequence[Mapping[str, np.ndarray]], out: np.ndarray | None = None) -> np.ndarray:
@@ -30,11 +45,7 @@ def flatten_rows(updates: Sequence[Mapping[str, np.ndarray]], out: np.ndarray | 
     matrix = out if out is not None and out.shape == shape and out.dtype == np.float32 else \
         np.empty(shape, dtype=np.float32)
     for row, update in zip(matrix, updates, strict=True):
-        offset = 0
-        for name in sorted(update):
-            tensor = np.asarray(update[name]).reshape(-1)
-            row[offset:offset + tensor.size] = tensor
-            offset += tensor.size
+        flatten_into(update, row)
     return matrix
 
 

@@ -5,7 +5,10 @@ One module per concept:
 - ``accountant``: :class:`PrivacyAccountant` and ``compute_epsilon``/``calibrate_sigma`` over Google's
   ``dp-accounting`` (RDP and PLD) for Poisson-subsampled Gaussian releases
 - ``budget``: :class:`PrivacyBudgetTracker`, what a run has spent and whether the next round may start
-- ``clipping``: user-level ``clip_update`` and :class:`AdaptiveClipper` (Andrew et al. 2021)
+- ``clipping``: user-level ``clip_update`` (``clip_vector`` for a flat update) and :class:`AdaptiveClipper`
+  (Andrew et al. 2021)
+- ``central``: ``central_mean``, the broker's release under user-level central DP (clip, sum, noise,
+  divide by the planned cohort)
 - ``noise``: Gaussian noise for NumPy trees, Skellam shares (exact Poisson draws at any mean),
   ``noise_rng`` (OS-seeded)
 - ``skellam``: distributed DP with Skellam noise: dropout-safe plans, sensitivity, RDP, wrap headroom,
@@ -31,9 +34,12 @@ if typing.TYPE_CHECKING:
         compute_epsilon,
     )
     from federated.privacy.budget import PrivacyBudgetTracker
+    from federated.privacy.central import central_mean
     from federated.privacy.clipping import (
         AdaptiveClipper,
+        clip_factor,
         clip_update,
+        clip_vector,
         combined_noise_multiplier,
         global_norm,
         update_noise_multiplier,
@@ -65,8 +71,11 @@ __all__ = [
     "SkellamPlan",
     "add_share",
     "calibrate_sigma",
+    "central_mean",
     "check_no_wrap_with_noise",
+    "clip_factor",
     "clip_update",
+    "clip_vector",
     "combined_noise_multiplier",
     "compute_epsilon",
     "gaussian_noise_like",
@@ -89,8 +98,11 @@ _HOME = {
     "calibrate_sigma": "accountant",
     "compute_epsilon": "accountant",
     "PrivacyBudgetTracker": "budget",
+    "central_mean": "central",
     "AdaptiveClipper": "clipping",
+    "clip_factor": "clipping",
     "clip_update": "clipping",
+    "clip_vector": "clipping",
     "combined_noise_multiplier": "clipping",
     "global_norm": "clipping",
     "update_noise_multiplier": "clipping",

@@ -1,7 +1,8 @@
 """User-level clipping for DP-FedAvg: fixed L2 clipping of a whole update, and adaptive clipping.
 
 :func:`clip_update` bounds one worker's contribution (all tensors together) to L2 norm ``clip``, which is
-the sensitivity the Gaussian noise is calibrated to.
+the sensitivity the Gaussian noise is calibrated to; :func:`clip_vector` does the same to an update held as
+one flat vector (the broker's form). Both scale by :func:`clip_factor`.
 
 :class:`AdaptiveClipper` follows Andrew, Thakkar, McMahan and Ramaswamy, "Differentially Private Learning
 with Adaptive Clipping" (NeurIPS 2021): the clip norm ``C`` tracks a target quantile ``gamma`` of the
@@ -30,7 +31,9 @@ from federated.privacy.noise import noise_rng
 
 __all__ = [
     "AdaptiveClipper",
+    "clip_factor",
     "clip_update",
+    "clip_vector",
     "combined_noise_multiplier",
     "global_norm",
     "update_noise_multiplier",
@@ -57,6 +60,24 @@ def global_norm(update: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
+def clip_factor(norm: float, clip: float) -> float:
+    """The scale that brings an update of L2 norm ``norm`` within ``clip``: ``min(1, clip / norm)``, and 1
+    for a zero update."""
+    return min(1.0, clip / norm) if norm > 0 else 1.0
+
+
+def clip_vector(vector: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
+    """``(clipped, original_norm)``: one worker's whole update as a flat vector, in float64, scaled by
+    :func:`clip_factor`, and its L2 norm. Raises ValueError for ``clip`` not a finite number > 0 or a
+    non-finite value."""
+    clip = _check_clip(clip)
+    flat = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if not np.isfinite(flat).all():
+        raise ValueError("the update has non-finite values")
+    norm = math.sqrt(float(np.dot(flat, flat)))
+    return flat * clip_factor(norm, clip), norm
+
+
 def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str, np.ndarray], float]:
     """``(clipped, original_norm)``: ``update`` scaled by ``min(1, clip / norm)`` and its global L2 norm.
 
@@ -66,7 +87,7 @@ def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[dict[str
     """
     clip = _check_clip(clip)
     norm = global_norm(update)
-    factor = min(1.0, clip / norm) if norm > 0 else 1.0
+    factor = clip_factor(norm, clip)
     clipped = _scaled(update, factor)
     if factor < 1.0 and global_norm(clipped) > clip:
         # Casting back to float32 can round the norm up by ~1e-7 relative; the bound is a privacy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federated.aggregation.vectors import flatten, flatten_rows, unflatten
+from federated.aggregation.vectors import flatten, flatten_into, flatten_rows, unflatten
 
 
 def _updates(n: int, rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
@@ -34,3 +34,14 @@ def test_flatten_rows_refuses_updates_of_different_sizes() -> None:
     with pytest.raises(ValueError, match="differ in size"):
         flatten_rows([{"a": np.zeros(3)}, {"a": np.zeros(4)}])
     assert flatten_rows([]).shape == (0, 0)
+
+
+def test_flatten_into_writes_flatten_into_a_given_row() -> None:
+    update = _updates(1, np.random.default_rng(1))[0]
+    matrix = np.zeros((2, 21), np.float32)
+    row = matrix[1]
+    assert flatten_into(update, row) is row  # written in place, into the matrix
+    np.testing.assert_array_equal(matrix[1], flatten(update, np.float32))
+    assert not matrix[0].any()
+    with pytest.raises(ValueError, match="do not fit"):
+        flatten_into(update, np.zeros(20, np.float32))

@@ -10,7 +10,9 @@ import pytest
 
 from federated.privacy import (
     AdaptiveClipper,
+    clip_factor,
     clip_update,
+    clip_vector,
     combined_noise_multiplier,
     global_norm,
     update_noise_multiplier,
@@ -155,3 +157,19 @@ def test_adaptive_clipper_rejects_bad_rounds() -> None:
         clipper.update([])
     with pytest.raises(ValueError, match="fraction"):
         clipper.step(1.5)
+
+
+def test_clip_vector_is_clip_update_on_a_flat_vector() -> None:
+    update = _update(10.0, seed=3)
+    flat = np.concatenate([update[k].astype(np.float64).ravel() for k in sorted(update)])
+    clipped, norm = clip_vector(flat.astype(np.float32), 1.5)
+    assert clipped.dtype == np.float64 and norm == pytest.approx(global_norm(update), rel=1e-12)
+    np.testing.assert_array_equal(clipped, flat * (1.5 / norm))
+    assert math.sqrt(float(clipped @ clipped)) == pytest.approx(1.5, rel=1e-12)
+    small, small_norm = clip_vector(flat / 100, 1.5)  # inside the clip: unchanged
+    np.testing.assert_array_equal(small, flat / 100)
+    assert clip_factor(small_norm, 1.5) == 1.0 and clip_factor(0.0, 1.5) == 1.0
+    with pytest.raises(ValueError, match="non-finite"):
+        clip_vector(np.array([1.0, np.nan]), 1.0)
+    with pytest.raises(ValueError, match="clip"):
+        clip_vector(flat, 0.0)
