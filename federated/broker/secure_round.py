@@ -1,5 +1,9 @@
-"""Glue between the coordinator and the secure-aggregation state machines (broker side): buckets,
-their deadlines, and decoding the unmasked sums.
+"""A secure round's collector: secure aggregation bucket by bucket, and decoding the unmasked sums.
+
+:class:`SecureRound` is the bucket machinery: one :class:`~federated.crypto.secagg_broker.SecAggBroker`
+per bucket, each with its own stage deadline. :class:`SecureCollector` puts it behind the coordinator's
+:class:`~federated.broker.collector.Collector` interface and, once every bucket is done or aborted,
+decodes each bucket's sum with :func:`decode_round`, keeping only sums that honest inputs could give.
 
 The layout of an encoded input and of their sum is :mod:`federated.crypto.secagg_input`'s (the worker
 encodes with the same module): the model update, then the weighted loss and accuracy, then the weight.
@@ -8,41 +12,42 @@ The decoded sum divided by the summed weight is the weighted FedAvg of the survi
 
 from __future__ import annotations
 
+import logging
 import math
-import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from federated.aggregation.vectors import unflatten
-from federated.crypto import secagg_input
+from federated.broker.admission import Refusal
+from federated.broker.collector import Collected, DecodedSum, too_few
+from federated.broker.planning import RoundPlan
+from federated.config import FederatedConfig
+from federated.crypto.errors import CryptoError
 from federated.crypto.params import SecAggParams
 from federated.crypto.secagg_broker import SecAggBroker, SecAggResult
-from federated.crypto.secagg_input import EXTRA_COORDINATES, split_sum, update_length
+from federated.crypto.secagg_input import split_sum, update_length
+from federated.privacy.ledger import PrivacyLedger
 from federated.privacy.skellam import noise_norm_bound
-from federated.protocol.codes import Stage
+from federated.protocol import (
+    AdvertiseKeys,
+    ConsistencySignature,
+    ErrorCode,
+    MaskedInput,
+    ShareKeys,
+    Stage,
+    UnmaskShares,
+    Update,
+)
 
-__all__ = ["EXTRA_COORDINATES", "NOISE_TAIL", "DecodedSum", "SecureRound", "assign_buckets", "combine",
-           "decode_round", "vector_length"]
+__all__ = ["NOISE_TAIL", "SECAGG_INBOUND", "DecodedSum", "SecureCollector", "SecureRound", "combine",
+           "decode_round"]
 
-def vector_length(weights: Mapping[str, np.ndarray], kept: int | None = None) -> int:
-    """Coordinates of an encoded input for a model with ``weights`` (or ``kept`` of its parameters, under
-    shared random-k compression)."""
-    return secagg_input.vector_length(sum(int(w.size) for w in weights.values()) if kept is None else kept)
+log = logging.getLogger("federated.broker")
 
-
-@dataclass(frozen=True)
-class DecodedSum:
-    """The weighted mean update (per tensor) and weighted-mean training metrics of the survivors."""
-
-    mean_update: dict[str, np.ndarray]
-    weight: float
-    train_loss: float
-    train_accuracy: float
-
+#: The messages workers send during secure aggregation.
+SECAGG_INBOUND = (AdvertiseKeys, ShareKeys, MaskedInput, ConsistencySignature, UnmaskShares)
 
 #: The chance that :func:`decode_round` refuses an honest distributed-DP sum for its noise alone.
 NOISE_TAIL = 1e-9
@@ -51,7 +56,7 @@ NOISE_TAIL = 1e-9
 def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str, np.ndarray],
                  indices: np.ndarray | None = None, *, inputs: int, noise_mu: float = 0.0) -> DecodedSum:
     """Check the unmasked uint32 sum of ``inputs`` encodings against every bound an honest sum meets, and
-    only then turn it into the mean update shaped like ``reference``.
+    only then turn it into the mean update over ``reference``'s parameters (a flat float32 vector).
 
     The broker sees only the sum, so a member may put anything into its own input; these bounds keep
     what it can do to the sum within what honest inputs could do. In units of 2^-frac_bits, with ``W``
@@ -110,7 +115,7 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
         full = np.zeros(sum(int(r.size) for r in reference.values()), dtype=np.float64)
         full[indices] = mean
         mean = full
-    return DecodedSum(unflatten(mean, reference), weight, loss / weight, accuracy / weight)
+    return DecodedSum(np.asarray(mean, np.float32), weight, loss / weight, accuracy / weight)
 
 
 def _norm(vector: np.ndarray) -> float:
@@ -121,22 +126,6 @@ def _norm(vector: np.ndarray) -> float:
         return 0.0
     scaled = vector / largest
     return largest * math.sqrt(float(np.einsum("i,i->", scaled, scaled)))
-
-
-_ACTIVE = tuple(stage.value for stage in Stage if stage.active)
-
-
-def assign_buckets(cohort: Sequence[str], bucket_size: int | None) -> list[list[str]]:
-    """Split ``cohort`` into buckets of ``bucket_size`` (a remainder joins the last bucket), shuffled with
-    the OS CSPRNG so that no worker can predict or choose its bucket-mates. No size: one bucket."""
-    members = list(cohort)
-    if bucket_size is None or bucket_size >= len(members):
-        return [sorted(members)]
-    secrets.SystemRandom().shuffle(members)
-    count = len(members) // bucket_size
-    buckets = [members[i * bucket_size:(i + 1) * bucket_size] for i in range(count)]
-    buckets[-1].extend(members[count * bucket_size:])
-    return [sorted(b) for b in buckets]
 
 
 class SecureRound:
@@ -151,16 +140,16 @@ class SecureRound:
         self.machines = [SecAggBroker(round_id, b, p, identities) for b, p in zip(buckets, params, strict=True)]
         self.bucket_of = {w: i for i, b in enumerate(buckets) for w in b}
         self.stage_wait = stage_wait
-        self.deadlines = [now + stage_wait("advertise") for _ in self.machines]
+        self.deadlines = [now + stage_wait(Stage.ADVERTISE) for _ in self.machines]
 
     @property
     def deadline(self) -> float:
-        active = [d for d, m in zip(self.deadlines, self.machines, strict=True) if m.stage in _ACTIVE]
+        active = [d for d, m in zip(self.deadlines, self.machines, strict=True) if Stage(m.stage).active]
         return min(active, default=math.inf)
 
     @property
     def finished(self) -> bool:
-        return all(m.stage not in _ACTIVE for m in self.machines)
+        return not any(Stage(m.stage).active for m in self.machines)
 
     def machine_of(self, worker_id: str) -> SecAggBroker:
         return self.machines[self.bucket_of[worker_id]]
@@ -176,17 +165,17 @@ class SecureRound:
         """Close every bucket stage that is complete or past its deadline; return messages to send."""
         out: list[tuple[str, Any]] = []
         for i, machine in enumerate(self.machines):
-            while machine.stage in _ACTIVE and (machine.ready or now >= self.deadlines[i]):
+            while Stage(machine.stage).active and (machine.ready or now >= self.deadlines[i]):
                 out.extend(machine.advance())
                 self.deadlines[i] = now + self.stage_wait(machine.stage)
         return out
 
     def results(self) -> list[tuple[SecAggBroker, SecAggResult]]:
         """The buckets that finished, with their sums."""
-        return [(m, m.result) for m in self.machines if m.stage == "done" and m.result is not None]
+        return [(m, m.result) for m in self.machines if m.stage == Stage.DONE and m.result is not None]
 
     def errors(self) -> list[str]:
-        return [m.error for m in self.machines if m.stage == "aborted"]
+        return [m.error for m in self.machines if m.stage == Stage.ABORTED]
 
     def dropped(self) -> dict[str, str]:
         reasons: dict[str, str] = {}
@@ -196,11 +185,124 @@ class SecureRound:
 
 
 def combine(decoded: Sequence[DecodedSum]) -> DecodedSum:
-    """Merge bucket results into one weighted mean (used when the rule is the plain mean)."""
+    """Merge bucket results into one weighted mean (the mean rule across buckets)."""
     total = sum(d.weight for d in decoded)
-    names = decoded[0].mean_update.keys()
-    mean = {k: (sum((d.mean_update[k].astype(np.float64) * d.weight for d in decoded),
-                    np.zeros(decoded[0].mean_update[k].shape)) / total).astype(np.float32)
-            for k in names}
+    # float64 products of the float32 means, summed in bucket order from zero, then float32 again.
+    mean = (sum((d.mean.astype(np.float64) * d.weight for d in decoded), np.zeros(decoded[0].mean.shape))
+            / total).astype(np.float32)
     return DecodedSum(mean, total, sum(d.train_loss * d.weight for d in decoded) / total,
                       sum(d.train_accuracy * d.weight for d in decoded) / total)
+
+
+class SecureCollector:
+    """A secure round behind the :class:`~federated.broker.collector.Collector` interface.
+
+    ``config``: the run's settings (the masked-input stage waits ``broker.round_timeout_s``, as workers
+    train first; the others ``secure.stage_timeout_s``; ``min_clients``: the fewest survivors a round may
+    aggregate); ``identities``: the pinned identity keys that verify the workers' signed advertisements;
+    ``reference``: the global model (its sizes); ``privacy``: the run's ledger (under distributed DP, the
+    sums carry each worker's Skellam share, which the norm bound allows for).
+    """
+
+    def __init__(self, plan: RoundPlan, config: FederatedConfig, identities: Mapping[str, bytes],
+                 now: float, *, reference: Mapping[str, np.ndarray], privacy: PrivacyLedger | None) -> None:
+        self.plan = plan
+        masked_wait, stage_wait = config.broker.round_timeout_s, config.secure.stage_timeout_s
+        self.buckets = SecureRound(plan.round_id, plan.buckets, plan.secure, identities, now,
+                                   lambda stage: masked_wait if stage == Stage.MASKED_INPUT else stage_wait)
+        self.reference = reference
+        distributed = privacy is not None and privacy.mode == "distributed"
+        self.noise_mu = privacy.skellam_mu if distributed and privacy is not None else 0.0
+        self.min_clients = config.min_clients
+
+    @property
+    def deadline(self) -> float:
+        return self.buckets.deadline
+
+    @property
+    def pending(self) -> set[str]:
+        return {w for w in self.plan.cohort if self.buckets.is_pending(w)}
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        return self.buckets.dropped()
+
+    @property
+    def finished(self) -> bool:
+        return self.buckets.finished
+
+    def receive(self, worker_id: str, msg: Any) -> Refusal | None:
+        if isinstance(msg, Update):
+            return Refusal(ErrorCode.WRONG_STAGE, "this is a secure round: plain updates are not accepted")
+        if msg.round_id != self.plan.round_id or worker_id not in self.buckets.bucket_of:
+            return Refusal(ErrorCode.WRONG_STAGE, f"{type(msg).__name__} for round {msg.round_id}; "
+                                                  f"current secure round is {self.plan.round_id}")
+        try:
+            self.buckets.machine_of(worker_id).receive(worker_id, msg)
+        except CryptoError as exc:
+            return Refusal(ErrorCode.SECAGG, str(exc))
+        return None
+
+    def drop(self, worker_id: str, reason: str) -> None:
+        if self.buckets.is_pending(worker_id):
+            log.info("round %d: worker %s dropped at %s (%s)", self.plan.round_id, worker_id,
+                     self.buckets.machine_of(worker_id).stage, reason)
+        self.buckets.drop(worker_id, reason)
+
+    def progress(self, now: float) -> list[tuple[str, Any]]:
+        """Close the bucket stages that are complete or past their deadline."""
+        out = self.buckets.progress(now)
+        if out:
+            stages = sorted({m.stage for m in self.buckets.machines})
+            log.info("round %d: secure aggregation at %s", self.plan.round_id, "/".join(stages))
+        return out
+
+    def result(self) -> Collected:
+        """The survivors of the finished buckets and their decoded sums; a failure if every bucket
+        aborted, too few survived, or no bucket's sum is one honest inputs could give."""
+        results = self.buckets.results()
+        survivors = sorted(w for _, result in results for w in result.survivors)
+        reasons = self.buckets.dropped()
+        dropped = {w: reasons.get(w, "bucket aborted") for w in self.plan.cohort if w not in survivors}
+        if not results:
+            error = "; ".join(sorted(set(self.buckets.errors()))) or "no bucket finished"
+            return Collected([], dropped, failure=f"secure aggregation aborted: {error}; model unchanged")
+        failure = too_few(survivors, self.plan.cohort, self.min_clients)
+        if failure is not None:
+            return Collected(survivors, dropped, failure=failure)
+        kept, sums, rejected, why = self._plausible(results)
+        for wid in rejected:
+            dropped[wid] = "its bucket's sum was not one honest inputs could give"
+        survivors = [w for w in survivors if w not in rejected]
+        if not kept:
+            return Collected(survivors, dropped, failure=f"no secure sum could come from honest inputs "
+                                                         f"({'; '.join(why)}); model unchanged")
+        local_s = {w: t for _, result in kept for w, t in result.train_s.items()}
+        return Collected(survivors, dropped, sums=sums, local_s=local_s, suspects=rejected)
+
+    def _plausible(self, results: list[tuple[SecAggBroker, SecAggResult]]
+                   ) -> tuple[list[tuple[SecAggBroker, SecAggResult]], list[DecodedSum], tuple[str, ...], list[str]]:
+        """Decode each bucket's sum and keep those that honest inputs could have produced, in every mode:
+        summed weight, weighted metrics and mean norm within their bounds (:func:`decode_round`; under
+        distributed DP the norm bound includes a 1e-9 tail of the workers' Skellam noise). Returns the
+        kept buckets, their decoded sums, the members of the others (suspects: one of them sent an input
+        no honest encoder makes), and why each of those was left out."""
+        round_id = self.plan.round_id
+        indices = self.plan.shared_indices(sum(int(w.size) for w in self.reference.values()))
+        kept: list[tuple[SecAggBroker, SecAggResult]] = []
+        decoded: list[DecodedSum] = []
+        rejected: list[str] = []
+        why: list[str] = []
+        for machine, result in results:
+            try:
+                d = decode_round(result.total, machine.params, self.reference, indices,
+                                 inputs=len(result.survivors), noise_mu=self.noise_mu)
+            except ValueError as exc:
+                log.warning("round %d: bucket of %s left out, a member sent an input no honest encoder makes: %s",
+                            round_id, ", ".join(result.survivors), exc)
+                rejected.extend(result.survivors)
+                why.append(str(exc))
+                continue
+            kept.append((machine, result))
+            decoded.append(d)
+        return kept, decoded, tuple(sorted(rejected)), why

@@ -1,6 +1,6 @@
 """Secure-aggregation buckets are shuffled with the OS CSPRNG, so nobody can predict their bucket-mates.
 
-README: bucket shuffling from the CSPRNG. :func:`federated.broker.secure_round.assign_buckets` must not
+README: bucket shuffling from the CSPRNG. :func:`federated.broker.planning.assign_buckets` must not
 draw from Python's ``random`` or NumPy's generators, which a known seed (the run's ``seed`` setting, or any
 reseeding) would make predictable. Two checks: with every statistical generator made to raise it still
 works; and reseeding them identically before each call does not repeat the assignment.
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federated.broker.secure_round import assign_buckets
+from federated.broker.planning import assign_buckets
 
 COHORT = [f"w{i:02d}" for i in range(20)]
 SIZE = 5

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from federated.broker import coordinator as coordinator_module
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
 from federated.broker.store import RoundRecord
 from federated.config import BrokerConfig, FederatedConfig, PrivacyConfig
+from federated.privacy import central
 from federated.protocol import Bye, Hello, Update
 
 T0 = 1000.0
@@ -93,7 +93,7 @@ class _NoNoise:
 
 
 def test_released_mean_is_the_clipped_sum_over_the_planned_cohort(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coordinator_module, "noise_rng", _NoNoise)
+    monkeypatch.setattr(central, "noise_rng", _NoNoise)
     coord, _ = _round(sigma=1.0)
     expected = {k: (v / PLANNED).astype(np.float32) for k, v in _clipped_sum(_updates()).items()}
     for k, v in expected.items():

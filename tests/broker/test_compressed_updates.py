@@ -7,7 +7,8 @@ import pytest
 from support import SecureFakeWorker, run_coordinator_round
 
 from federated.aggregation.vectors import flatten
-from federated.broker.coordinator import Coordinator, compression_seed
+from federated.broker.coordinator import Coordinator
+from federated.broker.planning import compression_seed
 from federated.compression import make_codec
 from federated.config import BrokerConfig, ConfigError, FederatedConfig, load_config
 from federated.protocol import Hello, Task, Update, decode_message

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from support import CoordinatorHarness, harness_config, harness_weights, tasked
 
+from federated.aggregation.vectors import flatten
 from federated.broker.service import _resume
 from federated.broker.store import RoundStore
 from federated.config import ConfigError, FederatedConfig, PrivacyConfig, SecureConfig
 from federated.privacy import compute_epsilon
+from federated.privacy.central import central_mean
 
 ALL = ["w1", "w2", "w3"]
 
@@ -59,9 +61,12 @@ def test_central_noise_is_added_to_the_clipped_sum() -> None:
 def test_central_noise_has_std_sigma_times_clip_over_n() -> None:
     h = CoordinatorHarness(_config(mode="central", noise_multiplier=3.0, clip=0.5))
     h.join(*ALL)
-    updates = [h.update(w, {k: np.zeros(v.shape, np.float32) for k, v in harness_weights().items()}) for w in ALL]
-    draws = np.concatenate([np.concatenate([v.ravel() for v in h.coord._central_dp_mean(updates).values()])
-                            for _ in range(500)])
+    updates = np.stack([flatten({k: np.zeros(v.shape, np.float32) for k, v in harness_weights().items()})
+                        for _ in ALL])
+    ledger = h.coord.privacy
+    assert ledger is not None
+    draws = np.concatenate([central_mean(updates, clip=ledger.current_clip, sigma=ledger.update_sigma,
+                                         planned=h.coord.config.clients_per_round) for _ in range(500)])
     assert draws.std() == pytest.approx(3.0 * 0.5 / 3, rel=0.05)
 
 
