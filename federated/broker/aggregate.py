@@ -73,6 +73,7 @@ class Aggregator:
         self.rng = rng
         self.privacy = privacy
         self._rows: np.ndarray | None = None
+        self._suspected: set[str] = set()  # workers whose first suspicion was logged
 
     def rows(self, n: int) -> np.ndarray:
         """A float32 matrix of ``n`` rows, one model's parameters each, for a plain round's updates.
@@ -104,9 +105,13 @@ class Aggregator:
                                           planned=self.config.clients_per_round, clipper=privacy.clipper))
         suspects: tuple[str, ...] = ()
         if agg.detect and len(ids) >= 3:
-            suspects = detect_byzantine_clients(rows, ids, threshold=agg.detect_threshold).suspects
-            if suspects:
-                log.warning("suspected Byzantine workers: %s", ", ".join(suspects))
+            detection = detect_byzantine_clients(rows, ids, threshold=agg.detect_threshold,
+                                                 byzantine_fraction=agg.byzantine_fraction)
+            suspects = detection.suspects
+            for wid in (w for w in suspects if w not in self._suspected):  # later ones: the round store
+                self._suspected.add(wid)
+                log.info("worker %s suspected Byzantine (score %.1f > %.1f); further suspicions are only recorded",
+                         wid, detection.scores[wid], agg.detect_threshold)
         if not agg.needs_individual_updates and agg.bucket_size is None:
             # The weighted mean of rows is that of the tensors, to the bit: each coordinate is the same sum.
             return Aggregate(weighted_mean([{"": row} for row in rows], samples)[""], suspects)
