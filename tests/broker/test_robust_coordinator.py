@@ -3,6 +3,8 @@ bucketed secure mode driven by real secure-aggregation workers."""
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -60,6 +62,27 @@ def test_mean_is_pulled_by_the_outlier_but_detection_still_reports_it() -> None:
     _play(c, {"h0": 0.1, "h1": 0.1, "h2": 0.1, "h3": 0.1, "evil": -50.0})
     assert c.weights["w"][0, 0] < -5
     assert c.history[0].suspects == ("evil",)
+
+
+def test_a_suspect_is_logged_once_with_its_score_and_recorded_every_round(caplog: pytest.LogCaptureFixture) -> None:
+    config = FederatedConfig(num_clients=5, clients_per_round=5, num_rounds=3,
+                             broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+    c = Coordinator(config, WEIGHTS)
+    updates = {"h0": 0.1, "h1": 0.11, "h2": 0.09, "h3": 0.1, "evil": -50.0}
+    for wid in updates:
+        c.handle(wid.encode(), Hello(wid, 10).to_frames(), 0.0)
+    with caplog.at_level(logging.INFO, logger="federated.broker"):
+        for rnd in range(3):
+            c.tick(rnd + 0.0)
+            assert c.round is not None
+            for wid, value in updates.items():
+                tensors = {k: np.full(v.shape, value, np.float32) for k, v in WEIGHTS.items()}
+                frames = Update(wid, c.round.round_id, "train", 10, {"loss": 1.0}, tensors).to_frames()
+                c.handle(wid.encode(), frames, rnd + 0.1)
+    assert [r.suspects for r in c.history] == [("evil",)] * 3
+    said = [r for r in caplog.records if "suspected" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO, [r.getMessage() for r in said]
+    assert re.search(r"worker evil suspected Byzantine \(score \d+\.\d > 3\.5\)", said[0].getMessage())
 
 
 def test_a_cohort_too_small_for_the_rule_fails_the_round_cleanly() -> None:
