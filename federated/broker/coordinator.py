@@ -30,7 +30,7 @@ from federated.broker.admission import Admission, Refusal
 from federated.broker.aggregate import Aggregate, Aggregator
 from federated.broker.collector import ActiveRound, Collected, Collector, no_round
 from federated.broker.plain_round import PlainRound
-from federated.broker.planning import STAGE_TRAIN, RoundPlan, candidates, plan_round
+from federated.broker.planning import STAGE_TRAIN, RoundPlan, candidates, plan_round, waiting_for
 from federated.broker.records import build_record
 from federated.broker.registry import WorkerRegistry
 from federated.broker.resume import restore, resume_arrays, resume_payload
@@ -272,6 +272,10 @@ class Coordinator:
         waited = now - self._waiting_since >= cfg.broker.start_timeout_s
         live = candidates(cfg, self.registry.live_ids(), self.identities, waited=waited)
         if live is None:
+            if now - self._last_size_warning > 10.0:  # say what it waits for, every 10 s
+                self._last_size_warning = now
+                log.info("waiting for workers: %s",
+                         waiting_for(cfg, self.registry.live_ids(), self.identities, waited=waited))
             return []
         size = min(cfg.clients_per_round, len(live))
         sample = self.selector.select(live, size, self.next_round_id)

@@ -27,7 +27,7 @@ from federated.privacy.ledger import PrivacyLedger
 from federated.protocol import Task
 
 __all__ = ["STAGE_TRAIN", "RoundPlan", "assign_buckets", "candidates", "compression_seed", "plan_round",
-           "vector_length"]
+           "vector_length", "waiting_for"]
 
 #: The stage of a TASK and of the UPDATE that answers it, in plain and secure rounds alike (the
 #: secure-aggregation stages that follow are :class:`federated.protocol.Stage`).
@@ -117,6 +117,20 @@ def candidates(config: FederatedConfig, live: Sequence[str], identities: Mapping
         if len(live) < max(config.min_clients, 3):
             return None
     return list(live)
+
+
+def waiting_for(config: FederatedConfig, live: Sequence[str], identities: Mapping[str, bytes], *,
+                waited: bool) -> str:
+    """Why :func:`candidates` keeps waiting, in words for the log: how many workers are live against
+    what a round needs now."""
+    need = config.clients_per_round if not waited else config.min_clients
+    what = (f"{len(live)} live workers; a round needs {config.clients_per_round} "
+            f"(or {config.min_clients} after {config.broker.start_timeout_s:g} s)")
+    if config.secure.enabled and len(live) >= need:
+        keyed = sum(1 for w in live if w in identities)
+        what = (f"{keyed} live workers with identity keys; a secure round needs at least "
+                f"{max(config.min_clients, 3)}")
+    return what
 
 
 def plan_round(config: FederatedConfig, round_id: int, sample: Sequence[str], *,

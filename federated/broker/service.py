@@ -130,6 +130,12 @@ def serve(
     stop the loop after the current step.
     """
     keys, enrolment = _transport_keys(config)
+    if config.secure.enabled and config.clients_per_round < 4:
+        # Three workers: k = 2 neighbours, so the majority threshold is t = 2 = k, and one worker lost
+        # after the keys are shared leaves each survivor's self-mask seed with one holder, fewer than t.
+        log.warning("a secure round of %d workers cannot survive a worker lost after its keys are shared "
+                    "(the round then fails, model unchanged); use 4 or more workers to tolerate one",
+                    config.clients_per_round)
     lock = StoreLock(config.broker.store)
     lock.acquire()  # one broker per store: StoreInUseError before anything is read or written
     try:
