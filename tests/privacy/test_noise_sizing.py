@@ -38,7 +38,7 @@ CASES = [
     pytest.param(_config(10, 8), id="n10-min8"),  # the README's advice: raise min_clients above t
     pytest.param(_config(10, 5), id="n10-min5"),
     pytest.param(_config(10, 2), id="n10-min2"),
-    pytest.param(_config(10, 8, threshold=3), id="n10-min8-t3"),
+    pytest.param(_config(10, 8, threshold=5), id="n10-min8-t5"),
     pytest.param(_config(40, 40, neighbors=8), id="n40-min40-k8"),
     pytest.param(_config(100, 50), id="n100-min50"),
     pytest.param(_config(10, 8, sigma=None, budget=8.0), id="n10-min8-calibrated"),
@@ -63,7 +63,7 @@ def test_every_revealable_sum_carries_the_charged_noise(config: FederatedConfig)
     (_config(10, 8), 4),  # a cohort of 8: 7 neighbours, majority 4
     (_config(10, 5), 3),  # a cohort of 5: 4 neighbours, majority 3
     (_config(10, 2), 2),  # min_clients below every threshold (cohorts of 3 have t = 2 anyway)
-    (_config(10, 8, threshold=3), 3),  # an explicit threshold
+    (_config(10, 8, threshold=5), 5),  # an explicit threshold (a majority of every cohort's neighbours)
     (_config(40, 40, neighbors=8), 5),  # a sparse graph: 8 neighbours, majority 5
 ])
 def test_the_smallest_revealed_sum(config: FederatedConfig, expected: int) -> None:
