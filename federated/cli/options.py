@@ -68,9 +68,10 @@ _OPTIONS = [
     click.option("--num-rounds", type=int, help="Complete rounds to run."),
     click.option("--min-clients", type=int, help="Fewest updates a round may aggregate."),
     click.option("--seed", type=int, help="Seed for data partitioning, model init and selection."),
-    click.option("--dataset", help="digits | synthetic | npz:DIR"),
-    click.option("--partition", help="iid | dirichlet:ALPHA"),
-    click.option("--model", help="mlp | cnn | MODULE:FACTORY"),
+    click.option("--dataset", help="digits | synthetic | mnist1d[:N] | leaf-synthetic:ALPHA,BETA[,DEVICES] | "
+                                   "npz:DIR"),
+    click.option("--partition", help="iid | dirichlet:ALPHA | natural (one client per device: leaf-synthetic)"),
+    click.option("--model", help="mlp | cnn | cnn1d | logistic | MODULE:FACTORY"),
     click.option("--selection", help="Client selection: random | performance | adaptive"),
     click.option("--local-epochs", type=int, help="Local epochs per round."),
     click.option("--batch-size", type=int, help="Local mini-batch size."),

@@ -130,11 +130,11 @@ def attacker_shards(num_clients: int, fraction: float, seed: int) -> list[int]:
 def _check_data(config: FederatedConfig) -> None:
     """Fail at once (exit 2, the reason on stderr) if the data set cannot be loaded or split among the
     clients the way every worker process will split it, instead of starting processes that cannot run."""
-    from federated.data import DataError, load_dataset, partition
+    from federated.data import DataError, load_dataset, partition_dataset
 
     try:
         train, _ = load_dataset(config.dataset, seed=config.seed)
-        partition(train.y, config.num_clients, config.partition, seed=config.seed)
+        partition_dataset(train, config.num_clients, config.partition, seed=config.seed)
     except DataError as exc:
         click.echo(f"Error: data: {exc}", err=True)
         sys.exit(CONFIG_ERROR)

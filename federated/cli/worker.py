@@ -29,11 +29,11 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
     Every process computes the same deterministic partition from ``seed``, so shards never overlap.
     Raises DataError (a ValueError) for a bad data set or partition.
     """
-    from federated.data import load_dataset, partition
+    from federated.data import load_dataset, partition_dataset
     from federated.worker.loop import ClientData
 
     train, _ = load_dataset(dataset, seed=seed)
-    parts = partition(train.y, num_shards, partition_spec, seed=seed)
+    parts = partition_dataset(train, num_shards, partition_spec, seed=seed)
     return [ClientData(f"{prefix}{i}", train.x[parts[i]], train.y[parts[i]]) for i in shards]
 
 
@@ -69,10 +69,11 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
 @click.option("--client-id", required=True, help="This worker's id (letters, digits, _.:@-).")
 @click.option("--server-address", default="127.0.0.1:8080", show_default=True, help="Broker HOST:PORT.")
 @click.option("--data-path", type=click.Path(file_okay=False), help="Directory with train.npz (x, y).")
-@click.option("--dataset", help="Built-in data set to take a shard of instead: digits | synthetic.")
+@click.option("--dataset", help="Built-in data set to take a shard of instead: digits | synthetic | mnist1d[:N] | "
+                                 "leaf-synthetic:ALPHA,BETA[,DEVICES].")
 @click.option("--shard", type=int, help="Which shard of --dataset (0-based).")
 @click.option("--num-shards", type=int, default=1, show_default=True, help="How many shards --dataset is cut into.")
-@click.option("--partition", default="iid", show_default=True, help="iid | dirichlet:ALPHA (for --dataset).")
+@click.option("--partition", default="iid", show_default=True, help="iid | dirichlet:ALPHA | natural (for --dataset).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Partition seed (same on every worker).")
 @click.option("--model", help="A MODULE:FACTORY model this worker agrees to build (built-ins need no flag).")
 @click.option("--keys", "keys_path", type=click.Path(),

@@ -14,6 +14,9 @@ from federated.cli.exit_codes import CONFIG_ERROR
 @pytest.mark.parametrize(("args", "reason"), [
     (("--num-clients", "1000"), "cannot give 1000 clients at least 2 each"),  # digits: 1,437 training samples
     (("--dataset", "npz:/nonexistent"), "/nonexistent"),
+    (("--dataset", "leaf-synthetic:1,1", "--partition", "natural", "--num-clients", "10"),
+     "has 30 devices, so the number of clients (--num-clients) must be 30, got 10"),
+    (("--partition", "natural"), "digits/train has no natural split into devices"),
 ])
 def test_a_data_problem_exits_2_before_any_process_starts(tmp_path: Path, args: tuple[str, ...], reason: str) -> None:
     proc = run_fl("simulate", "--store", str(tmp_path / "s.db"), *args, timeout=60)
