@@ -141,7 +141,7 @@ def _check_data(config: FederatedConfig) -> None:
 
 
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
-                   attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
+                   stragglers: float = 0.0, attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
                    verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
@@ -160,7 +160,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
     workers = [_spawn(["federated.cli.simworker", "--server-address", address, "--dataset", config.dataset,
                        "--partition", config.partition, "--num-shards", str(config.num_clients),
                        "--shards", ",".join(map(str, s)), "--seed", str(config.seed), "--model", config.model,
-                       "--dropout", str(dropout), "--dropout-stage", dropout_stage,
+                       "--dropout", str(dropout), "--dropout-stage", dropout_stage, "--stragglers", str(stragglers),
                        *(["--heterogeneity"] if heterogeneity else []), *vflag],
                       stdout=subprocess.DEVNULL)
                for s in shards if s]
@@ -241,6 +241,9 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
               help="Fraction of each round's cohort that vanishes mid-round.")
 @click.option("--dropout-stage", type=click.Choice(list(DROPOUT_STAGES)), default="task",
               show_default=True, help="When dropouts vanish: on the TASK, or at a secure round's later stage.")
+@click.option("--stragglers", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Fraction of each round's cohort that trains fewer local epochs (uniform in 1..E-1) and still "
+                   "answers: FedProx's stragglers (its FedAvg drops them: --dropout of the same fraction).")
 @click.option("--byzantine-fraction", type=click.FloatRange(0.0, 0.49), default=0.0, show_default=True,
               help="Fraction of the clients that are attackers (run in their own process).")
 @click.option("--attack", type=click.Choice(["sign_flip", "gaussian", "label_flip", "alie", "ipm", "minmax"]),
@@ -250,7 +253,8 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
 @click.option("--processes", type=click.IntRange(1, 256), help="Worker processes to pack clients into "
               "(default: one per CPU core).")
 @run_options
-def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: float, attack: str | None,
+def simulate_command(dropout: float, dropout_stage: str, stragglers: float, byzantine_fraction: float,
+                     attack: str | None,
                      heterogeneity: bool, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
     """Simulate a federation on this machine: real broker and worker processes over loopback TCP."""
     setup_logging(verbose)
@@ -265,12 +269,14 @@ def simulate_command(dropout: float, dropout_stage: str, byzantine_fraction: flo
     if Path(store).exists():
         raise click.UsageError(f"--store {store} already exists; give a new path (a simulation starts from scratch; flbroker --store resumes a run)")
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
+    if dropout > 0 and stragglers > 0:
+        raise click.UsageError("--dropout and --stragglers pick the same cohort positions; give one of them")
     if dropout_stage != "task" and not config.secure.enabled:
         raise click.UsageError("--dropout-stage other than 'task' needs --secure (only secure rounds have stages)")
     _check_data(config)
     attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
     code, result, _rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
-                                           attack=attack, attackers=attackers, heterogeneity=heterogeneity,
+                                           stragglers=stragglers, attack=attack, attackers=attackers, heterogeneity=heterogeneity,
                                            verbose=verbose,
                                            progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))

@@ -42,9 +42,11 @@ def shard_options(func: F) -> F:
 @shard_options
 @click.option("--dropout", type=float, default=0.0)
 @click.option("--dropout-stage", default="task")
+@click.option("--stragglers", type=float, default=0.0)
 @click.option("--heterogeneity", is_flag=True)
 def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int,
-         model: str, dropout: float, dropout_stage: str, heterogeneity: bool, verbose: int) -> None:
+         model: str, dropout: float, dropout_stage: str, stragglers: float, heterogeneity: bool,
+         verbose: int) -> None:
     setup_logging(verbose, quiet=True)
     indices = [int(s) for s in shards.split(",") if s]
     clients = load_shards(dataset, partition, num_shards, indices, seed)
@@ -56,7 +58,7 @@ def main(server_address: str, dataset: str, partition: str, num_shards: int, sha
 
     randomness = {c.worker_id: LocalRandomness.seeded(seed, c.worker_id) for c in clients}
     sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout, dropout_stage=dropout_stage,
-                        slowdown=slowdown, randomness=randomness))
+                        straggler_rate=stragglers, slowdown=slowdown, randomness=randomness))
 
 
 if __name__ == "__main__":

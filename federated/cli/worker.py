@@ -38,7 +38,7 @@ def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequ
 
 
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
-               dropout_rate: float = 0.0, dropout_stage: str = "task",
+               dropout_rate: float = 0.0, dropout_stage: str = "task", straggler_rate: float = 0.0,
                slowdown: dict[str, float] | None = None, keys: dict[str, Any] | None = None,
                broker_key: bytes | None = None, min_noise_multiplier: float = 0.0,
                floor: Any = None, randomness: dict[str, Any] | None = None, ledger_dir: str | None = None) -> int:
@@ -50,7 +50,7 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
 
     runner = ModelRunner(trusted_spec=model, min_noise_multiplier=min_noise_multiplier)
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
-                      slowdown=slowdown, keys=keys, broker_key=broker_key, floor=floor,
+                      straggler_rate=straggler_rate, slowdown=slowdown, keys=keys, broker_key=broker_key, floor=floor,
                       min_noise=min_noise_multiplier, randomness=randomness, ledger_dir=ledger_dir)
     interrupted = False
 

@@ -47,7 +47,7 @@ from federated.worker.session import (
     WorkerSession,
     task_seed,
 )
-from federated.worker.simulation import DROPOUT_STAGES, DropoutPlan, SlowDevices
+from federated.worker.simulation import DROPOUT_STAGES, DropoutPlan, SlowDevices, Stragglers
 
 __all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "Outcome", "WorkerLoop", "task_seed"]
 
@@ -110,8 +110,8 @@ class _Connection:
 class WorkerLoop:
     """Runs worker sessions against ``server_address`` (``HOST:PORT``) until the broker says BYE.
 
-    ``dropout_rate``/``dropout_stage`` and ``slowdown`` (worker id -> how many times slower its device
-    computes) are for simulation only: see :mod:`federated.worker.simulation`.
+    ``dropout_rate``/``dropout_stage``, ``straggler_rate`` and ``slowdown`` (worker id -> how many times
+    slower its device computes) are for simulation only: see :mod:`federated.worker.simulation`.
 
     ``keys`` (worker id -> its enrolled key material) and ``broker_key`` (the broker's Z85 public key) turn
     on CurveZMQ: each session authenticates with its own key and pins the broker's, so it talks to that
@@ -130,6 +130,7 @@ class WorkerLoop:
         limits: Limits | None = None,
         dropout_rate: float = 0.0,
         dropout_stage: str = "task",
+        straggler_rate: float = 0.0,
         slowdown: Mapping[str, float] | None = None,
         reconnect_min_s: float = 0.05,
         reconnect_max_s: float = 5.0,
@@ -154,6 +155,7 @@ class WorkerLoop:
             if wrong:
                 raise ValueError(f"keys of another worker given for {', '.join(wrong)}")
         dropout = DropoutPlan(dropout_rate, dropout_stage)
+        stragglers = Stragglers(straggler_rate)
         randomness = dict(randomness or {})
         self.broker_key = broker_key
         self.connections = []
@@ -162,7 +164,7 @@ class WorkerLoop:
             ledger = RoundLedger(f"{ledger_dir}/{c.worker_id}.rounds" if ledger_dir else None)
             session = WorkerSession(c, identity=k.identity if k is not None else None, floor=floor,
                                     min_noise=min_noise, randomness=randomness.get(c.worker_id), ledger=ledger,
-                                    dropout=dropout)
+                                    dropout=dropout, stragglers=stragglers)
             self.connections.append(_Connection(session, k))
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit

@@ -55,7 +55,7 @@ from federated.protocol import (
 from federated.worker.ledger import RoundLedger
 from federated.worker.payload import SecureInput, distributed_noise_multiplier, encode_update, skellam_mu_of
 from federated.worker.randomness import LocalRandomness
-from federated.worker.simulation import DropoutPlan
+from federated.worker.simulation import DropoutPlan, Stragglers
 
 __all__ = [
     "Action",
@@ -190,13 +190,14 @@ class WorkerSession:
     default a fresh one the broker pins at HELLO). ``floor``: its secure-aggregation safety floor.
     ``min_noise``: the least noise multiplier it trains with (0: no floor); a TASK must give at least this
     much through DP-SGD or through distributed DP. ``randomness``: its local randomness (default the OS).
-    ``ledger``: the rounds it already contributed to (default: in memory). ``dropout``: simulation only.
+    ``ledger``: the rounds it already contributed to (default: in memory). ``dropout`` and ``stragglers``:
+    simulation only.
     """
 
     def __init__(self, data: ClientData, *, identity: Ed25519PrivateKey | None = None,
                  floor: SafetyFloor | None = None, min_noise: float = 0.0,
                  randomness: LocalRandomness | None = None, ledger: RoundLedger | None = None,
-                 dropout: DropoutPlan | None = None) -> None:
+                 dropout: DropoutPlan | None = None, stragglers: Stragglers | None = None) -> None:
         self.data = data
         self.worker_id = data.worker_id
         if identity is None:
@@ -209,6 +210,7 @@ class WorkerSession:
         self.randomness = randomness or LocalRandomness.system(data.worker_id)
         self.ledger = ledger or RoundLedger()
         self.dropout = dropout or DropoutPlan()
+        self.stragglers = stragglers or Stragglers()
         #: Bumped on every (re)connection: results of an older connection's task are stale.
         self.generation = 0
         self.done = False
@@ -365,7 +367,8 @@ class WorkerSession:
             return TrainResult(job.generation, task.round_id, Error(code.value, message, task.round_id).to_frames())
 
         try:
-            update, metrics = fit(dict(task.weights), self.data.x, self.data.y, task.config, job.seed)
+            config = self._straggle(task, job.seed)
+            update, metrics = fit(dict(task.weights), self.data.x, self.data.y, config, job.seed)
         except (ValueError, TypeError) as exc:
             # A bad TASK (unknown option, wrong model) is the broker's problem: tell it, keep serving.
             log.error("%s: cannot train round %d: %s", wid, task.round_id, exc)
@@ -387,6 +390,19 @@ class WorkerSession:
         summary = (f"loss {metrics.get('loss', float('nan')):.4f}, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
                    f"{metrics.get('train_s', 0.0):.2f} s on {len(self.data.y)} examples")
         return TrainResult(job.generation, task.round_id, payload, hold_s, summary)
+
+    def _straggle(self, task: Task, seed: int) -> dict[str, Any]:
+        """The TASK's config, with fewer local epochs if this worker is a simulated straggler this round."""
+        train = task.config.get("train")
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        if not isinstance(train, dict) or not isinstance(epochs, int) or isinstance(epochs, bool):
+            return task.config  # a malformed TASK: the trainer refuses it with the reason
+        fewer = self.stragglers.epochs(task.cohort_index, task.cohort_size, epochs, seed)
+        if fewer == epochs:
+            return task.config
+        log.info("%s: simulated straggler in round %d: %d of %d local epochs", self.worker_id, task.round_id,
+                 fewer, epochs)
+        return {**task.config, "train": {**train, "epochs": fewer}}
 
     def on_trained(self, result: TrainResult) -> list[Action]:
         """A training job's result is ready (back on the I/O thread)."""

@@ -1,4 +1,4 @@
-"""Simulation-only behaviour of a worker: vanishing at a chosen protocol stage, and slow devices.
+"""Simulation-only behaviour of a worker: vanishing at a chosen protocol stage, stragglers, slow devices.
 
 ``fl simulate`` uses these to exercise dropouts and stragglers with the real worker code; a real worker
 (``flworker``) never sets them.
@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DROPOUT_STAGES", "DropoutPlan", "SlowDevices"]
+__all__ = ["DROPOUT_STAGES", "DropoutPlan", "SlowDevices", "Stragglers"]
 
 #: Where a simulated dropout can happen: on receiving the TASK, or a secure round's later stages.
 DROPOUT_STAGES = ("task", "roster", "shares", "consistency", "unmask")
@@ -33,6 +34,28 @@ class DropoutPlan:
 
     def vanishes(self, stage: str, cohort_index: int, cohort_size: int) -> bool:
         return stage == self.stage and cohort_index < round(self.rate * cohort_size)
+
+
+@dataclass(frozen=True)
+class Stragglers:
+    """The stragglers of FedProx's systems heterogeneity (Li et al., MLSys 2020, §5.2, and their trainers):
+    the workers at the first ``round(rate * cohort_size)`` positions of a round's cohort (the positions a
+    :class:`DropoutPlan` of the same rate would drop) train fewer local epochs than the TASK asks for,
+    uniform in 1..E-1 (as ``np.random.randint(1, E)`` there; 1 when E is 1), and still answer. Their FedAvg
+    drops the stragglers instead: that is a dropout of the same rate. The epoch count is drawn from the
+    training seed, so a seeded simulation repeats. Raises ``ValueError`` for a rate outside [0, 1]."""
+
+    rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"straggler rate must be in [0, 1], got {self.rate!r}")
+
+    def epochs(self, cohort_index: int, cohort_size: int, epochs: int, seed: int) -> int:
+        """The local epochs the worker at ``cohort_index`` trains when the TASK asks for ``epochs``."""
+        if epochs <= 1 or cohort_index >= round(self.rate * cohort_size):
+            return epochs
+        return random.Random(f"straggler/{seed}").randrange(1, epochs)
 
 
 @dataclass(frozen=True)
