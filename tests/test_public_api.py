@@ -73,6 +73,7 @@ def test_public_names_sees_what_a_package_binds() -> None:
     assert public_names(package) == {"Any", "X", "lazy"}
 
 
+@pytest.mark.network  # a fresh interpreter
 def test_broker_package_does_not_need_mlx() -> None:
     code = ("import sys; import federated.broker.coordinator, federated.broker.loop, federated.broker.service;"
             "assert not any(m == 'mlx' or m.startswith('mlx.') for m in sys.modules), 'mlx imported'")
@@ -80,6 +81,7 @@ def test_broker_package_does_not_need_mlx() -> None:
 
 
 @pytest.mark.skipif(not SNIPPETS.is_dir(), reason="shared/seed/snippets is not beside this checkout")
+@pytest.mark.network
 @pytest.mark.parametrize("snippet", ["client_quickstart.py", "byzantine.py", "compression.py"])
 def test_seed_snippet_runs_as_written(snippet: str) -> None:
     proc = subprocess.run([sys.executable, snippet], cwd=SNIPPETS, capture_output=True, text=True, timeout=120,

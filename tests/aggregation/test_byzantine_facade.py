@@ -97,6 +97,7 @@ def test_bad_configuration_is_rejected_up_front() -> None:
 
 
 @pytest.mark.skipif(not (SNIPPETS / "byzantine.py").is_file(), reason="the seed snippets are not beside this checkout")
+@pytest.mark.network  # the snippet in a process of its own
 def test_seed_snippet_runs_as_written() -> None:
     proc = subprocess.run([sys.executable, "byzantine.py"], cwd=SNIPPETS, capture_output=True, text=True,
                           timeout=120, check=False)

@@ -300,6 +300,7 @@ def test_readonly_sees_concurrent_writer_commits(tmp_path: Path) -> None:
         assert reader.last_complete_round() == 1
 
 
+@pytest.mark.network  # the reader is a process of its own
 def test_reader_in_another_process_while_broker_holds_the_store(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     code = textwrap.dedent(f"""

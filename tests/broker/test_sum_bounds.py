@@ -207,6 +207,7 @@ def test_honest_sums_at_every_bound_are_kept(seed: int) -> None:
     assert decode_round(_sum(small), params, SECURE_WEIGHTS, inputs=n).weight == n
 
 
+@pytest.mark.slow  # 1,800 Skellam shares at mu = 8.8e12, each drawn exactly in 880 passes: minutes
 def test_honest_noisy_sums_are_kept_and_the_noise_tail_is_what_it_says() -> None:
     # Distributed DP: n weight-1 inputs at the clip, all aligned, plus each worker's Skellam share. Over
     # 300 such sums none is refused (each would be with probability <= 1e-9). The same sum with its

@@ -42,6 +42,7 @@ def run(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_plot_writes_a_non_trivial_png(store_path: Path, tmp_path: Path) -> None:
     import matplotlib.image
 

@@ -11,6 +11,7 @@ from support import run_fl
 from federated.cli.exit_codes import CONFIG_ERROR
 
 
+@pytest.mark.network  # fl in a process of its own
 @pytest.mark.parametrize(("args", "reason"), [
     (("--num-clients", "1000"), "cannot give 1000 clients at least 2 each"),  # digits: 1,437 training samples
     (("--dataset", "npz:/nonexistent"), "/nonexistent"),

@@ -117,6 +117,7 @@ def test_decompress_rejects_inconsistent_metadata() -> None:
 
 
 @pytest.mark.skipif(not (SNIPPETS / "compression.py").is_file(), reason="seed snippets not beside checkout")
+@pytest.mark.network  # the snippet in a process of its own
 def test_seed_snippet_runs_as_written() -> None:
     proc = subprocess.run([sys.executable, "compression.py"], cwd=SNIPPETS, capture_output=True, text=True,
                           timeout=120, check=False)

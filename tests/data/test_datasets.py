@@ -60,6 +60,7 @@ def test_digits_parse_is_cached_and_read_only() -> None:
     assert load_dataset("digits")[0].x[0, 0] != 123.0
 
 
+@pytest.mark.network  # a fresh interpreter
 def test_loading_digits_does_not_import_sklearn_or_mlx() -> None:
     code = (
         "import sys\n"

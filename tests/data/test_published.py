@@ -19,6 +19,7 @@ from federated.data import DataError, Dataset, check_dataset_spec, load_dataset,
 # ----------------------------------------------------------------------------------------------- MNIST-1D
 
 
+@pytest.mark.slow  # generates MNIST-1D with its reference recipe (about 5 s)
 def test_mnist1d_is_the_canonical_set() -> None:
     train, test = load_dataset("mnist1d")
     assert (len(train), len(test)) == (4000, 1000)
@@ -50,6 +51,7 @@ def test_mnist1d_ignores_seed_and_callers_get_copies() -> None:
     assert load_dataset("mnist1d")[0].x[0, 0] != 123.0
 
 
+@pytest.mark.slow
 def test_mnist1d_n_uses_the_same_recipe_and_split() -> None:
     train, test = load_dataset("mnist1d:200")
     assert (len(train), len(test)) == (160, 40)
@@ -75,6 +77,8 @@ def test_bad_mnist1d_specs_name_the_spec(spec: str) -> None:
         check_dataset_spec(spec)
 
 
+@pytest.mark.network  # a fresh interpreter
+@pytest.mark.slow
 def test_loading_mnist1d_does_not_import_mlx() -> None:
     code = ("import sys\nfrom federated.data import load_dataset\nload_dataset('mnist1d:100')\n"
             "print('mlx' in sys.modules)\n")

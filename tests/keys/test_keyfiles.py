@@ -352,6 +352,7 @@ def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, server_key: byte
     return sock
 
 
+@pytest.mark.network  # a ROUTER and DEALERs over TCP on 127.0.0.1
 @pytest.mark.timeout(20)
 def test_curve_admits_only_enrolled_workers(tmp_path: Path, broker_dir: Path) -> None:
     alice_pub, alice_secret = make_worker(tmp_path, "alice")

@@ -86,6 +86,7 @@ def test_an_unenrolled_key_gets_no_message_accepted(tmp_path: Path, keys_dir: Pa
     assert live.coordinator.registry.live_ids() == ["good"]
 
 
+@pytest.mark.slow  # waits a second for the answer that must not come
 def test_a_worker_pinning_the_wrong_broker_key_delivers_nothing(tmp_path: Path, keys_dir: Path,
                                                                  live: CurveBroker) -> None:
     impostor_keys = create_broker_keys(tmp_path / "other-broker")

@@ -45,7 +45,7 @@ from federated.protocol import (
 )
 from federated.worker.runner import model_config
 
-pytestmark = [pytest.mark.network, pytest.mark.slow]
+pytestmark = [pytest.mark.network]
 
 #: The fuzzing worker's id, and a second worker's that only makes up the round's cohort.
 FUZZ_ID, BYSTANDER_ID = "w0", "w1"

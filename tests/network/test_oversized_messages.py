@@ -218,7 +218,8 @@ def test_a_message_over_the_frame_limit_gets_an_error_and_changes_nothing(tmp_pa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard needs TCP_INFO")
-@pytest.mark.parametrize("curve", [True, False], ids=["curve", "plain"])
+@pytest.mark.parametrize("curve", [pytest.param(True, id="curve", marks=pytest.mark.slow),
+                                   pytest.param(False, id="plain")])
 def test_honest_traffic_is_credited_to_the_byte(curve: bool) -> None:
     """Thousands of frames of every size leave what the guard counts as held where it was, give or take
     ZMTP heartbeats: not one byte a frame more (honest workers would drift towards the cut) nor less (an
@@ -294,6 +295,7 @@ for _ in range(40):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guard needs TCP_INFO")
+@pytest.mark.slow
 def test_the_guard_stops_while_connections_come_and_go() -> None:
     subprocess.run([sys.executable, "-c", STOP_RACE], check=True, timeout=60)
 

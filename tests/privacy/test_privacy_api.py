@@ -23,6 +23,7 @@ def test_all_is_sorted_and_every_name_resolves() -> None:
         federated.privacy.nope  # noqa: B018
 
 
+@pytest.mark.network  # a fresh interpreter
 def test_import_loads_neither_mlx_nor_dp_accounting() -> None:
     # The broker imports this package and must not need MLX; a worker should not pay for SciPy.
     code = ("import sys; import federated.privacy as p; p.PrivacyBudgetTracker; p.noise_rng; "
@@ -32,6 +33,7 @@ def test_import_loads_neither_mlx_nor_dp_accounting() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.mark.network
 @pytest.mark.slow  # a fresh interpreter that loads dp_accounting and SciPy: ~3 s
 def test_accounting_without_mlx() -> None:
     code = ("import sys; from federated.privacy import DifferentialPrivacyManager as M; "
@@ -41,7 +43,8 @@ def test_accounting_without_mlx() -> None:
 
 
 @pytest.mark.skipif(not SNIPPETS.is_dir(), reason="shared/seed/snippets is not beside this checkout")
-@pytest.mark.parametrize("snippet", ["privacy_dp.py", "privacy_budget.py"])
+@pytest.mark.network
+@pytest.mark.parametrize("snippet", [pytest.param("privacy_dp.py", marks=pytest.mark.slow), "privacy_budget.py"])
 def test_seed_snippet_runs_as_written(snippet: str) -> None:
     proc = subprocess.run([sys.executable, snippet], cwd=SNIPPETS, capture_output=True, text=True,
                           timeout=120, check=False)

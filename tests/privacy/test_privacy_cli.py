@@ -30,7 +30,7 @@ def _library(kind: str, q: float, sigma: float, steps: int, delta: float) -> flo
     ("rdp", 0.2, 0.7, 25, 1e-6),
     ("rdp", 1.0, 3.0, 4, 1e-5),
     ("pld", 0.01, 1.1, 1000, 1e-5),
-    ("pld", 0.2, 0.9, 25, 1e-6),
+    pytest.param("pld", 0.2, 0.9, 25, 1e-6, marks=pytest.mark.slow),
 ])
 def test_epsilon_json_agrees_with_dp_accounting(
     kind: str, q: float, sigma: float, steps: int, delta: float

@@ -45,7 +45,6 @@ def step_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return count
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("epochs", "q"), [(1, 0.25), (2, 0.3), (3, 0.15)])
 def test_worker_steps_equal_the_steps_the_broker_charges(epochs: int, q: float, step_counter: list[int]) -> None:
     description = model_config("mlp", (4,), 3)

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -95,6 +96,7 @@ def test_arbitrary_header_bytes_after_a_valid_prefix(kind: bytes, header: bytes,
     check([VERSION, kind, header, *rest])
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.sampled_from(KINDS), st.dictionaries(st.text(max_size=12), json_values, max_size=8),
        st.lists(st.binary(max_size=32), max_size=5))

@@ -139,6 +139,7 @@ def test_bad_task_is_reported_not_fatal(port: int, ctx: zmq.Context[zmq.Socket[b
         broker.close()
 
 
+@pytest.mark.slow
 def test_unknown_worker_error_makes_it_announce_again(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = FakeBroker(port)
     loop = WorkerLoop([_client()], f"127.0.0.1:{port}", _fit, context=ctx)
