@@ -376,7 +376,8 @@ def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
     if x.dtype.kind not in "fiub":
         raise ValueError(f"x must hold numbers, got dtype {x.dtype}")
-    x32 = np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes Inf, refused just below
+        x32 = np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.float32)
     if not np.isfinite(x32).all():
         raise ValueError("x holds NaN or Inf (or values beyond float32)")
     if y.min() < 0 or y.max() > np.iinfo(np.int32).max:

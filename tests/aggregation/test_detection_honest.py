@@ -56,15 +56,20 @@ def honest_scores(seed: int) -> list[float]:
 
 
 def test_a_clean_default_like_run_raises_no_suspicion_and_matches_the_null_model() -> None:
-    """No score above the default threshold, and the margin: worker-rounds scoring above 2 may be at most
-    the count that the null model (P = 1 - Phi(2) each, 200 of them) exceeds with probability 1e-6. So
-    the test fails if honest scores are more extreme than the calibration assumes, not by bad luck.
+    """Honest scores are no more extreme than the null model says, at two levels: worker-rounds above the
+    default threshold (P = 1 - Phi(3.5) each) and above 2 (P = 1 - Phi(2) each), 200 of each, may be at
+    most the counts the null model exceeds with probability 1e-6. So the test fails if honest scores are
+    more extreme than the calibration assumes, not by bad luck.
 
-    The run is seeded. Were it not, the null model would still give it a false alarm with probability
-    at most 200 (1 - Phi(3.5)) = 4.6%; over 20 seeds of ``fl simulate`` there was none (README)."""
+    The training is seeded but not bit-reproducible run to run (MLX on the CPU), so "no score above the
+    threshold" would fail by chance: 200 (1 - Phi(3.5)) = 4.6% of runs under the null model (a run did,
+    with 3.60). Over 20 seeds of ``fl simulate`` no default run raised a suspicion (README)."""
     scores = honest_scores(seed=0)
     assert len(scores) == WORKERS * ROUNDS
-    assert max(scores) <= DEFAULT_THRESHOLD, sorted(scores)[-5:]
+    above = 1 - NormalDist().cdf(DEFAULT_THRESHOLD)
+    # At most this many suspicions in the run; failure probability under the null <= 1e-6.
+    assert sum(s > DEFAULT_THRESHOLD for s in scores) <= _binomial_upper(len(scores), above, 1e-6), \
+        sorted(scores)[-5:]
     p = 1 - NormalDist().cdf(2.0)
     assert sum(s > 2.0 for s in scores) <= _binomial_upper(len(scores), p, 1e-6), sorted(scores)[-10:]
     assert all(math.isfinite(s) and s >= 0 for s in scores)
