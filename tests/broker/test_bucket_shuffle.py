@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
+from support.randomness import refuse_statistical_rng
 
 from federated.broker.planning import assign_buckets
 
@@ -22,25 +21,10 @@ COHORT = [f"w{i:02d}" for i in range(20)]
 SIZE = 5
 
 
-def _refuse(name: str) -> Callable[..., Any]:
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"{name} was used: bucket shuffling must come from the OS CSPRNG")
-    return refuse
-
-
 @pytest.fixture
 def no_statistical_rng(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Python's ``random`` (module functions and ``Random`` objects, not ``SystemRandom``) and NumPy's
-    generators raise if used."""
-    # Methods of existing and new Random instances; SystemRandom overrides these two with os.urandom.
-    for name in ("random", "getrandbits"):
-        monkeypatch.setattr(random.Random, name, _refuse(f"random.Random.{name}"))
-    for name in ("random", "getrandbits", "randbytes", "randint", "randrange", "shuffle", "sample", "choice",
-                 "choices", "seed", "Random"):
-        monkeypatch.setattr(random, name, _refuse(f"random.{name}"))
-    for name in ("default_rng", "Generator", "RandomState", "PCG64", "MT19937", "Philox", "SFC64", "SeedSequence",
-                 "shuffle", "permutation", "random", "rand", "randint", "choice", "seed", "bytes"):
-        monkeypatch.setattr(np.random, name, _refuse(f"numpy.random.{name}"))
+    """Python's ``random`` and NumPy's generators raise if used."""
+    refuse_statistical_rng(monkeypatch, "bucket shuffling must come from the OS CSPRNG")
 
 
 def _check(buckets: list[list[str]]) -> None:

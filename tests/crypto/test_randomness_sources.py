@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
+from support.randomness import refuse_statistical_rng
 
 from federated.crypto.params import SecAggParams, b_commitment
 from federated.crypto.primitives import generate_identity
@@ -31,26 +30,10 @@ IDS = ("w0", "w1", "w2", "w3", "w4")
 PARAMS = SecAggParams(threshold=3, degree=4, clip=1.0, weight_cap=1, frac_bits=0, n_max=5, vector_length=6)
 
 
-def _refuse(name: str) -> Callable[..., Any]:
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"{name} was used: secure aggregation must use the OS CSPRNG or `cryptography`")
-    return refuse
-
-
 @pytest.fixture
 def no_statistical_rng(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Python's ``random`` (module functions and ``Random`` objects, not ``SystemRandom``) and NumPy's
-    generators raise if used."""
-    # Methods of existing and new Random instances; SystemRandom overrides these two with os.urandom.
-    for name in ("random", "getrandbits"):
-        monkeypatch.setattr(random.Random, name, _refuse(f"random.Random.{name}"))
-    for name in ("random", "getrandbits", "randbytes", "randint", "randrange", "shuffle", "sample", "choice",
-                 "choices", "seed", "Random"):
-        monkeypatch.setattr(random, name, _refuse(f"random.{name}"))
-    for name in ("default_rng", "Generator", "RandomState", "PCG64", "MT19937", "Philox", "SFC64", "SeedSequence",
-                 "shuffle", "permutation", "random", "rand", "randint", "integers", "choice", "seed", "bytes"):
-        if hasattr(np.random, name):
-            monkeypatch.setattr(np.random, name, _refuse(f"numpy.random.{name}"))
+    """Python's ``random`` and NumPy's generators raise if used."""
+    refuse_statistical_rng(monkeypatch, "secure aggregation must use the OS CSPRNG or `cryptography`")
 
 
 def _round(inputs: dict[str, np.ndarray], vanish: str) -> SecAggBroker:
