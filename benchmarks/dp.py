@@ -65,11 +65,18 @@ CENTRAL = {"--num-clients": "10", "--num-rounds": "5", "--local-epochs": "5", "-
 CENTRAL_WORKS = {**CENTRAL, "--num-clients": "100", "--num-rounds": "10", "--local-epochs": "10"}
 
 
+def common(flags: dict[str, str]) -> dict[str, str]:
+    """The flags every run shares; without DP the accounting flags are left out (fl refuses them)."""
+    if flags.get("--dp") == "none":
+        return {k: v for k, v in COMMON.items() if k not in ("--delta", "--accountant")}
+    return COMMON
+
+
 def simulate(tmp: Path, flags: dict[str, str]) -> dict[str, Any]:
     """One ``fl simulate --json`` run: its JSON result, ``returncode`` and the stderr lines that matter."""
     store = tmp / f"run-{len(list(tmp.iterdir()))}" / "store.db"
     args = [sys.executable, "-m", "federated.cli.main", "simulate", "--json", "--store", str(store)]
-    for flag, value in {**COMMON, **flags}.items():
+    for flag, value in {**common(flags), **flags}.items():
         args += [flag, value]
     out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=1800, cwd=ROOT)
     lines = out.stdout.strip().splitlines()
@@ -133,7 +140,7 @@ def run_case(tmp: Path, case: str, config: str, flags: dict[str, str], target: f
         "rounds": [r.get("num_rounds") for r in results],
         "failed_rounds": sum(r.get("failed_rounds") or 0 for r in results),
         "reason": last.get("reason"), "wall_s": _round(statistics.mean(walls), 2) if walls else None,
-        "settings": {k.removeprefix("--"): v for k, v in {**COMMON, **flags}.items()},
+        "settings": {k.removeprefix("--"): v for k, v in {**common(flags), **flags}.items()},
     }
     if flags.get("--dp") == "record":
         q = float(flags["--dp-sampling-rate"])
@@ -156,8 +163,9 @@ def private(base: dict[str, str], mode: str, epsilon: float) -> dict[str, str]:
 
 
 def non_private(base: dict[str, str]) -> dict[str, str]:
-    # --dp none accepts the DP flags and ignores them; leave them out so the line shows what was used.
-    return {"--dp": "none", **{k: v for k, v in base.items() if not k.startswith("--dp")}}
+    # --dp none refuses the DP flags (they would be ignored): leave out every one of them.
+    dp_flags = ("--dp", "--delta", "--accountant", "--noise-multiplier", "--privacy-budget")
+    return {"--dp": "none", **{k: v for k, v in base.items() if not k.startswith(dp_flags)}}
 
 
 def dp_step(quick: bool) -> None:
