@@ -4,7 +4,8 @@ Every mode arrives here as flat float32 vectors in :func:`~federated.aggregation
 plain round's updates as the rows of one matrix, a secure round's buckets as decoded means. On them:
 
 - central differential privacy (:func:`federated.privacy.central.central_mean`): clip, sum, noise,
-  divide by the planned cohort; no weights, no detection, no robust rule;
+  divide by the planned cohort (its expected size under Poisson sampling); no weights, no detection, no
+  robust rule;
 - detection (plain rounds): every worker scored, the suspects logged and recorded;
 - the rule: the sample-weighted mean, or a robust rule, over the rows or, with bucketing, over random
   bucket means (a secure round's buckets are its own);
@@ -102,7 +103,7 @@ class Aggregator:
         privacy = self.privacy
         if privacy is not None and privacy.mode == "central":
             return Aggregate(central_mean(rows, clip=privacy.current_clip, sigma=privacy.update_sigma,
-                                          planned=self.config.clients_per_round, clipper=privacy.clipper))
+                                          planned=privacy.expected_cohort, clipper=privacy.clipper))
         suspects: tuple[str, ...] = ()
         if agg.detect and len(ids) >= 3:
             detection = detect_byzantine_clients(rows, ids, threshold=agg.detect_threshold,

@@ -30,7 +30,14 @@ from federated.broker.admission import Admission, Refusal
 from federated.broker.aggregate import Aggregate, Aggregator
 from federated.broker.collector import ActiveRound, Collected, Collector, no_round
 from federated.broker.plain_round import PlainRound
-from federated.broker.planning import STAGE_TRAIN, RoundPlan, candidates, plan_round, waiting_for
+from federated.broker.planning import (
+    STAGE_TRAIN,
+    RoundPlan,
+    candidates,
+    fewest_to_start,
+    plan_round,
+    waiting_for,
+)
 from federated.broker.records import build_record
 from federated.broker.registry import WorkerRegistry
 from federated.broker.resume import restore, resume_arrays, resume_payload
@@ -101,7 +108,7 @@ class Coordinator:
         #: Ed25519 identity keys pinned at each worker's first HELLO (they sign secure-aggregation keys).
         self.identities = self.admission.identities
         self.rng = random.Random(config.seed)
-        self.selector = Selector(config.selection, self.rng)
+        self.selector = Selector(config.selection, self.rng, sampling_rate=config.client_sampling_rate)
         self._codec = make_codec(config.compression) if config.compression != "none" else None
         # What the codec becomes under secure aggregation (shared coordinates, ring width), once.
         self._secure_codec = config.secure_plan() if config.secure.enabled else None
@@ -279,6 +286,13 @@ class Coordinator:
             return []
         size = min(cfg.clients_per_round, len(live))
         sample = self.selector.select(live, size, self.next_round_id)
+        fewest = fewest_to_start(cfg)
+        if len(sample) < fewest:  # only a Poisson sample can be this small
+            if now - self._last_size_warning > 10.0:
+                self._last_size_warning = now
+                log.info("round %d: a Poisson sample of %d workers is below the %d a round needs; not run "
+                         "(nothing released or charged), drawing again", self.next_round_id, len(sample), fewest)
+            return []
         try:
             plan = plan_round(cfg, self.next_round_id, sample, weights=self.weights, run_id=self.run_id,
                               model_config=self.task_config, privacy=self.privacy,
@@ -311,6 +325,8 @@ class Coordinator:
             if self.store is not None:
                 self.store.count_worker(wid, "rounds_selected")
         log.info("round %d started with %d workers", plan.round_id, len(plan.cohort))
+        if not plan.cohort:  # an empty Poisson sample under central DP: the noise alone, released now
+            out += self._maybe_finish(now)
         return out
 
     def _collector(self, plan: RoundPlan, now: float) -> Collector:

@@ -19,7 +19,7 @@ from federated.aggregation import check_compatible
 from federated.aggregation.vectors import flatten_into
 from federated.broker.admission import Refusal
 from federated.broker.collector import Collected, too_few
-from federated.broker.planning import STAGE_TRAIN, RoundPlan
+from federated.broker.planning import STAGE_TRAIN, RoundPlan, fewest_to_start
 from federated.compression import Codec, Compressed
 from federated.config import FederatedConfig
 from federated.protocol import ErrorCode, Update
@@ -44,7 +44,9 @@ class PlainRound:
         self.rows = rows
         self.reference = reference
         self.codec = codec
-        self.min_clients = config.min_clients
+        # DP-FedAvg with Poisson sampling releases every round it started, however few answered (the noise
+        # does not depend on their number; a failed round would reveal it): see planning.fewest_to_start.
+        self.min_clients = config.min_clients if fewest_to_start(config) else 0
         self._deadline = now + plan.timeout_s
         self._row_of = {w: i for i, w in enumerate(sorted(plan.cohort))}
         self._pending = set(plan.cohort)

@@ -26,8 +26,8 @@ from federated.crypto.params import SecAggParams
 from federated.privacy.ledger import PrivacyLedger
 from federated.protocol import Task
 
-__all__ = ["STAGE_TRAIN", "RoundPlan", "assign_buckets", "candidates", "compression_seed", "plan_round",
-           "vector_length", "waiting_for"]
+__all__ = ["STAGE_TRAIN", "RoundPlan", "assign_buckets", "candidates", "compression_seed", "fewest_to_start",
+           "plan_round", "vector_length", "waiting_for"]
 
 #: The stage of a TASK and of the UPDATE that answers it, in plain and secure rounds alike (the
 #: secure-aggregation stages that follow are :class:`federated.protocol.Stage`).
@@ -131,6 +131,20 @@ def waiting_for(config: FederatedConfig, live: Sequence[str], identities: Mappin
         what = (f"{keyed} live workers with identity keys; a secure round needs at least "
                 f"{max(config.min_clients, 3)}")
     return what
+
+
+def fewest_to_start(config: FederatedConfig) -> int:
+    """The fewest selected workers a round is started with; a smaller sample (only a Poisson sample can be
+    one) is not run: no TASK leaves, nothing is released or charged, and a new sample is drawn.
+
+    Central DP with Poisson sampling: 0. DP-FedAvg releases every round it draws, whatever the sample's
+    size (an empty one releases noise alone); not running a small sample would reveal its size, which
+    amplification by sampling must keep secret. Otherwise ``min_clients`` (a round with fewer would fail
+    anyway), and at least 3 under secure aggregation (with 2, each learns the other's input).
+    """
+    if config.selection == "poisson" and config.privacy.mode == "central":
+        return 0
+    return max(config.min_clients, 3) if config.secure.enabled else config.min_clients
 
 
 def plan_round(config: FederatedConfig, round_id: int, sample: Sequence[str], *,

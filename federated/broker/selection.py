@@ -8,6 +8,11 @@
   round duration T (the ``quantile`` of recent response times); an ``exploration`` share of the cohort goes
   to workers never measured, and a fairness floor forces in any worker not selected for ``max_skip``
   rounds, so no worker starves.
+- ``poisson``: Poisson sampling, DP-FedAvg's (McMahan et al. 2018): every live worker joins independently
+  with probability ``sampling_rate``, so the cohort's size is random (``k`` is ignored). The draws come from
+  the OS CSPRNG (:class:`secrets.SystemRandom`), never from the broker's seeded generator: amplification
+  by sampling needs the sample to be secret, and a ``random.Random(seed)`` is predictable to anyone who
+  knows the seed.
 
 All strategies choose only among the live workers they are given. Times in seconds.
 """
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["SELECTIONS", "Selector", "WorkerStats"]
 
-SELECTIONS = ("random", "performance", "adaptive")
+SELECTIONS = ("random", "performance", "adaptive", "poisson")
 
 
 @dataclass
@@ -41,13 +47,22 @@ class WorkerStats:
 
 
 class Selector:
-    """Picks ``k`` of the live workers each round with ``strategy`` (one of ``SELECTIONS``)."""
+    """Picks ``k`` of the live workers each round with ``strategy`` (one of ``SELECTIONS``); ``poisson``
+    picks each live worker with probability ``sampling_rate`` instead (required for it, in (0, 1]).
+
+    Raises ValueError for an unknown strategy or a missing or out-of-range ``sampling_rate``.
+    """
 
     def __init__(self, strategy: str, rng: random.Random, *, exploration: float = 0.2, alpha: float = 2.0,
-                 quantile: float = 0.5, max_skip: int = 20) -> None:
+                 quantile: float = 0.5, max_skip: int = 20, sampling_rate: float | None = None) -> None:
         if strategy not in SELECTIONS:
             raise ValueError(f"selection {strategy!r} is not one of {', '.join(SELECTIONS)}")
+        if strategy == "poisson" and not (sampling_rate is not None and 0.0 < sampling_rate <= 1.0):
+            raise ValueError(f"selection poisson needs a sampling rate in (0, 1], got {sampling_rate!r}")
         self.strategy, self.rng = strategy, rng
+        self.sampling_rate = sampling_rate
+        # Poisson draws: the OS CSPRNG, never ``rng`` (see the module docstring).
+        self._secret = secrets.SystemRandom()
         self.exploration, self.alpha, self.quantile, self.max_skip = exploration, alpha, quantile, max_skip
         self.stats: dict[str, WorkerStats] = {}
 
@@ -67,9 +82,13 @@ class Selector:
         self.stats = stats
 
     def select(self, live: Sequence[str], k: int, round_id: int) -> list[str]:
-        """``min(k, len(live))`` distinct workers from ``live``."""
+        """``min(k, len(live))`` distinct workers from ``live``; under ``poisson``, each of ``live`` with
+        probability ``sampling_rate`` (any number of them, none included)."""
         k = min(k, len(live))
-        if self.strategy == "random" or k == len(live):
+        if self.strategy == "poisson":
+            assert self.sampling_rate is not None  # checked in __init__
+            chosen = self.poisson_sample(live, self.sampling_rate)
+        elif self.strategy == "random" or k == len(live):
             chosen = self.rng.sample(list(live), k)
         elif self.strategy == "performance":
             chosen = self._performance(live, k)
@@ -78,6 +97,14 @@ class Selector:
         for wid in chosen:
             self.stats_of(wid).last_selected = round_id
         return chosen
+
+    def poisson_sample(self, live: Sequence[str], q: float) -> list[str]:
+        """Each of ``live`` independently with probability ``q``, drawn from the OS CSPRNG.
+
+        ``random()`` is uniform on multiples of 2^-53, so each worker joins with probability
+        ``ceil(q * 2^53) / 2^53``: ``q`` to within 1.2e-16 (and exactly 1 at ``q = 1``).
+        """
+        return [w for w in live if self._secret.random() < q]
 
     def _performance(self, live: Sequence[str], k: int) -> list[str]:
         explore = self.rng.sample(list(live), max(1, k // 4))

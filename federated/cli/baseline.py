@@ -2,7 +2,8 @@
 
 The comparison is kept honest: same data set, same test split, same initial model (same seed), same
 optimizer settings, and at least as many passes over the data as the federated run makes
-(``ceil(num_rounds * local_epochs * clients_per_round / num_clients)`` epochs), so the gap between
+(``ceil(num_rounds * local_epochs * clients_per_round / num_clients)`` epochs; under Poisson sampling the
+expected cohort ``client_sampling_rate * num_clients`` stands for ``clients_per_round``), so the gap between
 federated and central training is never flattered by an under-trained baseline.
 """
 
@@ -25,7 +26,7 @@ __all__ = ["baseline_command", "run_baseline"]
 
 def baseline_epochs(config: FederatedConfig) -> int:
     """Epochs over the union that match the federated run's passes over the data (rounded up)."""
-    passes = config.num_rounds * config.training.local_epochs * config.clients_per_round / config.num_clients
+    passes = config.num_rounds * config.training.local_epochs * config.expected_cohort / config.num_clients
     return max(1, math.ceil(passes))
 
 

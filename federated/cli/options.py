@@ -31,6 +31,7 @@ FLAG_TO_KEY = {
     "partition": "partition",
     "model": "model",
     "selection": "selection",
+    "client_sampling_rate": "client_sampling_rate",
     "privacy_budget": "privacy_budget",
     "compression": "compression",
     "local_epochs": "training.local_epochs",
@@ -72,7 +73,10 @@ _OPTIONS = [
                                    "npz:DIR"),
     click.option("--partition", help="iid | dirichlet:ALPHA | natural (one client per device: leaf-synthetic)"),
     click.option("--model", help="mlp | cnn | cnn1d | logistic | MODULE:FACTORY"),
-    click.option("--selection", help="Client selection: random | performance | adaptive"),
+    click.option("--selection", help="Client selection: random | performance | adaptive | poisson (each client "
+                                     "joins a round with probability --client-sampling-rate)"),
+    click.option("--client-sampling-rate", type=float, help="Selection poisson: the rate q at which each client "
+                                                            "joins a round (expected cohort q x num-clients)."),
     click.option("--local-epochs", type=int, help="Local epochs per round."),
     click.option("--batch-size", type=int, help="Local mini-batch size."),
     click.option("--learning-rate", type=float, help="Local learning rate."),

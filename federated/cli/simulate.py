@@ -111,6 +111,8 @@ def _print_summary(result: dict[str, Any]) -> None:
         click.echo(f"differential privacy ({privacy['mode']}): epsilon {privacy['epsilon']:.4g} at delta "
                    f"{privacy['delta']:g} ({privacy['accountant']} accountant); noise multiplier "
                    f"{privacy['noise_multiplier']:.4g} ({how})")
+        if privacy.get("guarantee"):
+            click.echo(f"  what it protects: {privacy['guarantee']}")
 
 
 def speed_factors(num_clients: int, seed: int) -> dict[str, float]:

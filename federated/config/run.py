@@ -16,7 +16,7 @@ from federated.data import DataError, check_dataset_spec, parse_partition
 
 __all__ = ["BUILTIN_MODELS", "SELECTIONS", "FederatedConfig"]
 
-SELECTIONS = ("random", "performance", "adaptive")
+SELECTIONS = ("random", "performance", "adaptive", "poisson")
 #: The built-in model specs (federated.models builds them; naming them here keeps MLX out of the config).
 BUILTIN_MODELS = ("mlp", "cnn", "cnn1d", "logistic")
 
@@ -31,6 +31,11 @@ class FederatedConfig:
     ``None`` so that a later override of ``num_clients`` re-resolves them.
     ``privacy_budget`` is the total epsilon allowed at ``privacy.delta`` (``None``: no budget): the broker
     does not start a round whose release would exceed it.
+    ``selection`` "poisson" draws each round's cohort by Poisson sampling: every live worker joins
+    independently with probability ``client_sampling_rate`` (q), from the OS CSPRNG, so the cohort's size
+    is random with mean ``q * num_clients`` and ``clients_per_round`` is every client (the largest cohort
+    possible). Under central DP this is DP-FedAvg's sampling (McMahan et al. 2018) and is accounted with
+    amplification by sampling (:mod:`federated.privacy.ledger`).
     """
 
     num_clients: int = 10
@@ -42,6 +47,7 @@ class FederatedConfig:
     partition: str = "iid"
     model: str = "mlp"
     selection: str = "random"
+    client_sampling_rate: float | None = None
     privacy_budget: float | None = None
     compression: str = "none"
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -92,6 +98,7 @@ class FederatedConfig:
             raise ConfigError("model", f"{self.model!r} is not one of {', '.join(BUILTIN_MODELS)}, MODULE:FACTORY")
         if self.selection not in SELECTIONS:
             raise ConfigError("selection", f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        self._validate_sampling()
         if self.privacy_budget is not None:
             number("privacy_budget", self.privacy_budget, 0.0, 1e6, open_lo=True)
         for name, cls in (("training", TrainingConfig), ("broker", BrokerConfig)):
@@ -122,6 +129,31 @@ class FederatedConfig:
             self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round), ring_bits=ring_bits)
         else:
             self.secure.validate(self.clients_per_round, ring_bits=ring_bits)
+
+    def _validate_sampling(self) -> None:
+        if self.selection != "poisson":
+            if self.client_sampling_rate is not None:
+                raise ConfigError("client_sampling_rate", (
+                    f"is the Poisson rate of selection poisson; with selection {self.selection!r} leave it unset "
+                    f"(null), or choose selection poisson"))
+            return
+        if self.client_sampling_rate is None:
+            raise ConfigError("client_sampling_rate", "selection poisson needs it: a number in (0, 1], the "
+                                                      "probability that each client joins a round")
+        number("client_sampling_rate", self.client_sampling_rate, 0.0, 1.0, open_lo=True)
+        if self.clients_per_round != self.num_clients:
+            raise ConfigError("clients_per_round", (
+                f"with selection poisson every client may be drawn, so the largest cohort is num_clients "
+                f"({self.num_clients}); the expected cohort is client_sampling_rate x num_clients. Leave "
+                f"clients_per_round unset, got {self.clients_per_round}"))
+
+    @property
+    def expected_cohort(self) -> float:
+        """The mean size of a round's cohort: ``client_sampling_rate * num_clients`` under Poisson
+        sampling, ``clients_per_round`` otherwise. Central DP divides the noised sum by it."""
+        if self.selection == "poisson" and self.client_sampling_rate is not None:
+            return self.client_sampling_rate * self.num_clients
+        return float(self.clients_per_round)
 
     def _validate_privacy(self) -> None:
         if not isinstance(self.privacy, PrivacyConfig):

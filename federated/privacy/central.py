@@ -1,7 +1,9 @@
 """User-level central differential privacy (DP-FedAvg, McMahan et al. 2018, DESIGN §6): the broker sees
 each worker's update, clips it to L2 norm C, sums, adds N(0, (sigma C)^2) per coordinate and divides by
-the *planned* cohort size, so the released mean depends neither on how many workers answered nor on
-their sample counts (a sample-count weight would let one worker's influence exceed C).
+the *planned* cohort size (under Poisson client sampling, the expected one, q times the clients: the
+paper's fixed-denominator estimator), so the released mean depends neither on how many workers answered
+nor on their sample counts (a sample-count weight would let one worker's influence exceed C), and one
+worker moves it by at most C / planned.
 
 The release is accounted by :class:`~federated.privacy.ledger.PrivacyLedger`; with adaptive clipping,
 the norms seen move the clip for the next round through a noised count of their own
@@ -18,18 +20,20 @@ from federated.privacy.noise import noise_rng
 __all__ = ["central_mean"]
 
 
-def central_mean(updates: np.ndarray, *, clip: float, sigma: float, planned: int,
+def central_mean(updates: np.ndarray, *, clip: float, sigma: float, planned: float,
                  clipper: AdaptiveClipper | None = None) -> np.ndarray:
     """The released mean (float32) of ``updates``, one flat update per row (n, d), each clipped to
     ``clip``; Gaussian noise of std ``sigma * clip`` on the sum (drawn from :func:`noise_rng`); divided
-    by ``planned``. With a ``clipper``, its clip moves for the next round from these update norms.
+    by ``planned`` (a whole cohort size, or the expected size of a Poisson sample; ``updates`` may have no
+    rows: the noise alone is released). With a ``clipper``, its clip moves for the next round from these
+    update norms.
 
-    Raises ValueError for a bad ``clip``, a non-finite update, a negative ``sigma`` or ``planned`` < 1.
+    Raises ValueError for a bad ``clip``, a non-finite update, a negative ``sigma`` or ``planned`` <= 0.
     """
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
-    if planned < 1:
-        raise ValueError(f"the planned cohort must be at least 1, got {planned!r}")
+    if not planned > 0:
+        raise ValueError(f"the planned cohort must be positive, got {planned!r}")
     total = np.zeros(updates.shape[1], np.float64)
     norms = []
     for row in updates:

@@ -10,9 +10,19 @@ No amplification is claimed that the system does not provide:
   composed that many times. Every round is charged in full, as if every worker took part in all of them
   (a worker cannot tell whether it will be selected, and the broker does not promise to skip it).
 - ``central`` mode: user-level DP-FedAvg; the broker adds Gaussian noise of std ``sigma * clip`` to the sum
-  of updates each clipped to ``clip``, so one worker's whole contribution has sensitivity ``clip``. The cohort
-  is a fixed-size sample (not Poisson), so a round is charged as ``Gaussian(sigma)`` with q = 1: no
-  amplification by sampling is claimed. With adaptive clipping (Andrew et al. 2021) the broker also
+  of updates each clipped to ``clip``, so one worker's whole contribution has sensitivity ``clip``. With a
+  fixed-size cohort (selection random, performance, adaptive: not Poisson) a round is charged as
+  ``Gaussian(sigma)`` with q = 1: no amplification by sampling is claimed. With ``selection: poisson`` each
+  worker joins a round independently with probability q (``client_sampling_rate``, drawn from the OS
+  CSPRNG) and the noised sum is divided by the *expected* cohort ``q * num_clients``, never by the realised
+  count (which would depend on who took part), so a round is DP-FedAvg's (McMahan et al. 2018, Algorithm 1
+  with the fixed-denominator estimator) and is charged as ``PoissonSampled(q, Gaussian(sigma))``:
+  amplification by sampling. That guarantee holds against whoever sees only the released models; it
+  needs the sample to be secret, so it does not hold against the broker, which chooses the sample (it is
+  trusted in central mode anyway), nor against anyone who reads the round store, which lists each round's
+  participants. Every round started under Poisson central DP releases, whatever the sample's size (an
+  empty sample releases noise alone): skipping or failing a round for a small sample would reveal
+  something about its size, which the analysis does not cover. With adaptive clipping (Andrew et al. 2021) the broker also
   releases the count of unclipped updates with Gaussian noise of std ``sigma_b = max(cohort / 20, sigma)``
   and noises the update with ``sigma_update = (sigma^-2 - (2 sigma_b)^-2)^(-1/2)``; by the paper's
   Theorem 1 the pair is a Gaussian mechanism with noise multiplier ``sigma``, which is what is charged.
@@ -32,7 +42,14 @@ No amplification is claimed that the system does not provide:
   ``skellam_share`` splits such a mean, but at a cost of ``mu / 1e10`` passes). The coarser scale costs
   little: it enters the sensitivity only through the rounding term ``sqrt(dim)`` next to ``clip * 2^f``
   (``sigma * clip * 2^f`` stays above ~1.4e5, so a few parts in 10^4 at dim 4,810). What this protects:
-  the content of one worker's update; the broker still sees who took part.
+  the content of one worker's update; the broker still sees who took part. With ``selection: poisson``
+  the cohort is a Poisson sample, but the broker draws it and sees it, so against the broker there is no
+  amplification and the round is charged in full as before. Against those who see only the models an
+  amplified figure would hold, but dp-accounting has no Poisson-subsampled Skellam mechanism, and no
+  epsilon is reported that the library (or the Skellam bound above) did not compute; so the one epsilon
+  reported is the unamplified one, which holds against everyone, the broker included. A Poisson sample
+  too small for secure aggregation (fewer than ``max(min_clients, 3)``) is not run: no TASK leaves, nothing
+  is released and nothing is charged; the broker, who alone learns of it, knows the sample anyway.
 
 Adjacency, said plainly. ``record``: add or remove one training example of one worker (dp-accounting's
 Poisson-subsampled Gaussian). ``central``: add or remove one worker's update (the mean is divided by the
@@ -116,6 +133,10 @@ class PrivacyLedger:
         self.dim = dim
         #: Workers per round, and the fewest whose noise shares must already reach the accounted noise.
         self.planned, self.min_survivors = config.clients_per_round, smallest_revealed_sum(config)
+        #: Poisson client sampling's rate (None: a fixed-size cohort), and the mean cohort size: central
+        #: DP divides by it (``q * num_clients`` under Poisson, ``clients_per_round`` otherwise).
+        self.client_rate = config.client_sampling_rate if config.selection == "poisson" else None
+        self.expected_cohort = config.expected_cohort
         self.failure_prob = 1e-9 / config.num_rounds  # of a wrap, per secure sum
         self.mode: str = p.mode
         self.clip = p.clip
@@ -123,6 +144,9 @@ class PrivacyLedger:
         self.budget = config.privacy_budget
         if self.mode == "record":
             self.q, self.steps = p.sampling_rate, dpsgd_steps(config.training.local_epochs, p.sampling_rate)
+        elif self.amplified:
+            assert self.client_rate is not None
+            self.q, self.steps = self.client_rate, 1
         else:
             self.q, self.steps = 1.0, 1
         self.accountant = PrivacyAccountant(p.accountant)
@@ -146,7 +170,7 @@ class PrivacyLedger:
         self.clipper: AdaptiveClipper | None = None
         self.update_sigma = self.sigma
         if p.adaptive_clip and self.sigma > 0:
-            sigma_b = max(self.planned / 20.0, self.sigma)
+            sigma_b = max(self.expected_cohort / 20.0, self.sigma)
             self.clipper = AdaptiveClipper(p.clip, target_quantile=p.clip_quantile,
                                            learning_rate=p.clip_learning_rate, count_noise_std=sigma_b)
             self.update_sigma = update_noise_multiplier(self.sigma, sigma_b)
@@ -158,6 +182,28 @@ class PrivacyLedger:
         # Import dp-accounting (SciPy, 1-2 s) and check the first round now, at start-up: inside the
         # broker's loop it would stall heartbeats, and the workers would take the broker for dead.
         self.next_round_epsilon()
+
+    @property
+    def amplified(self) -> bool:
+        """Whether rounds are charged with amplification by (Poisson) client sampling: central DP with
+        selection poisson only."""
+        return self.mode == "central" and self.client_rate is not None
+
+    @property
+    def guarantee(self) -> str:
+        """What the reported epsilon protects and against whom, in one line."""
+        if self.mode == "record":
+            return ("record-level: one training example of a worker, against everyone (the broker included); "
+                    "every round charged in full, no amplification by client sampling")
+        if self.mode == "distributed":
+            return ("user-level: one worker's update, against everyone (the broker included); no amplification "
+                    "by sampling (the broker chooses and sees each cohort)")
+        if self.amplified:
+            return (f"user-level, amplified by Poisson client sampling at q={self.q:g}: one worker's data, "
+                    "against those who see only the released models; not against the trusted broker or "
+                    "readers of the round store, who see who took part")
+        return ("user-level: one worker's data, against everyone but the trusted broker; fixed-size cohort, "
+                "charged with q = 1 (no amplification)")
 
     # -- distributed (Skellam) mode --------------------------------------------------------------
 
@@ -251,12 +297,16 @@ class PrivacyLedger:
         return {"dp_clip": self.clip, "dp_noise_multiplier": self.sigma, "dp_sampling_rate": self.q}
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready figures: mode, sigma, whether it was calibrated, epsilon spent, delta, budget."""
+        """JSON-ready figures: mode, sigma, whether it was calibrated, epsilon spent, delta, budget, the
+        Poisson client-sampling rate (None: a fixed-size cohort), whether rounds are charged with
+        amplification by sampling, and what the epsilon protects against whom (``guarantee``)."""
         return {"mode": self.mode, "noise_multiplier": self.sigma, "calibrated": self.calibrated,
                 "clip": self.current_clip,
                 "epsilon": self.epsilon(), "delta": self.delta, "budget": self.budget,
                 "accountant": "skellam-rdp" if self.mode == "distributed" else self.accountant.kind,
-                "rounds_charged": self.rounds_charged}
+                "rounds_charged": self.rounds_charged,
+                "client_sampling_rate": self.client_rate,
+                "amplified": self.amplified, "guarantee": self.guarantee}
 
     def to_dict(self) -> dict[str, Any]:
         """The state a resumed broker continues from (the accountant's events and the sigma in force)."""
