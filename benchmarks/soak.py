@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import queue
 import random
 import signal
@@ -34,14 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
-from procs import free_port, rss_mb
+from flcli import FL, broker_command, simworker_command, write_digits_config
+from procs import EventProcess, free_port, rss_mb, wait_or_kill
 
 from federated.broker.store import RoundStore
 
@@ -50,42 +48,6 @@ PER_ROUND = 5
 CHURNERS = 3  # the last three clients
 ROUND_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 2.0
-
-
-
-
-
-
-class Broker:
-    """The broker process; a thread turns its stdout into events and keeps the tail of its stderr."""
-
-    def __init__(self, args: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.tail: list[str] = []
-        self.tracebacks = 0
-        self.reader = threading.Thread(target=self._stdout, daemon=True)
-        self.reader.start()
-        threading.Thread(target=self._stderr, daemon=True).start()
-
-    def finished(self) -> bool:
-        """The process has exited and every event it printed has been taken."""
-        return self.popen.poll() is not None and not self.reader.is_alive() and self.events.empty()
-
-    def _stdout(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in iter(self.popen.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").strip()
-            if line.startswith("{"):
-                self.events.put(json.loads(line))
-
-    def _stderr(self) -> None:
-        assert self.popen.stderr is not None
-        for raw in iter(self.popen.stderr.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.tracebacks += "Traceback" in line
-            self.tail = [*self.tail[-99:], line]
 
 
 class Churner:
@@ -101,7 +63,7 @@ class Churner:
     def start(self, now: float) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "federated.cli.main", "worker", "--client-id", f"client_{self.index}",
+                [*FL, "worker", "--client-id", f"client_{self.index}",
                  "--server-address", f"127.0.0.1:{self.port}", "--dataset", "digits", "--partition", "iid",
                  "--shard", str(self.index), "--num-shards", str(NUM_CLIENTS), "--seed", str(self.seed)],
                 stdout=subprocess.DEVNULL, stderr=out)
@@ -125,13 +87,10 @@ class Churner:
         return "restart"
 
     def stop(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the process to exit (it got the broker's BYE), then kill it."""
         if self.proc is None:
             return
-        try:
-            self.proc.wait(timeout=timeout)  # it got the broker's BYE
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        wait_or_kill(self.proc, timeout)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,25 +100,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp.mkdir(parents=True, exist_ok=True)
         port = free_port()
         store = tmp / "store.db"
-        config = {
-            "num_clients": NUM_CLIENTS, "clients_per_round": PER_ROUND, "min_clients": 2,
-            "num_rounds": args.rounds, "seed": args.seed, "dataset": "digits", "partition": "iid", "model": "mlp",
-            "training": {"local_epochs": args.local_epochs},
-            "broker": {"bind": f"tcp://127.0.0.1:{port}", "store": str(store), "round_timeout_s": ROUND_TIMEOUT_S,
-                       "start_timeout_s": START_TIMEOUT_S, "heartbeat_interval_s": 0.5, "heartbeat_timeout_s": 3.0,
-                       "max_failed_rounds": 10_000},
-        }
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        config = write_digits_config(
+            tmp / "config.yaml", port=port, store=store, num_clients=NUM_CLIENTS, clients_per_round=PER_ROUND,
+            min_clients=2, num_rounds=args.rounds, seed=args.seed, local_epochs=args.local_epochs,
+            round_timeout_s=ROUND_TIMEOUT_S, start_timeout_s=START_TIMEOUT_S, heartbeat_timeout_s=3.0,
+            max_failed_rounds=10_000)
         started = time.monotonic()
-        broker = Broker([sys.executable, "-m", "federated.cli.main", "broker", "--config", str(tmp / "config.yaml"),
-                         "--events"])
-        stable_shards = ",".join(str(i) for i in range(NUM_CLIENTS - CHURNERS))
+        # The broker's events, and the tail (100 lines) and tracebacks of its stderr.
+        broker = EventProcess(broker_command(config), watch=("Traceback",), keep_stderr=100)
         with (tmp / "stable.log").open("ab") as out:
             stable = subprocess.Popen(
-                [sys.executable, "-m", "federated.cli.simworker", "--server-address", f"127.0.0.1:{port}",
-                 "--dataset", "digits", "--partition", "iid", "--num-shards", str(NUM_CLIENTS),
-                 "--shards", stable_shards, "--seed", str(args.seed), "--model", "mlp",
-                 "--dropout", str(args.socket_dropout)], stdout=subprocess.DEVNULL, stderr=out)
+                simworker_command(port, num_shards=NUM_CLIENTS, shards=range(NUM_CLIENTS - CHURNERS), seed=args.seed,
+                                  extra=("--dropout", str(args.socket_dropout))),
+                stdout=subprocess.DEVNULL, stderr=out)
         churners = [Churner(i, port, args.seed, random.Random(rng.getrandbits(32)), tmp / f"churner{i}.log")
                     for i in range(NUM_CLIENTS - CHURNERS, NUM_CLIENTS)]
         now = time.monotonic()
@@ -204,19 +157,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     break  # the stable worker process died: not a broker hang, but the run cannot go on
         finally:
             wall = time.monotonic() - started  # to the broker's exit (or the hang), not the cleanup
-            if broker.popen.poll() is None:
-                broker.popen.kill()
             try:
-                code: int | None = broker.popen.wait(timeout=30)
+                broker.stop()
+                code: int | None = broker.popen.returncode
             except subprocess.TimeoutExpired:
                 code = None
             for c in churners:
                 c.stop(3.0)  # one that was starting when the broker left never gets its BYE
-            try:
-                stable.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                stable.kill()
-                stable.wait()
+            wait_or_kill(stable, 15)
 
         with RoundStore(store, readonly=True) as st:
             recorded = st.list_rounds()
@@ -249,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_within_10pct": growth is not None and abs(growth) <= 0.10,
             "rss_reference_round": ref_id,
             "broker_exit_code": code,
-            "broker_tracebacks": broker.tracebacks,
+            "broker_tracebacks": broker.counts["Traceback"],
             "rounds_recorded_contiguous": contiguous,
             "kills": churn["kill"],
             "restarts": churn["restart"],
