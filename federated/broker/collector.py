@@ -27,12 +27,16 @@ __all__ = ["ActiveRound", "Collected", "Collector", "DecodedSum", "no_round", "t
 class DecodedSum:
     """A secure bucket's (or several buckets') weighted mean update, as one flat float32 vector in
     :func:`~federated.aggregation.vectors.flatten` order, with its summed weight and weighted-mean
-    training metrics."""
+    training metrics; and the federated evaluation it carried: the weighted-mean evaluation loss and
+    accuracy over the inputs that evaluated (None if none did) and their summed weight."""
 
     mean: np.ndarray
     weight: float
     train_loss: float
     train_accuracy: float
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    eval_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from federated.aggregation import ServerOptimizer
 from federated.broker.admission import Admission, Refusal
 from federated.broker.aggregate import Aggregate, Aggregator
 from federated.broker.collector import ActiveRound, Collected, Collector, no_round
+from federated.broker.evaluation import FederatedEvaluation
 from federated.broker.plain_round import PlainRound
 from federated.broker.planning import (
     STAGE_TRAIN,
@@ -85,7 +86,10 @@ class Coordinator:
     checkpoint; ``evaluate`` scores each new global model on held-out data; ``on_round`` is called with
     each recorded round (complete or failed); ``task_config`` is merged into every TASK's config (the
     model description). ``clock`` is ``time.monotonic`` except in tests. ``enrolment``: with transport
-    security, who may speak (re-read when its files change).
+    security, who may speak (re-read when its files change). ``on_evaluation`` is called with each round
+    record once the workers' federated evaluation of its model has arrived (``fed_loss``,
+    ``fed_accuracy``): the scores of a round's model come with the next round's answers, and those of the
+    final model with one closing evaluation-only round (see :class:`~federated.config.EvaluationConfig`).
     """
 
     def __init__(self, config: FederatedConfig, initial_weights: Mapping[str, np.ndarray], *,
@@ -93,7 +97,8 @@ class Coordinator:
                  server_optimizer: ServerOptimizer | None = None, limits: Limits | None = None,
                  on_round: Callable[[RoundRecord], None] | None = None,
                  task_config: Mapping[str, Any] | None = None, first_round: int = 1, completed_rounds: int = 0,
-                 clock: Callable[[], float] = time.monotonic, enrolment: Enrolment | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, enrolment: Enrolment | None = None,
+                 on_evaluation: Callable[[RoundRecord], None] | None = None) -> None:
         self.config = config
         self.weights: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
         self.store = store
@@ -131,6 +136,7 @@ class Coordinator:
         self._waiting_since: float | None = None
         self._next_heartbeat = 0.0
         self._last_size_warning = -float("inf")
+        self.evaluation = FederatedEvaluation(config, store, on_evaluation)
 
     # ------------------------------------------------------------------ inbound
 
@@ -269,15 +275,19 @@ class Coordinator:
 
     def _maybe_start(self, now: float) -> list[Outbound]:
         cfg = self.config
-        if self.privacy is not None and not self.privacy.allows_next_round():
+        if self.evaluation.closing is None and self.privacy is not None and not self.privacy.allows_next_round():
             spent, planned = self.privacy.epsilon(), self.privacy.next_round_epsilon()
-            return self._finish_training(
+            return self._wind_down(
                 f"privacy budget: round {self.next_round_id} would bring epsilon to {planned:.4g} "
                 f"> budget {self.privacy.budget:g} (spent {spent:.4g} at delta {self.privacy.delta:g})")
         if self._waiting_since is None:
             self._waiting_since = now
         waited = now - self._waiting_since >= cfg.broker.start_timeout_s
         live = candidates(cfg, self.registry.live_ids(), self.identities, waited=waited)
+        if live is None and self.evaluation.closing is not None and waited:
+            log.warning("the final model was not scored by the workers: too few live workers (%s)",
+                        waiting_for(cfg, self.registry.live_ids(), self.identities, waited=waited))
+            return self._finish_training(self.evaluation.closing)
         if live is None:
             if now - self._last_size_warning > 10.0:  # say what it waits for, every 10 s
                 self._last_size_warning = now
@@ -286,17 +296,20 @@ class Coordinator:
             return []
         size = min(cfg.clients_per_round, len(live))
         sample = self.selector.select(live, size, self.next_round_id)
-        fewest = fewest_to_start(cfg)
+        fewest = fewest_to_start(cfg) if self.evaluation.closing is None else 1
         if len(sample) < fewest:  # only a Poisson sample can be this small
             if now - self._last_size_warning > 10.0:
                 self._last_size_warning = now
                 log.info("round %d: a Poisson sample of %d workers is below the %d a round needs; not run "
                          "(nothing released or charged), drawing again", self.next_round_id, len(sample), fewest)
             return []
+        scores = self.evaluation.to_score(self.completed)
         try:
             plan = plan_round(cfg, self.next_round_id, sample, weights=self.weights, run_id=self.run_id,
                               model_config=self.task_config, privacy=self.privacy,
-                              secure_codec=self._secure_codec)
+                              secure_codec=self._secure_codec, scores=scores,
+                              evaluators=self.evaluation.evaluators(sample, scores),
+                              evaluate_only=self.evaluation.closing is not None)
         except ValueError as exc:  # only a secure round's buckets can be too small for their settings
             if now - self._last_size_warning > 10.0:
                 self._last_size_warning = now
@@ -309,7 +322,7 @@ class Coordinator:
             # never re-running this one (see resume).
             self.store.set_meta("started_round", plan.round_id)
         rnd = ActiveRound(plan, self._collector(plan, now), time.time(), now)
-        if self.privacy is not None:
+        if self.privacy is not None and not plan.evaluate_only:
             # Charged before any TASK leaves: from now on the workers release updates, whatever happens.
             rnd.epsilon = self.privacy.charge_round()
             if self.store is not None:
@@ -322,9 +335,13 @@ class Coordinator:
             frames = plan.task(index, self.weights).to_frames()
             rnd.bytes_down += sum(len(f) for f in frames)
             out.append(Outbound(rec.route, frames))
-            if self.store is not None:
+            if self.store is not None and not plan.evaluate_only:
                 self.store.count_worker(wid, "rounds_selected")
-        log.info("round %d started with %d workers", plan.round_id, len(plan.cohort))
+        if plan.evaluate_only:
+            log.info("round %d: %d workers score the final model (round %s's) on their held-out data",
+                     plan.round_id, len(plan.evaluators), plan.scores)
+        else:
+            log.info("round %d started with %d workers", plan.round_id, len(plan.cohort))
         if not plan.cohort:  # an empty Poisson sample under central DP: the noise alone, released now
             out += self._maybe_finish(now)
         return out
@@ -358,6 +375,12 @@ class Coordinator:
         self.round = None
         self._waiting_since = now
         collected = rnd.collector.result()
+        self.history = self.evaluation.take(rnd.plan, collected, self.history)
+        if rnd.plan.evaluate_only:
+            if collected.failure is not None:
+                log.warning("the closing evaluation round %d failed: %s", rnd.round_id, collected.failure)
+            reason, self.evaluation.closing = self.evaluation.closing or "training finished", None
+            return out + self._finish_training(reason)
         if collected.failure is not None:
             return out + self._fail(rnd, collected, collected.failure)
         try:
@@ -379,15 +402,17 @@ class Coordinator:
         new_weights = self.aggregator.step(self.weights, aggregate.mean)
         loss, accuracy = self.evaluate(new_weights) if self.evaluate is not None else (None, None)
         self._record(rnd, collected, "complete", weights=new_weights, loss=loss, accuracy=accuracy,
-                     decoded=aggregate.decoded, suspects=aggregate.suspects)
+                     decoded=aggregate.decoded, suspects=aggregate.suspects,
+                     train_metrics=self.privacy is None or self.privacy.mode != "distributed")
         self.weights = new_weights
+        self.evaluation.model_round = rnd.round_id
         self.completed += 1
         self.consecutive_failures = 0
         if self.store is not None:
             for wid in collected.survivors:
                 self.store.count_worker(wid, "rounds_completed")
         if self.completed >= self.config.num_rounds:
-            return self._finish_training("training finished")
+            return self._wind_down("training finished")
         return []
 
     def _record(self, rnd: ActiveRound, collected: Collected, status: str, *,
@@ -412,6 +437,12 @@ class Coordinator:
         """Continue a run from what :meth:`RoundStore.load_resume` returned and the last complete round's
         model (:func:`federated.broker.resume.restore`). Raises ValueError if the state does not fit."""
         restore(self, resume, arrays, weights)
+        self.evaluation.model_round = self.store.last_complete_round() if self.store is not None else None
+
+    def _wind_down(self, reason: str) -> list[Outbound]:
+        """Training is over for ``reason``: stop now, or first let the workers score the final model in a
+        closing evaluation-only round (started by the next tick), if federated evaluation wants it."""
+        return [] if self.evaluation.wind_down(reason) else self._finish_training(reason)
 
     def _finish_training(self, reason: str) -> list[Outbound]:
         self.done = True

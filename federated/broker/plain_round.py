@@ -80,7 +80,11 @@ class PlainRound:
         if worker_id not in self._pending:
             return Refusal(ErrorCode.WRONG_STAGE, f"no update expected from {worker_id} in round {rid}")
         row = self.rows[self._row_of[worker_id]]
-        if self.codec is not None:
+        if self.plan.evaluate_only:
+            if msg.update:  # an evaluation-only round: scores, no update
+                return Refusal(ErrorCode.BAD_TENSOR, "an evaluation-only round takes no update tensors")
+            row[:] = 0.0
+        elif self.codec is not None:
             try:
                 row[:] = self._decompress(msg)
             except (ValueError, TypeError) as exc:

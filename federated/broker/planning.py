@@ -11,6 +11,8 @@ cannot be planned (a bucket too small for the secure settings) costs nothing.
 from __future__ import annotations
 
 import hashlib
+import math
+import random
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +29,7 @@ from federated.privacy.ledger import PrivacyLedger
 from federated.protocol import Task
 
 __all__ = ["STAGE_TRAIN", "RoundPlan", "assign_buckets", "candidates", "compression_seed", "fewest_to_start",
-           "plan_round", "vector_length", "waiting_for"]
+           "pick_evaluators", "plan_round", "vector_length", "waiting_for"]
 
 #: The stage of a TASK and of the UPDATE that answers it, in plain and secure rounds alike (the
 #: secure-aggregation stages that follow are :class:`federated.protocol.Stage`).
@@ -67,6 +69,10 @@ class RoundPlan:
     TASK; ``buckets`` and ``secure`` (each bucket's :class:`SecAggParams`): empty in a plain round;
     ``compression_seed``: None without compression; ``shared_fraction``: the coordinates each worker of
     a secure round keeps under shared random-k compression (None: all of them).
+
+    Federated evaluation: ``scores`` is the complete round whose model (the one every TASK carries) the
+    ``evaluators`` score on their held-out data before training (None: nobody scores it this round);
+    ``evaluate_only``: a closing round in which workers only score the final model and send no update.
     """
 
     round_id: int
@@ -77,6 +83,9 @@ class RoundPlan:
     secure: tuple[SecAggParams, ...] = ()
     compression_seed: int | None = None
     shared_fraction: float | None = None
+    scores: int | None = None
+    evaluators: frozenset[str] = frozenset()
+    evaluate_only: bool = False
 
     @property
     def is_secure(self) -> bool:
@@ -93,6 +102,10 @@ class RoundPlan:
         config = dict(self.task_config)
         if self.is_secure:
             config["secagg"] = self._secagg[worker_id]
+        if self.scores is not None:
+            config["evaluate"] = worker_id in self.evaluators
+        if self.evaluate_only:
+            config["evaluate_only"] = True
         return Task(self.round_id, STAGE_TRAIN, config, dict(weights), index, len(self.cohort), self.timeout_s)
 
     def shared_indices(self, num_params: int) -> np.ndarray | None:
@@ -147,39 +160,51 @@ def fewest_to_start(config: FederatedConfig) -> int:
     return max(config.min_clients, 3) if config.secure.enabled else config.min_clients
 
 
+def pick_evaluators(config: FederatedConfig, cohort: Sequence[str], rng: random.Random) -> frozenset[str]:
+    """The members of ``cohort`` asked to score the global model: ``evaluation.fraction`` of them (at
+    least one), drawn with ``rng``."""
+    count = max(1, math.ceil(config.evaluation.fraction * len(cohort) - 1e-9))
+    return frozenset(cohort) if count >= len(cohort) else frozenset(rng.sample(sorted(cohort), count))
+
+
 def plan_round(config: FederatedConfig, round_id: int, sample: Sequence[str], *,
                weights: Mapping[str, np.ndarray], run_id: str, model_config: Mapping[str, Any],
-               privacy: PrivacyLedger | None, secure_codec: SecurePlan | None) -> RoundPlan:
+               privacy: PrivacyLedger | None, secure_codec: SecurePlan | None, scores: int | None = None,
+               evaluators: frozenset[str] = frozenset(), evaluate_only: bool = False) -> RoundPlan:
     """The plan of round ``round_id`` for the selected workers ``sample``.
 
     ``weights``: the global model (its sizes fix the secure inputs' length); ``model_config``: what every
     TASK says about the model; ``privacy``: the run's ledger (read, not charged); ``secure_codec``: what
     the run's compression becomes under secure aggregation. Graph and threshold fit each bucket; the
     fixed-point scale is the one validated at configuration time for the largest possible bucket.
+    ``scores``, ``evaluators`` and ``evaluate_only``: federated evaluation (see :class:`RoundPlan`); an
+    evaluation-only round carries no update, so its secure inputs hold only the metrics, and it needs
+    neither compression nor noise.
     Raises ValueError if a secure bucket is too small for the settings.
     """
     cohort = tuple(sample)
     buckets: list[list[str]] = []
     params: list[SecAggParams] = []
-    seed = compression_seed(config.seed, round_id) if config.compression != "none" else None
-    fraction = secure_codec.fraction if secure_codec is not None else None
+    seed = compression_seed(config.seed, round_id) if config.compression != "none" and not evaluate_only else None
+    fraction = secure_codec.fraction if secure_codec is not None and not evaluate_only else None
     if config.secure.enabled:
         size = config.aggregation.bucket_size
         buckets = assign_buckets(sample, size)
         n_max = config.clients_per_round if size is None else min(2 * size - 1, config.clients_per_round)
         num_params = sum(int(w.size) for w in weights.values())
-        length = vector_length(weights, None if fraction is None else kept_count(num_params, fraction))
-        ring_bits = secure_codec.ring_bits if secure_codec is not None else 32
+        kept = 0 if evaluate_only else None if fraction is None else kept_count(num_params, fraction)
+        length = vector_length(weights, kept)
+        ring_bits = secure_codec.ring_bits if secure_codec is not None and not evaluate_only else 32
         params = [config.secure.round_params(len(b), length, n_max=n_max, ring_bits=ring_bits)
                   for b in buckets]
-        if privacy is not None and privacy.mode == "distributed":
+        if privacy is not None and privacy.mode == "distributed" and not evaluate_only:
             # Unweighted, clipped to the DP clip, at the scale whose sum leaves room for the noise.
             params = [replace(p, clip=privacy.clip, weight_cap=1, frac_bits=privacy.frac_bits)
                       for p in params]
         cohort = tuple(w for bucket in buckets for w in bucket)
     train = config.training.to_task_config()
     extra: dict[str, Any] = {}
-    if privacy is not None:
+    if privacy is not None and not evaluate_only:
         train.update(privacy.train_settings())
         if privacy.mode == "distributed":
             extra = {"privacy": {"skellam_mu": privacy.skellam_mu}}
@@ -188,4 +213,5 @@ def plan_round(config: FederatedConfig, round_id: int, sample: Sequence[str], *,
         task_config.update(compression=config.compression, compression_seed=seed)
     return RoundPlan(round_id, cohort, task_config, config.broker.round_timeout_s,
                      buckets=tuple(tuple(b) for b in buckets), secure=tuple(params), compression_seed=seed,
-                     shared_fraction=fraction if config.secure.enabled else None)
+                     shared_fraction=fraction if config.secure.enabled else None, scores=scores,
+                     evaluators=evaluators, evaluate_only=evaluate_only)

@@ -10,24 +10,88 @@ the training metrics and each survivor's reported time.
 
 from __future__ import annotations
 
+import logging
+import math
+import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from federated.broker.collector import Collected, DecodedSum
+from federated.broker.planning import RoundPlan
 from federated.broker.store import RoundRecord
 
-__all__ = ["build_record"]
+__all__ = ["FederatedScore", "build_record", "federated_score"]
+
+log = logging.getLogger("federated.broker")
+
+
+@dataclass(frozen=True)
+class FederatedScore:
+    """The federated evaluation of round ``round``'s model: the weighted-mean loss and accuracy on the
+    held-out data of the workers that scored it, and what the record keeps beside them (``metrics``).
+
+    In a plain round each score is weighted by its held-out examples, and the metrics say how many
+    workers scored (``fed_workers``), on how many examples (``fed_samples``), and the spread of their
+    accuracies (``fed_accuracy_min``/``_median``/``_max``). In a secure round the broker sees only the
+    masked sums: each score is weighted by its worker's FedAvg weight (its capped training-sample
+    count), ``fed_weight`` is their sum, and there is no spread, because no worker's score is seen alone.
+    """
+
+    round: int
+    loss: float
+    accuracy: float
+    metrics: dict[str, float]
+
+
+def federated_score(plan: RoundPlan, collected: Collected) -> FederatedScore | None:
+    """What a round's answers say about the model it scored (``plan.scores``), or None if nobody scored
+    it. A plain answer's scores count only from a worker that was asked and whose figures are possible
+    (accuracy in [0, 1], loss >= 0, a whole number of examples >= 1); others are left out and logged."""
+    if plan.scores is None:
+        return None
+    if collected.sums:
+        weight = sum(d.eval_weight for d in collected.sums)
+        if not weight:
+            return None
+        loss = sum((d.eval_loss or 0.0) * d.eval_weight for d in collected.sums) / weight
+        accuracy = sum((d.eval_accuracy or 0.0) * d.eval_weight for d in collected.sums) / weight
+        return FederatedScore(plan.scores, loss, accuracy, {"fed_weight": weight})
+    scored: list[tuple[float, float, float]] = []
+    for wid, update in sorted(collected.updates.items()):
+        m = update.metrics
+        if wid not in plan.evaluators or "eval_accuracy" not in m:
+            continue
+        loss, accuracy, samples = m.get("eval_loss", -1.0), m["eval_accuracy"], m.get("eval_samples", 0.0)
+        if not (0.0 <= accuracy <= 1.0 and loss >= 0.0 and samples >= 1 and float(samples).is_integer()
+                and math.isfinite(loss)):
+            log.info("round %d: left out %s's evaluation (loss %r, accuracy %r, %r examples)", plan.round_id,
+                     wid, loss, accuracy, samples)
+            continue
+        scored.append((loss, accuracy, samples))
+    if not scored:
+        return None
+    total = sum(n for _, _, n in scored)
+    accuracies = [a for _, a, _ in scored]
+    return FederatedScore(plan.scores, sum(lo * n for lo, _, n in scored) / total,
+                          sum(a * n for _, a, n in scored) / total,
+                          {"fed_workers": float(len(scored)), "fed_samples": total,
+                           "fed_accuracy_min": min(accuracies), "fed_accuracy_median": statistics.median(accuracies),
+                           "fed_accuracy_max": max(accuracies)})
 
 
 def build_record(*, round_id: int, status: str, started_at: float, duration_s: float, cohort: Sequence[str],
                  collected: Collected, bytes_up: int, bytes_down: int, epsilon: float | None,
                  decoded: DecodedSum | None = None, loss: float | None = None, accuracy: float | None = None,
-                 error: str | None = None, suspects: tuple[str, ...] = ()) -> RoundRecord:
+                 error: str | None = None, suspects: tuple[str, ...] = (),
+                 train_metrics: bool = True) -> RoundRecord:
     """The record of round ``round_id`` (``status`` "complete" or "failed").
 
     ``started_at``: unix seconds; ``duration_s``: wall time from the first TASK to now; ``collected``: its
     survivors, dropouts and (plain rounds) updates; ``decoded``: a complete secure round's merged sum;
     ``loss``/``accuracy``: the new model's held-out evaluation; ``error``: why a round failed;
-    ``suspects``: workers detection or a secure sum's bounds suspect.
+    ``suspects``: workers detection or a secure sum's bounds suspect; ``train_metrics`` False when a
+    secure round's sums carry no training metrics (distributed DP: the workers send zeros), so the record
+    says None rather than 0.
     """
     survivors = collected.survivors
     updates = [collected.updates[w] for w in survivors if w in collected.updates]
@@ -35,6 +99,8 @@ def build_record(*, round_id: int, status: str, started_at: float, duration_s: f
 
     def mean_metric(key: str) -> float | None:
         if decoded is not None:  # secure round: only the weighted sums are known
+            if not train_metrics:
+                return None
             return decoded.train_loss if key == "loss" else decoded.train_accuracy
         vals = [(u.metrics[key], u.num_samples) for u in updates if key in u.metrics]
         return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None

@@ -6,7 +6,8 @@ per bucket, each with its own stage deadline. :class:`SecureCollector` puts it b
 decodes each bucket's sum with :func:`decode_round`, keeping only sums that honest inputs could give.
 
 The layout of an encoded input and of their sum is :mod:`federated.crypto.secagg_input`'s (the worker
-encodes with the same module): the model update, then the weighted loss and accuracy, then the weight.
+encodes with the same module): the model update, then the weighted training and evaluation metrics, then
+the weight.
 The decoded sum divided by the summed weight is the weighted FedAvg of the survivors' clipped updates.
 """
 
@@ -68,7 +69,9 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
       the cap to make the mean its own vector;
     - metrics: the weighted loss in ``[0, W * max(clip, 1)]`` and the weighted accuracy in ``[0, W]``
       (each worker's loss is capped at ``max(clip, 1)``, its accuracy is in [0, 1]), plus ``n`` units of
-      stochastic rounding each;
+      stochastic rounding each; the evaluated weight ``E`` a whole number in ``[0, W]`` (each input's is
+      0 or its weight, exactly), and the weighted evaluation loss and accuracy in ``[0, E * max(clip, 1)]``
+      and ``[0, E]`` with the same rounding allowance;
     - norm: the update sum within ``W * clip`` (each input is clipped to ``clip``, then weighted), plus
       ``sqrt(d) * n`` units of rounding, plus under distributed DP the noise tail
       :func:`~federated.privacy.skellam.noise_norm_bound` for Skellam noise of per-side mean
@@ -102,6 +105,15 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
     accuracy_cap = Fraction(weight) + rounding
     if not 0 <= Fraction(accuracy) <= accuracy_cap:
         raise ValueError(f"its weighted accuracy {accuracy:.6g} is outside [0, {float(accuracy_cap):.6g}]")
+    evaluated = parts.eval_weight
+    if not (evaluated.is_integer() and 0 <= evaluated <= weight):
+        raise ValueError(f"its evaluated weight {evaluated:.10g} is not a whole number in [0, {weight:.10g}]")
+    eval_loss, eval_accuracy = parts.weighted_eval_loss, parts.weighted_eval_accuracy
+    if not 0 <= Fraction(eval_loss) <= Fraction(evaluated) * max(Fraction(params.clip), Fraction(1)) + rounding:
+        raise ValueError(f"its weighted evaluation loss {eval_loss:.6g} is outside what {evaluated:.10g} "
+                         "evaluated weight allows")
+    if not 0 <= Fraction(eval_accuracy) <= Fraction(evaluated) + rounding:
+        raise ValueError(f"its weighted evaluation accuracy {eval_accuracy:.6g} is outside [0, {evaluated:.10g}]")
     update = parts.update
     dims = update_length(params)
     noise = noise_norm_bound(inputs * noise_mu, dims, NOISE_TAIL) if noise_mu > 0 else 0.0
@@ -115,7 +127,9 @@ def decode_round(total: np.ndarray, params: SecAggParams, reference: Mapping[str
         full = np.zeros(sum(int(r.size) for r in reference.values()), dtype=np.float64)
         full[indices] = mean
         mean = full
-    return DecodedSum(np.asarray(mean, np.float32), weight, loss / weight, accuracy / weight)
+    return DecodedSum(np.asarray(mean, np.float32), weight, loss / weight, accuracy / weight,
+                      eval_loss / evaluated if evaluated else None,
+                      eval_accuracy / evaluated if evaluated else None, evaluated)
 
 
 def _norm(vector: np.ndarray) -> float:
@@ -190,8 +204,12 @@ def combine(decoded: Sequence[DecodedSum]) -> DecodedSum:
     # float64 products of the float32 means, summed in bucket order from zero, then float32 again.
     mean = (sum((d.mean.astype(np.float64) * d.weight for d in decoded), np.zeros(decoded[0].mean.shape))
             / total).astype(np.float32)
+    evaluated = sum(d.eval_weight for d in decoded)
     return DecodedSum(mean, total, sum(d.train_loss * d.weight for d in decoded) / total,
-                      sum(d.train_accuracy * d.weight for d in decoded) / total)
+                      sum(d.train_accuracy * d.weight for d in decoded) / total,
+                      sum((d.eval_loss or 0.0) * d.eval_weight for d in decoded) / evaluated if evaluated else None,
+                      sum((d.eval_accuracy or 0.0) * d.eval_weight for d in decoded) / evaluated if evaluated else None,
+                      evaluated)
 
 
 class SecureCollector:

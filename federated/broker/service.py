@@ -114,6 +114,7 @@ def serve(
     task_config: Mapping[str, Any] | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     on_listening: Callable[[str], None] | None = None,
+    on_evaluation: Callable[[RoundRecord], None] | None = None,
 ) -> BrokerOutcome:
     """Serve ``config.num_rounds`` rounds on ``config.broker.bind``, recording into ``config.broker.store``.
 
@@ -145,7 +146,8 @@ def serve(
         raise
     try:
         coordinator = Coordinator(config, initial_weights, store=store, evaluate=evaluate,
-                                  on_round=on_round, task_config=task_config, enrolment=enrolment)
+                                  on_round=on_round, task_config=task_config, enrolment=enrolment,
+                                  on_evaluation=on_evaluation)
         if store.list_rounds():
             _resume(store, config, coordinator)
         else:

@@ -53,7 +53,7 @@ from federated.durable import write_atomic
 
 __all__ = ["ROUND_STATUSES", "SCHEMA_VERSION", "WORKER_COUNTERS", "RoundRecord", "RoundStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROUND_STATUSES = ("complete", "failed")
 WORKER_COUNTERS = ("rounds_selected", "rounds_completed", "rounds_dropped")
 CHECKPOINT_DIR = "checkpoints"
@@ -81,7 +81,9 @@ _SCHEMA = (
         epsilon        REAL,
         error          TEXT,
         metrics        TEXT    NOT NULL,  -- JSON object
-        suspects       TEXT    NOT NULL   -- JSON list of worker ids suspected of being Byzantine
+        suspects       TEXT    NOT NULL,  -- JSON list of worker ids suspected of being Byzantine
+        fed_loss       REAL,              -- federated evaluation of this round's model (version 3)
+        fed_accuracy   REAL
     )""",
     """CREATE TABLE workers (
         worker_id        TEXT    PRIMARY KEY,
@@ -94,6 +96,8 @@ _SCHEMA = (
     ) WITHOUT ROWID""",
 )
 
+#: Columns added since version 2, each with the statement that adds it to an older store.
+_MIGRATIONS = {3: ("ALTER TABLE rounds ADD COLUMN fed_loss REAL", "ALTER TABLE rounds ADD COLUMN fed_accuracy REAL")}
 _SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 _WORKER_COLUMNS = ("worker_id", "num_samples", "first_seen", "last_seen", *WORKER_COUNTERS)
 _UPSERT_WORKER = """
@@ -137,6 +141,8 @@ class RoundRecord:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict, hash=False)
     suspects: tuple[str, ...] = ()
+    fed_loss: float | None = None
+    fed_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in ROUND_STATUSES:
@@ -149,7 +155,8 @@ class RoundRecord:
             set_(self, name, value)
         set_(self, "started_at", float(self.started_at))
         set_(self, "duration_s", float(self.duration_s))
-        for name in ("overhead_s", "accuracy", "loss", "train_loss", "train_accuracy", "epsilon"):
+        for name in ("overhead_s", "accuracy", "loss", "train_loss", "train_accuracy", "epsilon", "fed_loss",
+                     "fed_accuracy"):
             set_(self, name, _opt_float(getattr(self, name)))
         for name in ("participants", "survivors", "dropped", "suspects"):
             set_(self, name, tuple(str(w) for w in getattr(self, name)))
@@ -170,7 +177,6 @@ _JSON_COLUMNS = frozenset({"participants", "survivors", "dropped", "metrics", "s
 _INSERT_ROUND = (
     f"INSERT INTO rounds ({', '.join(_ROUND_COLUMNS)}) VALUES ({', '.join('?' * len(_ROUND_COLUMNS))})"
 )
-_SELECT_ROUNDS = f"SELECT {', '.join(_ROUND_COLUMNS)} FROM rounds"
 
 
 def _record_to_row(rec: RoundRecord) -> tuple[object, ...]:
@@ -283,7 +289,16 @@ class RoundStore:
                 f"{self._path} has schema version {version}; this code reads up to {SCHEMA_VERSION}. "
                 "Upgrade federated to open it."
             )
-        # Older versions would be migrated here; version 1 is the first.
+        elif version < SCHEMA_VERSION and not self._readonly:
+            with self._transaction():
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS.get(target, ()):
+                        self._conn.execute(statement)
+                self._conn.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION, time.time()))
+        # A reader of an older store selects NULL for the columns it lacks (see _select_rounds).
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(rounds)")}
+        self._select_rounds = "SELECT " + ", ".join(
+            c if c in present else f"NULL AS {c}" for c in _ROUND_COLUMNS) + " FROM rounds"
 
     def _schema_version(self) -> int | None:
         exists = self._conn.execute(
@@ -423,6 +438,22 @@ class RoundStore:
         if resume_text is not None:
             self._drop_old_state(keep=self._state_path(rec.round) if state else None)
 
+    def record_evaluation(self, n: int, *, loss: float | None, accuracy: float | None,
+                          metrics: Mapping[str, float]) -> RoundRecord:
+        """Attach the federated evaluation of round ``n``'s model (it arrives after the round is recorded:
+        see :class:`~federated.config.EvaluationConfig`): its loss and accuracy, and ``metrics`` merged
+        into the round's metrics. Returns the updated record. Raises RoundNotFoundError if round ``n`` is
+        not recorded."""
+        self._require_writable()
+        with self._lock, self._sql_errors(f"record the evaluation of round {n}"), self._transaction():
+            row = self._conn.execute("SELECT metrics FROM rounds WHERE round = ?", (n,)).fetchone()
+            if row is None:
+                raise RoundNotFoundError(f"round {n} is not in {self._path}")
+            merged = {**json.loads(row[0]), **{str(k): float(v) for k, v in metrics.items()}}
+            self._conn.execute("UPDATE rounds SET fed_loss = ?, fed_accuracy = ?, metrics = ? WHERE round = ?",
+                               (_opt_float(loss), _opt_float(accuracy), json.dumps(merged), n))
+        return self.get_round(n)
+
     def _card(self, rec: RoundRecord) -> dict[str, str]:
         """The model card a complete round's checkpoint carries (see :mod:`federated.broker.card`)."""
         model, config = self._meta_unlocked("model"), self._meta_unlocked("config")
@@ -469,13 +500,13 @@ class RoundStore:
     def list_rounds(self) -> list[RoundRecord]:
         """Every recorded round, oldest first."""
         with self._lock, self._sql_errors("list rounds"):
-            rows = self._conn.execute(_SELECT_ROUNDS + " ORDER BY round").fetchall()
+            rows = self._conn.execute(self._select_rounds + " ORDER BY round").fetchall()
         return [_row_to_record(r) for r in rows]
 
     def get_round(self, n: int) -> RoundRecord:
         """Round n's record. Raises RoundNotFoundError (a KeyError) if it was never recorded."""
         with self._lock, self._sql_errors(f"get round {n}"):
-            row = self._conn.execute(_SELECT_ROUNDS + " WHERE round = ?", (n,)).fetchone()
+            row = self._conn.execute(self._select_rounds + " WHERE round = ?", (n,)).fetchone()
         if row is None:
             raise RoundNotFoundError(f"round {n} is not in {self._path}")
         return _row_to_record(row)

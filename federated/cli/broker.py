@@ -15,23 +15,59 @@ from federated.config import FederatedConfig
 __all__ = ["broker_command", "prepare_model"]
 
 
-def prepare_model(config: FederatedConfig) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """Initial weights, held-out evaluator and TASK model description for ``config``.
+def prepare_model(config: FederatedConfig, *, central_data: bool = True
+                  ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Initial weights, held-out evaluator (or None) and TASK model description for ``config``.
 
-    The held-out split is the test split of ``config.dataset`` (for ``npz:DIR``, ``DIR/test.npz``).
+    The model is described by ``config.input_shape`` and ``config.num_classes`` when they are set, else by
+    ``config.dataset``. ``central_data``: evaluate each new model on the test split of ``config.dataset``
+    (for ``npz:DIR``, ``DIR/test.npz``), which must then fit the description; False: the broker holds no
+    data at all, and only the workers evaluate (federated evaluation).
     Imports MLX (to build and evaluate the model); the rest of the broker does not need it.
-    Raises ``ValueError`` (DataError, ModelError) if the data or model cannot be loaded.
+    Raises ``ValueError`` (DataError, ModelError) if the data or model cannot be loaded or do not fit.
     """
-    from federated.data import load_dataset
     from federated.models import build_model, get_weights
-    from federated.worker.runner import ModelRunner, model_config
+    from federated.worker.runner import ModelRunner, check_data_fits, model_config
 
-    _, test = load_dataset(config.dataset, seed=config.seed)
-    description = model_config(config.model, test.input_shape, test.num_classes)
-    model = build_model(config.model, input_shape=test.input_shape, num_classes=test.num_classes,
-                        seed=config.seed)
+    if config.input_shape is not None and config.num_classes is not None:
+        shape, classes = tuple(config.input_shape), config.num_classes
+    elif not central_data:
+        raise ValueError("a broker without data needs the model's --input-shape and --num-classes")
+    test = None
+    if central_data:
+        from federated.data import load_dataset
+
+        _, test = load_dataset(config.dataset, seed=config.seed)
+        if config.input_shape is None:
+            shape, classes = test.input_shape, test.num_classes
+    description = model_config(config.model, shape, classes)
+    if test is not None:
+        try:
+            check_data_fits(description, test.x, test.y, f"evaluation data ({config.dataset})")
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("this worker's", "the broker's")) from None
+    model = build_model(config.model, input_shape=shape, num_classes=classes, seed=config.seed)
     runner = ModelRunner(trusted_spec=config.model)
-    return get_weights(model), runner.evaluator(description, test.x, test.y), {"model": description}
+    evaluator = runner.evaluator(description, test.x, test.y) if test is not None else None
+    return get_weights(model), evaluator, {"model": description}
+
+
+def _names_dataset(params: dict[str, Any]) -> bool:
+    """Whether the user named a data set for the broker (``--dataset`` or ``dataset:`` in ``--config``)."""
+    if params.get("dataset") is not None:
+        return True
+    path = params.get("config_file")
+    if path is None:
+        return False
+    from pathlib import Path
+
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # build_config already read it and would have said what is wrong
+    return isinstance(raw, dict) and "dataset" in raw
 
 
 @click.command("broker")
@@ -46,7 +82,9 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
     setup_logging(verbose)
     config = build_config(params, {"broker.bind": bind, "broker.keys_dir": keys_dir})
     try:
-        weights, evaluate, task_config = prepare_model(config)
+        # With the model described by flags, the broker holds data only if the user names a data set.
+        described = config.input_shape is not None
+        weights, evaluate, task_config = prepare_model(config, central_data=not described or _names_dataset(params))
     except (ValueError, OSError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
@@ -63,7 +101,8 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
     try:
         outcome = serve(config, weights, evaluate=evaluate, task_config=task_config,
                         on_round=lambda rec: say({"event": "round", **rec.to_dict()}),
-                        on_listening=lambda ep: say({"event": "listening", "endpoint": ep}))
+                        on_listening=lambda ep: say({"event": "listening", "endpoint": ep}),
+                        on_evaluation=lambda rec: say({"event": "evaluation", **rec.to_dict()}))
     except (StoreError, BindError, KeyFileError, ValueError) as exc:  # ValueError: sigma calibration impossible
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)

@@ -57,6 +57,10 @@ FLAG_TO_KEY = {
     "accountant": "privacy.accountant",
     "dp_sampling_rate": "privacy.sampling_rate",
     "adaptive_clip": "privacy.adaptive_clip",
+    "input_shape": "input_shape",
+    "num_classes": "num_classes",
+    "fed_eval_every": "evaluation.every",
+    "fed_eval_fraction": "evaluation.fraction",
 }
 
 #: Flags that only mean something with differential privacy on.
@@ -73,6 +77,13 @@ _OPTIONS = [
                                    "npz:DIR"),
     click.option("--partition", help="iid | dirichlet:ALPHA | natural (one client per device: leaf-synthetic)"),
     click.option("--model", help="mlp | cnn | cnn1d | logistic | MODULE:FACTORY"),
+    click.option("--input-shape", callback=lambda ctx, param, value: _shape(value),
+                 help="The model's per-example input shape, e.g. 24 or 8,8,1 (with --num-classes: the "
+                      "broker needs no data set to build the model)."),
+    click.option("--num-classes", type=int, help="The model's number of classes (with --input-shape)."),
+    click.option("--fed-eval-every", type=int, help="Workers score every k-th round's model on their held-out "
+                                                     "data, and the final one (0: no federated evaluation)."),
+    click.option("--fed-eval-fraction", type=float, help="Share of each round's cohort asked to score the model."),
     click.option("--selection", help="Client selection: random | performance | adaptive | poisson (each client "
                                      "joins a round with probability --client-sampling-rate)"),
     click.option("--client-sampling-rate", type=float, help="Selection poisson: the rate q at which each client "
@@ -112,6 +123,17 @@ _OPTIONS = [
     click.option("--json", "as_json", is_flag=True, help="Last line of stdout: one JSON object of results."),
     click.option("-v", "--verbose", count=True, help="More log output (repeat for debug)."),
 ]
+
+
+def _shape(value: str | None) -> list[int] | None:
+    """``--input-shape 8,8,1`` as ``[8, 8, 1]`` (validated with the rest of the config)."""
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 24 or 8,8,1",
+                                 param_hint="--input-shape") from None
 
 
 def run_options(func: F) -> F:

@@ -45,12 +45,17 @@ def plot_rounds(records: Sequence[RoundRecord], output: Path, *, title: str = ""
         kept = [(n, v) for n, v in values if v is not None]
         return [n for n, _ in kept], [v for _, v in kept]
 
-    for ax, name, held_out, training in (
-            (acc_ax, "accuracy", [(r.round, r.accuracy) for r in complete], [(r.round, r.train_accuracy) for r in complete]),
-            (loss_ax, "loss", [(r.round, r.loss) for r in complete], [(r.round, r.train_loss) for r in complete])):
+    for ax, name, held_out, federated, training in (
+            (acc_ax, "accuracy", [(r.round, r.accuracy) for r in complete], [(r.round, r.fed_accuracy) for r in complete],
+             [(r.round, r.train_accuracy) for r in complete]),
+            (loss_ax, "loss", [(r.round, r.loss) for r in complete], [(r.round, r.fed_loss) for r in complete],
+             [(r.round, r.train_loss) for r in complete])):
         x, y = series(held_out)
         if x:
-            ax.plot(x, y, "o-", color="tab:blue", markersize=3, label="held-out evaluation")
+            ax.plot(x, y, "o-", color="tab:blue", markersize=3, label="broker's held-out data (central)")
+        x, y = series(federated)
+        if x:
+            ax.plot(x, y, "^-", color="tab:green", markersize=3, label="workers' held-out data (federated)")
         x, y = series(training)
         if x:
             ax.plot(x, y, "s--", color="tab:orange", markersize=3, label="workers' training (weighted mean)")

@@ -122,18 +122,20 @@ def print_rounds_table(records: list[RoundRecord], title: str) -> None:
         box=box.SIMPLE_HEAD,
         title_justify="left",
         padding=0,
-        caption="sel/drop: workers selected/dropped; up: to the broker, down: to workers",
+        caption="acc: on the broker's held-out data; fed: on the workers' (federated evaluation)\n"
+                "sel/drop: workers selected/dropped; up: to the broker, down: to workers",
         caption_justify="left",
     )
     table.add_column("round", justify="right", no_wrap=True, min_width=5)
     table.add_column("status", no_wrap=True, min_width=8)
-    for header in ("acc", "loss", "sel", "drop", "up", "down", "time s", "ovh ms", "ε"):
+    for header in ("acc", "fed", "loss", "sel", "drop", "up", "down", "time s", "ovh ms", "ε"):
         table.add_column(header, justify="right", no_wrap=True)
     for r in records:
         table.add_row(
             str(r.round),
             _status_text(r.status),
             _fmt(r.accuracy),
+            _fmt(r.fed_accuracy),
             _fmt(r.loss),
             str(len(r.participants)),
             str(len(r.dropped)),
@@ -165,6 +167,8 @@ def _detail_rows(store: RoundStore, r: RoundRecord) -> list[tuple[str, str | Tex
         ("bytes_down", f"{r.bytes_down} ({human_bytes(r.bytes_down)})"),
         ("accuracy", _fmt(r.accuracy)),
         ("loss", _fmt(r.loss)),
+        ("fed_accuracy", _fmt(r.fed_accuracy)),
+        ("fed_loss", _fmt(r.fed_loss)),
         ("train_accuracy", _fmt(r.train_accuracy)),
         ("train_loss", _fmt(r.train_loss)),
         ("epsilon", _fmt(r.epsilon, ".6g")),

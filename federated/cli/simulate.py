@@ -62,7 +62,8 @@ def _round_summary(rec: dict[str, Any]) -> dict[str, Any]:
     return {"round": rec["round"], "status": rec["status"], "accuracy": rec["accuracy"], "loss": rec["loss"],
             "participants": len(rec["participants"]), "dropped": len(rec["dropped"]),
             "bytes_up": rec["bytes_up"], "bytes_down": rec["bytes_down"], "duration_s": rec["duration_s"],
-            "overhead_s": rec["overhead_s"], "epsilon": rec["epsilon"], "suspects": rec.get("suspects", [])}
+            "overhead_s": rec["overhead_s"], "epsilon": rec["epsilon"], "suspects": rec.get("suspects", []),
+            "fed_accuracy": rec.get("fed_accuracy"), "fed_loss": rec.get("fed_loss")}
 
 
 class _Progress:
@@ -103,8 +104,10 @@ def _print_summary(result: dict[str, Any]) -> None:
     with RoundStore(result["store"], readonly=True) as store:
         print_rounds_table(store.list_rounds(), f"fl simulate: {result['store']}")
     acc, loss = result["final_accuracy"], result["final_loss"]
-    click.echo(f"final accuracy {'-' if acc is None else f'{acc:.4f}'}, loss {'-' if loss is None else f'{loss:.4f}'}, "
-               f"{result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
+    fed = result.get("final_fed_accuracy")
+    scored = "" if fed is None else f"; on the workers' held-out data (federated): accuracy {fed:.4f}"
+    click.echo(f"final accuracy {'-' if acc is None else f'{acc:.4f}'}, loss {'-' if loss is None else f'{loss:.4f}'}"
+               f"{scored}, {result['num_rounds']} rounds in {result['wall_s']:.2f} s ({result['reason']})")
     privacy = result.get("privacy")
     if privacy:
         how = "calibrated to the budget" if privacy["calibrated"] else "as set"
@@ -195,6 +198,10 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
                     if event.get("event") == "round":
                         rounds.append(_round_summary(event))
                         bar.round(event)
+                    elif event.get("event") == "evaluation":  # the workers' scores of an earlier round's model
+                        for summary in rounds:
+                            if summary["round"] == event["round"]:
+                                summary.update(fed_accuracy=event.get("fed_accuracy"), fed_loss=event.get("fed_loss"))
                     elif event.get("event") == "done":
                         done = event
             if all(w.poll() is not None for w in workers) and not done:
@@ -226,6 +233,8 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
         "failed_rounds": len(rounds) - len(complete),
         "final_accuracy": complete[-1]["accuracy"] if complete else None,
         "final_loss": complete[-1]["loss"] if complete else None,
+        "final_fed_accuracy": complete[-1]["fed_accuracy"] if complete else None,
+        "final_fed_loss": complete[-1]["fed_loss"] if complete else None,
         "wall_s": wall,
         "rounds": rounds,
         "store": config.broker.store,

@@ -14,27 +14,64 @@ from types import FrameType
 from typing import Any
 
 import click
+import numpy as np
 
 from federated.cli.exit_codes import CONFIG_ERROR, INTERRUPTED
 from federated.cli.options import setup_logging
 from federated.config import ClientConfig, ConfigError
 
-__all__ = ["load_shards", "run_worker", "worker_command"]
+__all__ = ["load_shards", "own_data", "run_worker", "worker_command"]
 
 
 def load_shards(dataset: str, partition_spec: str, num_shards: int, shards: Sequence[int], seed: int,
                 prefix: str = "client_") -> list[Any]:
-    """ClientData for ``shards`` of ``dataset``'s training split partitioned ``num_shards`` ways.
+    """ClientData for ``shards`` of ``dataset``'s training split partitioned ``num_shards`` ways, each
+    with its share of the test split as its held-out evaluation split (federated evaluation).
 
-    Every process computes the same deterministic partition from ``seed``, so shards never overlap.
+    Every process computes the same deterministic partition from ``seed``, so shards never overlap. The
+    test split is cut IID (by device for ``natural``); a shard may get no held-out examples when there
+    are fewer than shards, and then takes no part in federated evaluation.
     Raises DataError (a ValueError) for a bad data set or partition.
     """
-    from federated.data import load_dataset, partition_dataset
+    from federated.data import DataError, load_dataset, partition, partition_dataset
     from federated.worker.loop import ClientData
 
-    train, _ = load_dataset(dataset, seed=seed)
+    train, test = load_dataset(dataset, seed=seed)
     parts = partition_dataset(train, num_shards, partition_spec, seed=seed)
-    return [ClientData(f"{prefix}{i}", train.x[parts[i]], train.y[parts[i]]) for i in shards]
+    try:
+        natural = partition_spec == "natural" and test.devices is not None
+        held = (partition_dataset(test, num_shards, "natural", seed=seed, min_samples=0) if natural
+                else partition(test.y, num_shards, "iid", seed=seed, min_samples=0))
+    except DataError:
+        held = [np.zeros(0, dtype=np.int64)] * num_shards
+    return [ClientData(f"{prefix}{i}", train.x[parts[i]], train.y[parts[i]], test.x[held[i]], test.y[held[i]])
+            for i in shards]
+
+
+def own_data(client_id: str, data_path: str, holdout: float) -> Any:
+    """One worker's ClientData from its own directory: ``train.npz`` to train on, and ``test.npz`` (or,
+    without it, a ``holdout`` share of ``train.npz`` drawn at random and kept aside) to score global
+    models on. Raises DataError for unreadable or malformed files, or a holdout that leaves nothing."""
+    import logging
+    import secrets
+
+    from federated.data import DataError, load_client_dir
+    from federated.worker.loop import ClientData
+
+    train, test = load_client_dir(data_path)
+    if test is not None:
+        return ClientData(client_id, train.x, train.y, test.x, test.y)
+    kept = int(holdout * len(train.y))
+    if kept == 0:
+        logging.getLogger("federated.worker").info(
+            "%s: no test.npz in %s and no --holdout: this worker does not score global models", client_id,
+            data_path)
+        return ClientData(client_id, train.x, train.y)
+    if len(train.y) - kept < 1:
+        raise DataError(f"--holdout {holdout:g} leaves no training examples in {data_path}")
+    order = np.random.default_rng(secrets.randbits(64)).permutation(len(train.y))  # not secret, only fair
+    aside, rest = np.sort(order[:kept]), np.sort(order[kept:])
+    return ClientData(client_id, train.x[rest], train.y[rest], train.x[aside], train.y[aside])
 
 
 def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *,
@@ -51,7 +88,8 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
     runner = ModelRunner(trusted_spec=model, min_noise_multiplier=min_noise_multiplier)
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
                       straggler_rate=straggler_rate, slowdown=slowdown, keys=keys, broker_key=broker_key, floor=floor,
-                      min_noise=min_noise_multiplier, randomness=randomness, ledger_dir=ledger_dir)
+                      min_noise=min_noise_multiplier, randomness=randomness, ledger_dir=ledger_dir,
+                      evaluate=runner.evaluate)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -68,7 +106,11 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
 @click.command("worker")
 @click.option("--client-id", required=True, help="This worker's id (letters, digits, _.:@-).")
 @click.option("--server-address", default="127.0.0.1:8080", show_default=True, help="Broker HOST:PORT.")
-@click.option("--data-path", type=click.Path(file_okay=False), help="Directory with train.npz (x, y).")
+@click.option("--data-path", type=click.Path(file_okay=False),
+              help="Directory with train.npz (x, y), and test.npz to score global models on.")
+@click.option("--holdout", type=click.FloatRange(0.0, 0.5, max_open=False), default=0.0, show_default=True,
+              help="Without test.npz: keep this share of train.npz aside to score global models on "
+                   "(federated evaluation); 0: this worker does not score them.")
 @click.option("--dataset", help="Built-in data set to take a shard of instead: digits | synthetic | mnist1d[:N] | "
                                  "leaf-synthetic:ALPHA,BETA[,DEVICES].")
 @click.option("--shard", type=int, help="Which shard of --dataset (0-based).")
@@ -94,7 +136,7 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
                    "still refuses a replayed round (default: beside --keys; in memory without keys).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (default: a line per round).")
-def worker_command(client_id: str, server_address: str, data_path: str | None, dataset: str | None,
+def worker_command(client_id: str, server_address: str, data_path: str | None, holdout: float, dataset: str | None,
                    shard: int | None, num_shards: int, partition: str, seed: int, model: str | None,
                    keys_path: str | None, broker_key: str | None, dp_min_noise: float, secagg_colluders: int,
                    secagg_min_survivors: int, state_dir: str | None, verbose: int, quiet: bool) -> None:
@@ -127,18 +169,17 @@ def worker_command(client_id: str, server_address: str, data_path: str | None, d
         if worker_keys.worker_id != client_id:
             raise click.UsageError(f"--keys belong to worker {worker_keys.worker_id!r}, not --client-id {client_id!r}")
         keys = {client_id: worker_keys}
-    from federated.data import DataError, load_client_dir
+    from federated.data import DataError
     from federated.worker.loop import ClientData
 
     try:
         if data_path is not None:
-            train, _ = load_client_dir(data_path)
-            clients = [ClientData(client_id, train.x, train.y)]
+            clients = [own_data(client_id, data_path, holdout)]
         else:
             if shard is None or not 0 <= shard < num_shards:
                 raise click.UsageError(f"--shard must be in [0, {num_shards}) with --dataset")
-            clients = load_shards(dataset or "", partition, num_shards, [shard], seed)
-            clients = [ClientData(client_id, clients[0].x, clients[0].y)]
+            loaded = load_shards(dataset or "", partition, num_shards, [shard], seed)[0]
+            clients = [ClientData(client_id, loaded.x, loaded.y, loaded.x_eval, loaded.y_eval)]
     except DataError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)

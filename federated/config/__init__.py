@@ -4,7 +4,8 @@
 - :mod:`~federated.config.checks`: checks of single values shared by the sections;
 - :mod:`~federated.config.training`: the training settings' one schema: the ``training`` section and a
   TASK's ``train`` object (:class:`TrainConfig`), which the worker's trainer parses with it;
-- :mod:`~federated.config.sections`: the ``broker``, ``aggregation``, ``secure`` and ``privacy`` sections;
+- :mod:`~federated.config.sections`: the ``broker``, ``aggregation``, ``secure``, ``privacy`` and ``evaluation``
+  sections;
 - :mod:`~federated.config.run`: :class:`FederatedConfig`, a whole run, and the checks across sections;
 - :mod:`~federated.config.client`: :class:`ClientConfig`, one worker's own settings;
 - :mod:`~federated.config.loading`: defaults, then a YAML file (``yaml.safe_load``), then dotted overrides.
@@ -26,6 +27,7 @@ from federated.config.sections import (
     SERVER_OPTIMIZER_NAMES,
     AggregationConfig,
     BrokerConfig,
+    EvaluationConfig,
     PrivacyConfig,
     SecureConfig,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "BrokerConfig",
     "ClientConfig",
     "ConfigError",
+    "EvaluationConfig",
     "FederatedConfig",
     "PrivacyConfig",
     "SecureConfig",

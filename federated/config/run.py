@@ -10,7 +10,13 @@ from typing import Any
 
 from federated.config.checks import number, positive_int
 from federated.config.errors import ConfigError
-from federated.config.sections import AggregationConfig, BrokerConfig, PrivacyConfig, SecureConfig
+from federated.config.sections import (
+    AggregationConfig,
+    BrokerConfig,
+    EvaluationConfig,
+    PrivacyConfig,
+    SecureConfig,
+)
 from federated.config.training import TrainingConfig
 from federated.data import DataError, check_dataset_spec, parse_partition
 
@@ -36,6 +42,9 @@ class FederatedConfig:
     is random with mean ``q * num_clients`` and ``clients_per_round`` is every client (the largest cohort
     possible). Under central DP this is DP-FedAvg's sampling (McMahan et al. 2018) and is accounted with
     amplification by sampling (:mod:`federated.privacy.ledger`).
+    ``input_shape`` (per-example shape, e.g. ``[24]`` or ``[8, 8, 1]``) and ``num_classes`` describe the
+    model without data: set, a broker builds the model from them and needs no data set of its own; unset,
+    they are read from ``dataset``.
     """
 
     num_clients: int = 10
@@ -50,11 +59,14 @@ class FederatedConfig:
     client_sampling_rate: float | None = None
     privacy_budget: float | None = None
     compression: str = "none"
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def __post_init__(self) -> None:
         auto = set()
@@ -101,6 +113,10 @@ class FederatedConfig:
         self._validate_sampling()
         if self.privacy_budget is not None:
             number("privacy_budget", self.privacy_budget, 0.0, 1e6, open_lo=True)
+        self._validate_model_description()
+        if not isinstance(self.evaluation, EvaluationConfig):
+            raise ConfigError("evaluation", "must be a mapping of federated-evaluation settings")
+        self.evaluation.validate()
         for name, cls in (("training", TrainingConfig), ("broker", BrokerConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(name, f"must be a {cls.__name__} (a mapping of its settings in YAML), "
@@ -129,6 +145,22 @@ class FederatedConfig:
             self.secure.validate(min(2 * agg.bucket_size - 1, self.clients_per_round), ring_bits=ring_bits)
         else:
             self.secure.validate(self.clients_per_round, ring_bits=ring_bits)
+
+    def _validate_model_description(self) -> None:
+        shape, classes = self.input_shape, self.num_classes
+        if shape is not None:
+            if isinstance(shape, tuple):
+                object.__setattr__(self, "input_shape", shape := list(shape))
+            if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(
+                    isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1_000_000 for d in shape)):
+                raise ConfigError("input_shape", f"must be a list of 1 to 4 positive integers (e.g. [24] or "
+                                                 f"[8, 8, 1]), got {shape!r}")
+        if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool)
+                                    or not 2 <= classes <= 100_000):
+            raise ConfigError("num_classes", f"must be an integer in [2, 100000], got {classes!r}")
+        if (shape is None) != (classes is None):
+            missing = "num_classes" if classes is None else "input_shape"
+            raise ConfigError(missing, "input_shape and num_classes describe the model together; set both")
 
     def _validate_sampling(self) -> None:
         if self.selection != "poisson":
@@ -215,6 +247,12 @@ class FederatedConfig:
         from federated.compression.secure import secure_plan
 
         return secure_plan(self.compression)
+
+    @property
+    def federated_evaluation(self) -> bool:
+        """Whether the broker asks workers to score global models (off under distributed DP: see
+        :class:`~federated.config.sections.EvaluationConfig`)."""
+        return self.evaluation.every > 0 and self.privacy.mode != "distributed"
 
     def to_dict(self, *, resolved: bool = False) -> dict[str, Any]:
         """Plain nested dict. Defaults resolved at construction are ``None`` unless ``resolved``

@@ -23,6 +23,7 @@ __all__ = [
     "SERVER_OPTIMIZER_NAMES",
     "AggregationConfig",
     "BrokerConfig",
+    "EvaluationConfig",
     "PrivacyConfig",
     "SecureConfig",
 ]
@@ -84,6 +85,30 @@ class BrokerConfig:
         number(f"{prefix}.server_beta1", self.server_beta1, 0.0, 0.999)
         number(f"{prefix}.server_beta2", self.server_beta2, 0.0, 0.9999)
         number(f"{prefix}.server_tau", self.server_tau, 0.0, 10.0, open_lo=True)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Federated evaluation: workers score the global model on their own held-out split (``test.npz``, or
+    ``--holdout``) and the broker records the weighted loss and accuracy per round.
+
+    ``every``: evaluate the model of every ``every``-th complete round, and always the final one (0: never).
+    The scores of a round's model travel in the next round's answers (workers score the model a TASK
+    brings before training on it), so evaluation costs no extra round trip; the final model is scored in
+    one closing evaluation-only round. ``fraction``: the share of each cohort asked to evaluate (at least
+    one worker). Under secure aggregation the scores travel inside the masked sums, so the broker learns
+    only their weighted sums; under distributed DP they are not collected, since un-noised they would
+    leak what the noise protects.
+    """
+
+    every: int = 1
+    fraction: float = 1.0
+
+    def validate(self, prefix: str = "evaluation") -> None:
+        if not isinstance(self.every, int) or isinstance(self.every, bool) or not 0 <= self.every <= 1_000_000:
+            raise ConfigError(f"{prefix}.every", f"must be an integer >= 0 (0: no federated evaluation), "
+                                                 f"got {self.every!r}")
+        number(f"{prefix}.fraction", self.fraction, 0.0, 1.0, open_lo=True)
 
 
 @dataclass(frozen=True)

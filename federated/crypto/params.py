@@ -27,7 +27,8 @@ class SecAggParams:
     more means the complete graph of the original protocol); ``clip``: L2 bound of an update;
     ``weight_cap``: a worker's sample weight is ``min(num_samples, weight_cap)``; ``frac_bits``: fixed-point
     scale 2^frac_bits; ``n_max``: the most inputs that can be summed (the cohort size);
-    ``vector_length``: coordinates of an encoded input (model parameters + loss + accuracy + weight);
+    ``vector_length``: coordinates of an encoded input (model parameters, then the metrics and weight of
+    :mod:`federated.crypto.secagg_input`);
     ``ring_bits``: the sum lives in Z_2^ring_bits, 32 or 16 (masked inputs then travel as uint16: the
     low halves of the 32-bit masked words, see :mod:`federated.crypto.fixedpoint`).
     """

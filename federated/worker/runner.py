@@ -21,7 +21,7 @@ from federated.models import ModelError, build_model
 from federated.worker.payload import distributed_noise_multiplier
 from federated.worker.trainer import LocalTrainer, TrainConfig
 
-__all__ = ["BUILTIN", "ModelRunner", "model_config"]
+__all__ = ["BUILTIN", "ModelRunner", "check_data_fits", "model_config"]
 
 #: Model specs a worker builds when a broker names them: the built-in models, named once in the config.
 BUILTIN = BUILTIN_MODELS
@@ -43,6 +43,28 @@ def _call_factory(spec: str) -> nn.Module:
 def model_config(spec: str, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     """The ``model`` section of a TASK config."""
     return {"spec": spec, "input_shape": list(input_shape), "num_classes": num_classes}
+
+
+def check_data_fits(model: Mapping[str, Any], x: np.ndarray, y: np.ndarray, what: str = "training data") -> None:
+    """Refuse data that a TASK's model description cannot take, before any of it reaches MLX: the feature
+    count must be ``prod(input_shape)``, the labels whole numbers in ``0 .. num_classes - 1``. A
+    description without a shape or class count (a user's own model) is checked by the trainer instead.
+    Raises ValueError naming the problem and both sides' figures."""
+    shape, classes, spec = model.get("input_shape"), model.get("num_classes"), model.get("spec")
+    if isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape):
+        width = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim >= 2 else -1
+        expected = int(np.prod(shape, dtype=np.int64))
+        if width != expected:
+            raise ValueError(f"this worker's {what} has {width} features per example; the task's model "
+                             f"({spec}, input_shape {shape}) takes {expected}")
+    if isinstance(classes, int) and not isinstance(classes, bool) and len(y):
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"this worker's {what} has labels of dtype {y.dtype}; they must be integers "
+                             f"0..{classes - 1}")
+        low, top = int(y.min()), int(y.max())
+        if low < 0 or top >= classes:
+            raise ValueError(f"this worker's {what} has labels {low}..{top}; the task's model has {classes} "
+                             f"classes (labels 0..{classes - 1})")
 
 
 class ModelRunner:
@@ -97,6 +119,7 @@ class ModelRunner:
         if not isinstance(model, dict) or not isinstance(train, dict):
             raise TypeError("task config needs 'model' and 'train' sections")
         trainer = self.trainer(model)
+        check_data_fits(model, x, y)
         cfg = TrainConfig.from_dict(train)
         if self.min_noise_multiplier > 0 and not (
                 (cfg.dp_enabled and cfg.dp_noise_multiplier >= self.min_noise_multiplier)
@@ -108,6 +131,17 @@ class ModelRunner:
         if cfg.dp_enabled:
             metrics.update(dp_steps=float(result.dp_steps), dp_sampling_rate=result.dp_sampling_rate)
         return result.update, metrics
+
+    def evaluate(self, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                 config: dict[str, Any]) -> tuple[float, float]:
+        """Federated evaluation: ``(mean loss, accuracy)`` of a TASK's global ``weights`` on this worker's
+        held-out ``x, y``. Raises ValueError/TypeError for a TASK or data that does not fit."""
+        model = config.get("model")
+        if not isinstance(model, dict):
+            raise TypeError("task config needs a 'model' section")
+        trainer = self.trainer(model)
+        check_data_fits(model, x, y, "evaluation data")
+        return trainer.evaluate(weights, x, y)
 
     def evaluator(self, model: Mapping[str, Any], x: np.ndarray, y: np.ndarray) -> Any:
         """``evaluate(weights) -> (loss, accuracy)`` on held-out ``x, y`` (for the broker)."""

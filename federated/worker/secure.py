@@ -35,7 +35,10 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     ``skellam_mu`` (distributed DP): add this worker's share of Skellam noise, ``Poisson(mu) - Poisson(mu)``
     per update coordinate in the integer domain, drawn from ``noise`` (default: an OS-seeded generator the
     broker cannot predict); the weight is then 1 (a sample count would scale this worker's influence past the clip) and
-    the loss and accuracy coordinates are 0 (un-noised, they would leak).
+    the loss, accuracy and evaluation coordinates are 0 (un-noised, they would leak).
+
+    ``metrics`` may carry the federated evaluation of the model the round started from: ``eval_loss`` and
+    ``eval_accuracy`` (on the worker's held-out split); without them the evaluation coordinates are 0.
 
     ``rounding_seed`` (32 bytes) keys the stochastic rounding; default ``os.urandom(32)``. Both are the
     worker's local randomness (:class:`federated.worker.randomness.LocalRandomness`).
@@ -56,13 +59,18 @@ def encode_input(update: Mapping[str, np.ndarray] | np.ndarray, metrics: Mapping
     size = part.size if isinstance(part, np.ndarray) else sum(p.size for p in part)
     loss = min(max(float(metrics.get("loss", 0.0)), 0.0), bound)
     accuracy = min(max(float(metrics.get("accuracy", 0.0)), 0.0), 1.0)
+    evaluation: tuple[float, float] | None = None
+    if "eval_loss" in metrics and "eval_accuracy" in metrics:
+        evaluation = (min(max(float(metrics["eval_loss"]), 0.0), bound),
+                      min(max(float(metrics["eval_accuracy"]), 0.0), 1.0))
     if skellam_mu is not None:
         loss = accuracy = 0.0
+        evaluation = None
         num_samples = 1
     weight = max(1, min(num_samples, params.weight_cap))
     # The update is clipped to the clip bound; loss and accuracy ride along unclipped, already within it.
     encoded = secagg_input.encode_input(part, loss, accuracy, weight, params,
-                                        rounding_seed if rounding_seed is not None else os.urandom(32))
+                                        rounding_seed if rounding_seed is not None else os.urandom(32), evaluation)
     if skellam_mu is None:
         return encoded
     share = np.zeros(encoded.shape[0], dtype=np.int64)

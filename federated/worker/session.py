@@ -61,6 +61,7 @@ __all__ = [
     "Action",
     "Announce",
     "ClientData",
+    "EvaluateFunction",
     "Finish",
     "FitFunction",
     "Send",
@@ -82,16 +83,28 @@ Frames = list[bytes | memoryview]
 FitFunction = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any], int],
                        tuple[dict[str, np.ndarray], dict[str, float]]]
 
+#: ``evaluate(global_weights, x, y, task_config) -> (mean loss, accuracy)`` on held-out data; raises
+#: ValueError for data the TASK's model cannot take. Provided by :mod:`federated.worker.runner`.
+EvaluateFunction = Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, Any]], tuple[float, float]]
+
 _SECURE_STAGE = {Roster: "roster", Shares: "shares", ConsistencyCheck: "consistency", UnmaskRequest: "unmask"}
 
 
 @dataclass(frozen=True)
 class ClientData:
-    """One worker identity and its private training data."""
+    """One worker identity, its private training data and its held-out evaluation split (``x_eval``,
+    ``y_eval``; None: this worker takes no part in federated evaluation)."""
 
     worker_id: str
     x: np.ndarray
     y: np.ndarray
+    x_eval: np.ndarray | None = None
+    y_eval: np.ndarray | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this worker holds an evaluation split to score global models on."""
+        return self.y_eval is not None and len(self.y_eval) > 0
 
 
 def task_seed(seed: int, round_id: int, worker_id: str) -> int:
@@ -352,12 +365,16 @@ class WorkerSession:
             codec = self._codecs[spec] = make_codec(spec, salt=task_seed(0, 0, self.worker_id))
         return codec
 
-    def train(self, job: TrainJob, fit: FitFunction, wait_s: float = 0.0, slowdown: float = 1.0) -> TrainResult:
+    def train(self, job: TrainJob, fit: FitFunction, wait_s: float = 0.0, slowdown: float = 1.0,
+              evaluate: EvaluateFunction | None = None) -> TrainResult:
         """Run one training job (on the training thread; touches only this session's codecs).
 
         ``wait_s``: how long the job queued behind other clients of this process for the shared trainer
         (reported so the broker can tell simulation queueing from its own overhead). ``slowdown``
         (simulation): this device computes that many times slower; its result is held back accordingly.
+        ``evaluate``: scores the TASK's global model on this worker's evaluation split when the TASK asks
+        (``evaluate: true``; ``evaluate_only: true`` asks for nothing else), before any training; the
+        result travels with the update (inside the masked input under secure aggregation).
         A bad TASK or a failed fit becomes an ERROR, never an exception.
         """
         task = job.task
@@ -366,9 +383,21 @@ class WorkerSession:
         def error(code: ErrorCode, message: str) -> TrainResult:
             return TrainResult(job.generation, task.round_id, Error(code.value, message, task.round_id).to_frames())
 
+        evaluation: dict[str, float] = {}
+        only = task.config.get("evaluate_only") is True
         try:
+            if task.config.get("evaluate") is True and evaluate is not None and self.data.evaluates:
+                assert self.data.x_eval is not None and self.data.y_eval is not None
+                eval_loss, eval_accuracy = evaluate(dict(task.weights), self.data.x_eval, self.data.y_eval,
+                                                    task.config)
+                evaluation = {"eval_loss": eval_loss, "eval_accuracy": eval_accuracy,
+                              "eval_samples": float(len(self.data.y_eval))}
             config = self._straggle(task, job.seed)
-            update, metrics = fit(dict(task.weights), self.data.x, self.data.y, config, job.seed)
+            update: dict[str, np.ndarray]
+            if only:
+                update, metrics = {}, {"loss": 0.0, "accuracy": 0.0, "train_s": 0.0}
+            else:
+                update, metrics = fit(dict(task.weights), self.data.x, self.data.y, config, job.seed)
         except (ValueError, TypeError) as exc:
             # A bad TASK (unknown option, wrong model) is the broker's problem: tell it, keep serving.
             log.error("%s: cannot train round %d: %s", wid, task.round_id, exc)
@@ -376,7 +405,7 @@ class WorkerSession:
         except Exception as exc:
             log.exception("%s: training failed in round %d", wid, task.round_id)
             return error(ErrorCode.TRAIN_FAILED, f"{type(exc).__name__}: {exc}")
-        metrics = {**metrics, "wait_s": wait_s}
+        metrics = {**metrics, **evaluation, "wait_s": wait_s}
         hold_s = 0.0
         if slowdown > 1.0:
             # A simulated slow device: its compute takes ``slowdown`` times as long, so its answer leaves
@@ -389,6 +418,12 @@ class WorkerSession:
             return error(ErrorCode.BAD_TASK, str(exc))
         summary = (f"loss {metrics.get('loss', float('nan')):.4f}, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
                    f"{metrics.get('train_s', 0.0):.2f} s on {len(self.data.y)} examples")
+        if only:
+            summary = ""
+        if evaluation:
+            scored = (f"global model scored loss {evaluation['eval_loss']:.4f}, accuracy "
+                      f"{evaluation['eval_accuracy']:.3f} on {int(evaluation['eval_samples'])} held-out examples")
+            summary = f"{summary}; {scored}" if summary else scored
         return TrainResult(job.generation, task.round_id, payload, hold_s, summary)
 
     def _straggle(self, task: Task, seed: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from federated.broker.coordinator import Coordinator
 from federated.broker.planning import compression_seed
 from federated.compression import make_codec
 from federated.config import BrokerConfig, ConfigError, FederatedConfig, load_config
+from federated.crypto.secagg_input import EXTRA_COORDINATES
 from federated.protocol import Hello, Task, Update, decode_message
 
 WEIGHTS = {"b": np.zeros(4, np.float32), "w": np.zeros((4, 4), np.float32)}
@@ -81,7 +82,7 @@ def test_secure_round_with_quantization_sends_sixteen_bit_words(spec: str, kept:
     (record,) = coordinator.history
     assert record.status == "complete", record.error
     masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
-    assert len(masked) == 4 and all(m.dtype == np.uint16 and m.size == kept + 3 for m in masked)
+    assert len(masked) == 4 and all(m.dtype == np.uint16 and m.size == kept + EXTRA_COORDINATES for m in masked)
     for m in masked:  # masked, never a worker's plain encoding
         assert not any(np.array_equal(m, w.encoded.astype(np.uint16)) for w in workers)
     values = np.concatenate([coordinator.weights[k].ravel() for k in sorted(coordinator.weights)])
@@ -102,7 +103,7 @@ def test_secure_round_with_shared_random_k_masks_only_the_shared_coordinates() -
     assert record.status == "complete", record.error
     masked = [m.masked for m in received if type(m).__name__ == "MaskedInput"]
     total = sum(int(v.size) for v in coordinator.weights.values())  # 7 parameters in the fake model
-    assert all(m.size == round(0.5 * total) + 3 for m in masked)
+    assert all(m.size == round(0.5 * total) + EXTRA_COORDINATES for m in masked)
     kept = np.concatenate([coordinator.weights[k].ravel() for k in sorted(coordinator.weights)])
     assert np.count_nonzero(kept) == round(0.5 * total)
     np.testing.assert_allclose(kept[kept != 0], 0.25, atol=0.01)

@@ -17,7 +17,7 @@ import pytest
 
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
 from federated.broker.store import RoundRecord
-from federated.config import BrokerConfig, FederatedConfig, PrivacyConfig
+from federated.config import BrokerConfig, EvaluationConfig, FederatedConfig, PrivacyConfig
 from federated.privacy import compute_epsilon
 from federated.protocol import Error, Hello, Update
 
@@ -36,7 +36,7 @@ class _Broker:
         broker = BrokerConfig(round_timeout_s=10.0, start_timeout_s=5.0, heartbeat_interval_s=1.0,
                               heartbeat_timeout_s=3.0, max_failed_rounds=3)
         config = FederatedConfig(num_clients=3, clients_per_round=3, min_clients=2, num_rounds=10,
-                                 broker=broker, privacy_budget=budget,
+                                 broker=broker, privacy_budget=budget, evaluation=EvaluationConfig(every=0),
                                  privacy=PrivacyConfig(mode="central", noise_multiplier=SIGMA, clip=1.0, delta=DELTA))
         self.records: list[RoundRecord] = []
         self.weights = {"w": np.zeros(4, np.float32)}

@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from support import SECURE_WEIGHTS, SecureFakeWorker, frames_of
 
 from federated.broker.coordinator import Coordinator, Outbound
-from federated.config import AggregationConfig, BrokerConfig, FederatedConfig, SecureConfig
+from federated.config import AggregationConfig, BrokerConfig, EvaluationConfig, FederatedConfig, SecureConfig
 from federated.crypto.errors import CryptoError
 from federated.crypto.params import SecAggParams, advertise_message
 from federated.crypto.primitives import generate_identity, generate_x25519, sign
@@ -153,7 +153,8 @@ def secure_config(n: int, *, rounds: int = 1, compression: str = "none", clip: f
     return FederatedConfig(num_clients=n, clients_per_round=n, num_rounds=rounds, min_clients=2,
                            compression=compression, secure=SecureConfig(enabled=True, clip=clip),
                            aggregation=AggregationConfig(bucket_size=bucket_size),
-                           broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0))
+                           broker=BrokerConfig(heartbeat_interval_s=100.0, heartbeat_timeout_s=1000.0),
+                           evaluation=EvaluationConfig(every=0))
 
 
 # ------------------------------------------------------------------------------------ state, refusals

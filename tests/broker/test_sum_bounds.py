@@ -30,6 +30,7 @@ from federated.broker.secure_round import NOISE_TAIL, decode_round
 from federated.config import BrokerConfig, FederatedConfig, PrivacyConfig, SecureConfig
 from federated.crypto import fixedpoint
 from federated.crypto.params import SecAggParams
+from federated.crypto.secagg_input import EXTRA_COORDINATES
 from federated.privacy.noise import skellam_share
 from federated.privacy.skellam import noise_norm_bound
 from federated.protocol import Task
@@ -116,7 +117,7 @@ def test_distributed_dp_sum_with_large_data_coordinates_is_refused() -> None:
 
 def test_distributed_dp_sum_with_a_weighted_loss_out_of_range_is_refused() -> None:
     # Honest workers send 0 for loss and accuracy under distributed DP; the cap is W * max(clip, 1).
-    coordinator, _ = _run(lambda v, p: _set(v, -3, 2 * N * 2**p.frac_bits), dp=True)
+    coordinator, _ = _run(lambda v, p: _set(v, -6, 2 * N * 2**p.frac_bits), dp=True)
     _assert_refused(coordinator, "weighted loss")
 
 
@@ -156,11 +157,17 @@ def test_a_member_claiming_131_times_the_weight_cap_is_refused() -> None:
     _assert_refused(coordinator, "summed weight")
 
 
+# The tail of an input (crypto.secagg_input): loss, accuracy, evaluation loss, evaluation accuracy, evaluated
+# weight, weight.
 @pytest.mark.parametrize(("index", "value", "what"), [
-    (-3, 2**30, "weighted loss"),  # far beyond W * max(clip, 1)
-    (-3, -(2**20), "weighted loss"),  # a negative loss sum
-    (-2, -(2**20), "weighted accuracy"),  # a negative accuracy sum
-    (-2, 2**30, "weighted accuracy"),  # accuracy above 1
+    (-6, 2**30, "weighted loss"),  # far beyond W * max(clip, 1)
+    (-6, -(2**20), "weighted loss"),  # a negative loss sum
+    (-5, -(2**20), "weighted accuracy"),  # a negative accuracy sum
+    (-5, 2**30, "weighted accuracy"),  # accuracy above 1
+    (-4, 2**20, "weighted evaluation loss"),  # an evaluation loss with nobody evaluating
+    (-3, 2**20, "weighted evaluation accuracy"),  # an evaluation accuracy with nobody evaluating
+    (-2, -(2**20), "evaluated weight"),  # a negative evaluated weight
+    (-2, 2**30, "evaluated weight"),  # more evaluated weight than weight
 ])
 def test_metric_sums_out_of_range_are_refused(index: int, value: int, what: str) -> None:
     coordinator, _ = _run(lambda v, p: _set(v, index, value), dp=False)
@@ -177,7 +184,7 @@ def test_a_weight_that_is_not_whole_is_refused() -> None:
 
 def _params(*, weight_cap: int, clip: float, n: int, dim: int = DIM, frac_bits: int | None = None) -> SecAggParams:
     frac_bits = fixedpoint.max_frac_bits(n, clip, weight_cap) if frac_bits is None else frac_bits
-    return SecAggParams(n - 1, n - 1, clip, weight_cap, frac_bits, n, dim + 3)
+    return SecAggParams(n - 1, n - 1, clip, weight_cap, frac_bits, n, dim + EXTRA_COORDINATES)
 
 
 def _sum(encodings: list[np.ndarray]) -> np.ndarray:
@@ -196,15 +203,18 @@ def test_honest_sums_at_every_bound_are_kept(seed: int) -> None:
     params = _params(weight_cap=cap, clip=clip, n=n)
     direction = rng.normal(size=DIM)
     update = direction / np.linalg.norm(direction) * clip * 1.5  # clipped down to the bound
+    top = max(clip, 1.0)
     encodings = [fixedpoint.encode(update, cap, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32),
-                                   extra=(max(clip, 1.0), 1.0)) for _ in range(n)]
+                                   extra=(top, 1.0, top, 1.0, 1.0)) for _ in range(n)]
     decoded = decode_round(_sum(encodings), params, SECURE_WEIGHTS, inputs=n)
-    assert decoded.weight == n * cap
-    assert decoded.train_loss == pytest.approx(max(clip, 1.0), rel=1e-3) and decoded.train_accuracy == pytest.approx(1.0, rel=1e-3)
-    # And the smallest: weight 1 each, zero metrics.
-    small = [fixedpoint.encode(update, 1, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32), extra=(0.0, 0.0))
-             for _ in range(n)]
-    assert decode_round(_sum(small), params, SECURE_WEIGHTS, inputs=n).weight == n
+    assert decoded.weight == n * cap and decoded.eval_weight == n * cap
+    assert decoded.train_loss == pytest.approx(top, rel=1e-3) and decoded.train_accuracy == pytest.approx(1.0, rel=1e-3)
+    assert decoded.eval_loss == pytest.approx(top, rel=1e-3) and decoded.eval_accuracy == pytest.approx(1.0, rel=1e-3)
+    # And the smallest: weight 1 each, zero metrics, nobody evaluating.
+    small = [fixedpoint.encode(update, 1, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32),
+                               extra=(0.0,) * (EXTRA_COORDINATES - 1)) for _ in range(n)]
+    low = decode_round(_sum(small), params, SECURE_WEIGHTS, inputs=n)
+    assert low.weight == n and low.eval_weight == 0 and low.eval_accuracy is None
 
 
 def test_honest_noisy_sums_are_kept_and_the_noise_tail_is_what_it_says() -> None:
@@ -221,14 +231,14 @@ def test_honest_noisy_sums_are_kept_and_the_noise_tail_is_what_it_says() -> None
     update = np.ones(dim) * clip / math.sqrt(dim)
     for _ in range(300):
         encodings = [fixedpoint.encode(update, 1, clip=clip, frac_bits=params.frac_bits, seed=rng.bytes(32),
-                                       extra=(0.0, 0.0)) for _ in range(n)]
+                                       extra=(0.0,) * (EXTRA_COORDINATES - 1)) for _ in range(n)]
         noisy = [e.view(np.int32).astype(np.int64) for e in encodings]
         for row in noisy:
             row[:dim] += skellam_share(dim, mu, rng)
         total = _sum([row.astype(np.uint32) for row in noisy])
         decode_round(total, params, reference, inputs=n, noise_mu=mu)  # raises if refused
     bound = noise_norm_bound(n * mu, dim, NOISE_TAIL)
-    loud = np.zeros(dim + 3, np.int64)
+    loud = np.zeros(dim + EXTRA_COORDINATES, np.int64)
     loud[:dim] = math.ceil(1.5 * bound / math.sqrt(dim))
     loud[-1] = n * 2**params.frac_bits
     with pytest.raises(ValueError, match="beyond the clip bound"):
@@ -237,7 +247,7 @@ def test_honest_noisy_sums_are_kept_and_the_noise_tail_is_what_it_says() -> None
 
 def test_decode_round_needs_the_input_count() -> None:
     params = _params(weight_cap=4, clip=1.0, n=3)
-    total = np.zeros(DIM + 3, np.uint32)
+    total = np.zeros(DIM + EXTRA_COORDINATES, np.uint32)
     with pytest.raises(TypeError):
         decode_round(total, params, SECURE_WEIGHTS)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="inputs must be an integer"):

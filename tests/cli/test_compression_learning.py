@@ -13,6 +13,7 @@ import pytest
 from support import simulate_json
 
 from federated.compression import kept_count, secure_plan
+from federated.crypto.secagg_input import EXTRA_COORDINATES
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -42,8 +43,8 @@ def test_secure_random_quarter_with_16_bit_sums(tmp_path: Path) -> None:
     base = _run(tmp_path, "secure", "--secure", "--secure-clip", "10")
     small = _run(tmp_path, "secure-small", "--secure", "--secure-clip", "10", "--compression", spec)
     plan = secure_plan(spec)
-    masked = (kept_count(DIGITS_PARAMS, plan.fraction or 1.0) + 3) * plan.ring_bits // 8
-    assert 4 * DIGITS_PARAMS / masked >= 7.95  # the float32 update over the masked input (3 extra coordinates)
+    masked = (kept_count(DIGITS_PARAMS, plan.fraction or 1.0) + EXTRA_COORDINATES) * plan.ring_bits // 8
+    assert 4 * DIGITS_PARAMS / masked >= 7.95  # the float32 update over the masked input (and its metric coordinates)
     # Key exchange costs the same in both runs (about 2.6 KB per worker and round), so the total shrinks
     # about 4x (measured 4.04x). The margin absorbs heartbeats, which a loaded machine's slower rounds
     # count more of (an exact per-message bound failed once under load).

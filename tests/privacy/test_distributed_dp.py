@@ -8,6 +8,7 @@ import pytest
 
 from federated.config import FederatedConfig, PrivacyConfig, SecureConfig
 from federated.crypto.fixedpoint import decode_sum
+from federated.crypto.secagg_input import EXTRA_COORDINATES
 from federated.privacy.ledger import PrivacyLedger
 from federated.privacy.skellam import check_no_wrap_with_noise, skellam_epsilon, skellam_sensitivities
 from federated.worker.secure import encode_input
@@ -43,8 +44,8 @@ def test_calibration_fits_the_budget_over_the_planned_rounds() -> None:
 
 
 def _params(ledger: PrivacyLedger, config: FederatedConfig) -> object:
-    params = config.secure.round_params(10, DIM + 3)
-    return type(params)(params.threshold, params.degree, ledger.clip, 1, ledger.frac_bits, 10, DIM + 3)
+    params = config.secure.round_params(10, DIM + EXTRA_COORDINATES)
+    return type(params)(params.threshold, params.degree, ledger.clip, 1, ledger.frac_bits, 10, DIM + EXTRA_COORDINATES)
 
 
 def test_the_workers_noise_sums_to_the_intended_variance_and_the_sum_is_exact() -> None:
@@ -56,7 +57,7 @@ def test_the_workers_noise_sums_to_the_intended_variance_and_the_sum_is_exact() 
     for _ in range(10):
         update = {"w": rng.normal(size=DIM).astype(np.float32)}  # norm ~70, clipped to 1
         encoded.append(encode_input(update, {"loss": 2.0, "accuracy": 0.5}, 300, params, skellam_mu=ledger.skellam_mu))
-    wrapped = np.zeros(DIM + 3, np.uint32)
+    wrapped = np.zeros(DIM + EXTRA_COORDINATES, np.uint32)
     for e in encoded:
         wrapped += e  # mod 2^32, as the masked sum is
     exact = np.sum([e.view(np.int32).astype(np.int64) for e in encoded], axis=0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
 from federated.broker.store import RoundRecord, RoundStore
-from federated.config import BrokerConfig, FederatedConfig
+from federated.config import BrokerConfig, EvaluationConfig, FederatedConfig
 from federated.protocol import Heartbeat, Hello, Message, Task, Update, decode_message
 
 from .codec import wire
@@ -39,9 +39,10 @@ HARNESS_BROKER = BrokerConfig(round_timeout_s=10.0, start_timeout_s=5.0, heartbe
 
 
 def harness_config(**kw: Any) -> FederatedConfig:
-    """Three workers, all selected, ``min_clients`` 2, three rounds, ``HARNESS_BROKER`` (overrides in ``kw``)."""
+    """Three workers, all selected, ``min_clients`` 2, three rounds, ``HARNESS_BROKER``, no federated
+    evaluation (the harness's updates carry no scores; tests of evaluation turn it on) (overrides in ``kw``)."""
     base: dict[str, Any] = {"num_clients": 3, "clients_per_round": 3, "min_clients": 2, "num_rounds": 3,
-                            "broker": HARNESS_BROKER}
+                            "broker": HARNESS_BROKER, "evaluation": EvaluationConfig(every=0)}
     base.update(kw)
     return FederatedConfig(**base)
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from federated.crypto.params import SecAggParams
+from federated.crypto.secagg_input import EXTRA_COORDINATES
 from federated.protocol import Task
 from federated.worker.session import ClientData, Send, Train, WorkerSession
 
@@ -44,7 +45,7 @@ def secagg_params(n: int, *, threshold: int | None = None, degree: int | None = 
     given) and the sessions' model."""
     degree = degree if degree is not None else n - 1
     return SecAggParams(threshold if threshold is not None else degree // 2 + 1, degree, 10.0, 100, 16, n,
-                        SESSION_SIZE + 3)
+                        SESSION_SIZE + EXTRA_COORDINATES)
 
 
 def secure_task(round_id: int, p: SecAggParams, index: int, size: int, **extra: Any) -> Task:

@@ -39,8 +39,9 @@ class SecureFakeWorker:
     """A worker of a secure round whose update is ``delta`` everywhere (``samples`` samples), answering each
     broker message with what the real worker's secure-aggregation machine would."""
 
-    def __init__(self, wid: str, samples: int, delta: float) -> None:
+    def __init__(self, wid: str, samples: int, delta: float, scores: tuple[float, float] | None = None) -> None:
         self.wid, self.samples = wid, samples
+        self.scores = scores  # (loss, accuracy) it reports when a TASK asks it to score the model
         self.identity, public = generate_identity()
         self.hello = Hello(wid, samples, ("train",), public.hex())
         self.update = {k: np.full(v.shape, delta, np.float32) for k, v in SECURE_WEIGHTS.items()}
@@ -57,7 +58,11 @@ class SecureFakeWorker:
             if plan.fraction is not None:
                 size = sum(int(v.size) for v in self.update.values())
                 indices = shared_indices(size, plan.fraction, msg.config["compression_seed"])
-            self.encoded = encode_input(self.update, {"loss": 1.0, "accuracy": 0.5}, self.samples, params, indices)
+            metrics = {"loss": 1.0, "accuracy": 0.5}
+            if msg.config.get("evaluate") is True and self.scores is not None:
+                metrics.update(eval_loss=self.scores[0], eval_accuracy=self.scores[1])
+            update = {} if msg.config.get("evaluate_only") is True else self.update
+            self.encoded = encode_input(update, metrics, self.samples, params, indices)
             return self.machine.advertise()
         if not isinstance(msg, (Roster, Shares, ConsistencyCheck, UnmaskRequest)):
             return None  # WELCOME, HEARTBEAT, BYE

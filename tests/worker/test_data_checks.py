@@ -63,4 +63,4 @@ def test_a_worker_answers_a_task_its_labels_do_not_fit_with_an_error_naming_them
     result = session.train(job, ModelRunner().fit)
     error = decode_message([bytes(f) for f in result.payload])  # type: ignore[union-attr]
     assert isinstance(error, Error) and error.code == ErrorCode.BAD_TASK
-    assert "label 11 is out of range" in error.message
+    assert "labels 0..11" in error.message and "10 classes" in error.message
