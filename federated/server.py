@@ -7,7 +7,8 @@
 Without ``model_factory`` the model is ``config.model`` built for ``config.dataset``, and the broker
 evaluates each round on that data set's test split. With a ``model_factory``, pass ``eval_data=(x, y)``
 to get held-out accuracy; workers must run the same model (``FederatedClient`` with the same factory, or
-``flworker --model MODULE:FACTORY``).
+``flworker --model MODULE:FACTORY``). Either way, workers that hold an evaluation split (``test.npz``)
+score each model on it: ``final_federated_accuracy`` (federated evaluation).
 """
 
 from __future__ import annotations
@@ -41,12 +42,21 @@ class TrainingResults:
 
     @property
     def final_accuracy(self) -> float | None:
+        """The final model's accuracy on the server's held-out data (None without ``eval_data``)."""
         complete = [r for r in self.rounds if r.status == "complete"]
         return complete[-1].accuracy if complete else None
 
+    @property
+    def final_federated_accuracy(self) -> float | None:
+        """The final model's accuracy on the workers' own held-out data (federated evaluation; None if no
+        worker holds an evaluation split)."""
+        complete = [r for r in self.rounds if r.status == "complete"]
+        return complete[-1].fed_accuracy if complete else None
+
     def __repr__(self) -> str:
         return (f"TrainingResults(completed={self.completed}, failed={self.failed}, reason={self.reason!r}, "
-                f"final_accuracy={self.final_accuracy}, store={self.store!r})")
+                f"final_accuracy={self.final_accuracy}, final_federated_accuracy={self.final_federated_accuracy}, "
+                f"store={self.store!r})")
 
 
 class FederatedServer:

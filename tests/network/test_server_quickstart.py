@@ -54,8 +54,9 @@ def test_server_quickstart_runs_as_written_and_stops_within_its_privacy_budget(
         for i in range(10):
             data = tmp_path / f"data{i}"
             data.mkdir()
-            x = rng.normal(size=(100, 10)).astype(np.float32)
-            np.savez(data / "train.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+            for split, n in (("train", 100), ("test", 30)):  # each worker's own data, and its own test split
+                x = rng.normal(size=(n, 10)).astype(np.float32)
+                np.savez(data / f"{split}.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
             worker = Proc([str(BIN / "flworker"), "--client-id", f"client_{i}",
                            "--server-address", f"127.0.0.1:{port}", "--data-path", str(data),
                            "--model", "model:SimpleModel"])
@@ -68,11 +69,14 @@ def test_server_quickstart_runs_as_written_and_stops_within_its_privacy_budget(
         kill_group(server)  # whatever failed; nothing to do once it has exited
     assert server.returncode == 0, err[-3000:]
     assert out.strip()
+    # The server holds no data, so the accuracy it reports is the workers' federated evaluation.
+    assert "final_accuracy=None" in out and "final_federated_accuracy=0." in out, out
     with RoundStore(tmp_path / "runs" / "latest" / "store.db", readonly=True) as store:
         rounds = store.list_rounds()
         outcome = store.get_meta("outcome")
     complete = [r for r in rounds if r.status == "complete"]
     assert len(complete) == 100
+    assert all(r.fed_accuracy is not None for r in complete)
     assert all(r.epsilon is not None and r.epsilon <= 1.0 for r in rounds)
     assert isinstance(outcome, dict) and outcome["privacy"]["calibrated"] and outcome["privacy"]["epsilon"] <= 1.0
     json.dumps(outcome)
