@@ -21,10 +21,11 @@ import json
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from flcli import last_json, simulate_command
 
 CODECS = ("none", "q8", "q4", "q2", "topk:0.0625", "randk:0.125", "randk:0.25+ef", "topk:0.025+q8",
           "topk:0.007+q8")
@@ -37,10 +38,9 @@ EXTRA = 3
 
 def simulate(tmp: Path, name: str, *flags: str) -> dict[str, Any]:
     store = tmp / name / "store.db"
-    out = subprocess.run([sys.executable, "-m", "federated.cli.main", "simulate", "--json", "--store", str(store),
-                          *flags], capture_output=True, text=True, check=True, timeout=1800,
+    out = subprocess.run(simulate_command(store, *flags), capture_output=True, text=True, check=True, timeout=1800,
                          cwd=Path(__file__).resolve().parents[1])
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result = last_json(out.stdout)
     result["store_path"] = store
     return result
 

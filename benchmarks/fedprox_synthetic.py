@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flcli import flag_list, last_json, simulate_command
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = "leaf-synthetic:1,1"
 COMMON = {"--dataset": DATASET, "--partition": "natural", "--num-clients": "30", "--clients-per-round": "10",
@@ -52,14 +54,11 @@ def cases(rate: float) -> dict[str, dict[str, str]]:
 
 def simulate(store: Path, flags: dict[str, str]) -> dict[str, Any]:
     """One ``fl simulate --json`` run; exits with its stderr if it fails."""
-    args = [sys.executable, "-m", "federated.cli.main", "simulate", "--json", "--store", str(store)]
-    for flag, value in flags.items():
-        args += [flag, value]
+    args = simulate_command(store, *flag_list(flags))
     out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=7200, cwd=ROOT)
     if out.returncode != 0:
         sys.exit(f"fl simulate failed ({out.returncode}): {' '.join(args)}\n{out.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return last_json(out.stdout)
 
 
 def curves(store: Path, seed: int) -> tuple[list[float], list[float]]:

@@ -16,19 +16,19 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from flcli import last_json, simulate_command
+
 
 def simulate(tmp: Path, name: str, *flags: str) -> dict[str, Any]:
-    args = [sys.executable, "-m", "federated.cli.main", "simulate", "--json", "--store", str(tmp / name / "store.db"),
-            *flags]
+    args = simulate_command(tmp / name / "store.db", *flags)
     started = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result = last_json(out.stdout)
     result["outer_wall_s"] = time.perf_counter() - started
     return result
 

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from flcli import last_json, simulate_command
+
 ATTACKS = ("none", "sign_flip", "gaussian", "label_flip", "alie", "ipm", "minmax")
 RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geometric_median",
          "centered_clipping", "norm_bounding")
@@ -28,9 +30,8 @@ RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "geom
 def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | None = None,
         secure_clip: float | None = None) -> dict[str, Any]:
     name = f"{attack}-{rule}-{secure_buckets}"
-    args = [sys.executable, "-m", "federated.cli.main", "simulate", "--num-clients", "20", "--num-rounds", str(rounds),
-            "--partition", "dirichlet:0.5", "--seed", "0", "--aggregation", rule, "--json",
-            "--store", str(tmp / name / "store.db")]
+    args = simulate_command(tmp / name / "store.db", "--num-clients", "20", "--num-rounds", str(rounds),
+                            "--partition", "dirichlet:0.5", "--seed", "0", "--aggregation", rule)
     if attack != "none":
         args += ["--byzantine-fraction", "0.2", "--attack", attack]
     if secure_buckets:
@@ -42,7 +43,7 @@ def run(tmp: Path, attack: str, rule: str, rounds: int, secure_buckets: int | No
     if out.returncode != 0:
         return {"case": "accuracy", "attack": attack, "rule": rule, "secure": bool(secure_buckets),
                 "error": out.stderr.strip().splitlines()[-1:] }
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = last_json(out.stdout)
     attackers = set(result.get("attackers", []))
     tp = fp = selected_bad = selected_good = 0
     for r in result["rounds"]:

@@ -24,12 +24,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from flcli import last_json, simulate_command
 
 from federated.config import SecureConfig
 from federated.crypto.graph import degree_for
@@ -102,9 +102,8 @@ def round_times(mode: str, tmp: Path, clients: int, rounds: int, epochs: int) ->
     """
     run_dir = tmp / f"{mode}{clients}e{epochs}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "federated.cli.main", "simulate", "--num-clients", str(clients), "--num-rounds",
-            str(rounds), "--local-epochs", str(epochs), "--model", "benchmarks.models:wide_mlp", "--json", "--store",
-            str(run_dir / "store.db")]
+    args = simulate_command(run_dir / "store.db", "--num-clients", str(clients), "--num-rounds", str(rounds),
+                            "--local-epochs", str(epochs), "--model", "benchmarks.models:wide_mlp")
     if mode == "secure":
         args.append("--secure")
     elif mode == "plain":
@@ -112,7 +111,7 @@ def round_times(mode: str, tmp: Path, clients: int, rounds: int, epochs: int) ->
         args += ["--config", str(run_dir / "config.yaml")]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=1800,
                          cwd=Path(__file__).resolve().parents[1])
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = last_json(out.stdout)
     return [r["duration_s"] for r in result["rounds"][1:]]
 
 
