@@ -66,6 +66,7 @@ def test_list_table(store_path: Path) -> None:
         "1",
         "complete",
         "0.9123",
+        "-",
         "0.2345",
         "3",
         "1",
