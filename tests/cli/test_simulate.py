@@ -84,3 +84,15 @@ def test_dp_settings_without_a_dp_mode_are_refused_not_ignored(tmp_path: Path, f
     result = CliRunner().invoke(fl, ["simulate", "--store", str(tmp_path / "s.db"), *flags])
     assert result.exit_code == 2 and named in result.output
     assert not (tmp_path / "s.db").exists()
+
+
+def test_federated_evaluation_over_a_partition_of_the_test_split_equals_the_central_one(tmp_path: Path) -> None:
+    # Each simulated worker scores on its share of the data set's test split, and the broker weighs the
+    # scores by examples: together they are the whole split, so every round's federated accuracy is the
+    # broker's own (a check of the whole path: TASK, worker, UPDATE, record, event).
+    result = simulate_json("--num-rounds", "3", "--local-epochs", "2", "--store", str(tmp_path / "s.db"))
+    assert [r["status"] for r in result["rounds"]] == ["complete"] * 3
+    for r in result["rounds"]:
+        assert r["fed_accuracy"] == pytest.approx(r["accuracy"], abs=1e-9)
+        assert r["fed_loss"] == pytest.approx(r["loss"], rel=1e-5)
+    assert result["final_fed_accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
