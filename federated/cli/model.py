@@ -63,11 +63,13 @@ def export_command(store_path: Path, round_id: int | None, output: Path, as_json
         described, config = store.get_meta("model"), store.get_meta("config")
     card = model_card(round_id, model=described if isinstance(described, dict) else None,
                       config=config if isinstance(config, dict) else None,
-                      accuracy=record.accuracy, loss=record.loss, epsilon=record.epsilon)
+                      accuracy=record.accuracy, loss=record.loss, epsilon=record.epsilon,
+                      fed_accuracy=record.fed_accuracy, fed_loss=record.fed_loss)
     output.parent.mkdir(parents=True, exist_ok=True)
     safetensors.numpy.save_file({k: v for k, v in weights.items()}, str(output), metadata=card)
     if as_json:
         emit_json({"output": str(output), "card": card})
     else:
         click.echo(f"Wrote round {round_id}'s model to {output} "
-                   f"(accuracy {card['accuracy'] or '-'}, epsilon {card['epsilon'] or '-'})")
+                   f"(accuracy {card['accuracy'] or '-'}, federated accuracy {card['fed_accuracy'] or '-'}, "
+                   f"epsilon {card['epsilon'] or '-'})")

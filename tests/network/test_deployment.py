@@ -5,6 +5,7 @@ evaluation, inside the masked sums), and a worker whose data does not fit the mo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,13 @@ def test_a_keyed_secure_broker_without_data_gets_federated_accuracy_every_round(
     assert scored[3]["fed_accuracy"] > 0.9  # six well-separated classes
     with RoundStore(tmp_path / "store.db", readonly=True) as store:
         assert [r.fed_accuracy for r in store.list_rounds()] == [scored[n]["fed_accuracy"] for n in (1, 2, 3)]
+    # The exported model says how to build it and how well the workers found it.
+    exported = run_fl("model", "export", "--store", str(tmp_path / "store.db"), "-o", str(tmp_path / "m.safetensors"),
+                      "--json", timeout=60)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    card = json.loads(exported.stdout.strip().splitlines()[-1])["card"]
+    assert json.loads(card["model"]) == {"spec": "mlp", "input_shape": [FEATURES], "num_classes": CLASSES}
+    assert float(card["fed_accuracy"]) == pytest.approx(scored[3]["fed_accuracy"]) and card["accuracy"] == ""
     # Each worker says, per round, what it did (issue 16, item 6).
     assert any("held-out examples" in line for line in procs[1].stderr_lines)
 
