@@ -397,3 +397,35 @@ def test_closed_store_raises_store_error(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreError):
         s.list_rounds()
+
+
+def test_a_version_2_store_is_read_as_it_is_and_migrated_when_opened_for_writing(tmp_path: Path) -> None:
+    import sqlite3
+
+    from federated.broker import store as store_module
+
+    path = tmp_path / "old.db"
+    # Version 2's rounds table: today's without the federated-evaluation columns.
+    old_schema = ["\n".join(line.replace("NOT NULL,  -- JSON list of worker ids suspected",
+                                          "NOT NULL   -- JSON list of worker ids suspected")
+                             for line in statement.splitlines() if "fed_" not in line)
+                  for statement in store_module._SCHEMA]
+    assert "fed_loss" not in old_schema[2]
+    conn = sqlite3.connect(path)
+    for statement in old_schema:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (2, 0.0)")
+    conn.execute("INSERT INTO rounds (round, status, started_at, duration_s, participants, survivors, dropped, "
+                 "num_samples, bytes_up, bytes_down, metrics, suspects) VALUES "
+                 "(1, 'failed', 0.0, 1.0, '[]', '[]', '[]', 0, 0, 0, '{}', '[]')")
+    conn.commit()
+    conn.close()
+    with RoundStore(path, readonly=True) as reader:  # a reader never writes: the new columns read as None
+        (record,) = reader.list_rounds()
+        assert record.round == 1 and record.fed_accuracy is None
+    with RoundStore(path) as writer:
+        updated = writer.record_evaluation(1, loss=0.5, accuracy=0.75, metrics={"fed_workers": 2.0})
+        assert (updated.fed_loss, updated.fed_accuracy, updated.metrics) == (0.5, 0.75, {"fed_workers": 2.0})
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == store_module.SCHEMA_VERSION
+    conn.close()
