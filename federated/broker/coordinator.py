@@ -20,7 +20,6 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,12 +27,11 @@ import numpy as np
 from federated.aggregation import ServerOptimizer
 from federated.broker.admission import Admission, Refusal
 from federated.broker.aggregate import Aggregate, Aggregator
-from federated.broker.collector import ActiveRound, Collected, Collector, no_round
+from federated.broker.collector import ActiveRound, Collected, no_round
 from federated.broker.evaluation import FederatedEvaluation
-from federated.broker.plain_round import PlainRound
+from federated.broker.launch import Outbound, collector_for, launch
 from federated.broker.planning import (
     STAGE_TRAIN,
-    RoundPlan,
     candidates,
     fewest_to_start,
     plan_round,
@@ -42,7 +40,7 @@ from federated.broker.planning import (
 from federated.broker.records import build_record
 from federated.broker.registry import WorkerRegistry
 from federated.broker.resume import restore, resume_arrays, resume_payload
-from federated.broker.secure_round import SECAGG_INBOUND, SecureCollector
+from federated.broker.secure_round import SECAGG_INBOUND
 from federated.broker.selection import Selector
 from federated.broker.store import RoundRecord, RoundStore
 from federated.compression import make_codec
@@ -71,14 +69,6 @@ log = logging.getLogger("federated.broker")
 Evaluator = Callable[[Mapping[str, np.ndarray]], tuple[float, float]]
 
 
-@dataclass(frozen=True)
-class Outbound:
-    """Frames to send to one connection (ZeroMQ routing id)."""
-
-    route: bytes
-    frames: Sequence[bytes | memoryview]
-
-
 class Coordinator:
     """Runs ``config.num_rounds`` complete rounds over whatever workers connect.
 
@@ -86,10 +76,8 @@ class Coordinator:
     checkpoint; ``evaluate`` scores each new global model on held-out data; ``on_round`` is called with
     each recorded round (complete or failed); ``task_config`` is merged into every TASK's config (the
     model description). ``clock`` is ``time.monotonic`` except in tests. ``enrolment``: with transport
-    security, who may speak (re-read when its files change). ``on_evaluation`` is called with each round
-    record once the workers' federated evaluation of its model has arrived (``fed_loss``,
-    ``fed_accuracy``): the scores of a round's model come with the next round's answers, and those of the
-    final model with one closing evaluation-only round (see :class:`~federated.config.EvaluationConfig`).
+    security, who may speak (re-read when its files change). ``on_evaluation``: called with a round's
+    record once the workers' scores of its model are in (:mod:`~federated.broker.evaluation`).
     """
 
     def __init__(self, config: FederatedConfig, initial_weights: Mapping[str, np.ndarray], *,
@@ -289,20 +277,15 @@ class Coordinator:
                         waiting_for(cfg, self.registry.live_ids(), self.identities, waited=waited))
             return self._finish_training(self.evaluation.closing)
         if live is None:
-            if now - self._last_size_warning > 10.0:  # say what it waits for, every 10 s
-                self._last_size_warning = now
-                log.info("waiting for workers: %s",
-                         waiting_for(cfg, self.registry.live_ids(), self.identities, waited=waited))
-            return []
+            return self._say(now, logging.INFO, "waiting for workers: %s",
+                             waiting_for(cfg, self.registry.live_ids(), self.identities, waited=waited))
         size = min(cfg.clients_per_round, len(live))
         sample = self.selector.select(live, size, self.next_round_id)
         fewest = fewest_to_start(cfg) if self.evaluation.closing is None else 1
         if len(sample) < fewest:  # only a Poisson sample can be this small
-            if now - self._last_size_warning > 10.0:
-                self._last_size_warning = now
-                log.info("round %d: a Poisson sample of %d workers is below the %d a round needs; not run "
-                         "(nothing released or charged), drawing again", self.next_round_id, len(sample), fewest)
-            return []
+            return self._say(now, logging.INFO, "round %d: a Poisson sample of %d workers is below the %d a "
+                             "round needs; not run (nothing released or charged), drawing again",
+                             self.next_round_id, len(sample), fewest)
         scores = self.evaluation.to_score(self.completed)
         try:
             plan = plan_round(cfg, self.next_round_id, sample, weights=self.weights, run_id=self.run_id,
@@ -311,47 +294,24 @@ class Coordinator:
                               evaluators=self.evaluation.evaluators(sample, scores),
                               evaluate_only=self.evaluation.closing is not None)
         except ValueError as exc:  # only a secure round's buckets can be too small for their settings
-            if now - self._last_size_warning > 10.0:
-                self._last_size_warning = now
-                log.warning("waiting for more workers: a secure round of %d cannot run: %s", size, exc)
-            return []
+            return self._say(now, logging.WARNING, "waiting for more workers: a secure round of %d cannot "
+                             "run: %s", size, exc)
         self._waiting_since = None
         self.next_round_id += 1
-        if self.store is not None:
-            # Burn the id before any TASK leaves: a broker restarted mid-round resumes with the next id,
-            # never re-running this one (see resume).
-            self.store.set_meta("started_round", plan.round_id)
-        rnd = ActiveRound(plan, self._collector(plan, now), time.time(), now)
-        if self.privacy is not None and not plan.evaluate_only:
-            # Charged before any TASK leaves: from now on the workers release updates, whatever happens.
-            rnd.epsilon = self.privacy.charge_round()
-            if self.store is not None:
-                self.store.set_meta("privacy", self.privacy.to_dict())
-        self.round = rnd
-        out = []
-        for index, wid in enumerate(plan.cohort):
-            rec = self.registry.get(wid)
-            assert rec is not None  # cohort was drawn from the registry this instant
-            frames = plan.task(index, self.weights).to_frames()
-            rnd.bytes_down += sum(len(f) for f in frames)
-            out.append(Outbound(rec.route, frames))
-            if self.store is not None and not plan.evaluate_only:
-                self.store.count_worker(wid, "rounds_selected")
-        if plan.evaluate_only:
-            log.info("round %d: %d workers score the final model (round %s's) on their held-out data",
-                     plan.round_id, len(plan.evaluators), plan.scores)
-        else:
-            log.info("round %d started with %d workers", plan.round_id, len(plan.cohort))
+        collector = collector_for(plan, cfg, now, weights=self.weights, identities=self.identities,
+                                  privacy=self.privacy, rows=self.aggregator.rows, codec=self._codec)
+        self.round, out = launch(plan, collector, now, weights=self.weights, registry=self.registry,
+                                 store=self.store, privacy=self.privacy)
         if not plan.cohort:  # an empty Poisson sample under central DP: the noise alone, released now
             out += self._maybe_finish(now)
         return out
 
-    def _collector(self, plan: RoundPlan, now: float) -> Collector:
-        if plan.is_secure:
-            return SecureCollector(plan, self.config, self.identities, now, reference=self.weights,
-                                   privacy=self.privacy)
-        rows = self.aggregator.rows(len(plan.cohort))
-        return PlainRound(plan, self.config, rows, now, reference=self.weights, codec=self._codec)
+    def _say(self, now: float, level: int, message: str, *args: Any) -> list[Outbound]:
+        """Log why no round starts now, at most every 10 s (the broker ticks far more often)."""
+        if now - self._last_size_warning > 10.0:
+            self._last_size_warning = now
+            log.log(level, message, *args)
+        return []
 
     def _drop(self, wid: str, reason: str) -> None:
         if self.round is not None:
@@ -376,11 +336,8 @@ class Coordinator:
         self._waiting_since = now
         collected = rnd.collector.result()
         self.history = self.evaluation.take(rnd.plan, collected, self.history)
-        if rnd.plan.evaluate_only:
-            if collected.failure is not None:
-                log.warning("the closing evaluation round %d failed: %s", rnd.round_id, collected.failure)
-            reason, self.evaluation.closing = self.evaluation.closing or "training finished", None
-            return out + self._finish_training(reason)
+        if rnd.plan.evaluate_only:  # the closing round: training ends whatever it brought
+            return out + self._finish_training(self.evaluation.closed(rnd.round_id, collected))
         if collected.failure is not None:
             return out + self._fail(rnd, collected, collected.failure)
         try:
@@ -437,7 +394,6 @@ class Coordinator:
         """Continue a run from what :meth:`RoundStore.load_resume` returned and the last complete round's
         model (:func:`federated.broker.resume.restore`). Raises ValueError if the state does not fit."""
         restore(self, resume, arrays, weights)
-        self.evaluation.model_round = self.store.last_complete_round() if self.store is not None else None
 
     def _wind_down(self, reason: str) -> list[Outbound]:
         """Training is over for ``reason``: stop now, or first let the workers score the final model in a

@@ -42,7 +42,8 @@ class FederatedEvaluation:
         self.config = config
         self.store = store
         self.on_evaluation = on_evaluation
-        self.model_round: int | None = None
+        # A resumed run's global model is its last complete round's (its scores, if any, were not kept).
+        self.model_round: int | None = store.last_complete_round() if store is not None else None
         self.scored_round: int | None = None
         self.closing: str | None = None
         self._rng = random.Random(f"{config.seed}/evaluation")
@@ -68,6 +69,13 @@ class FederatedEvaluation:
             self.closing = reason
             return True
         return False
+
+    def closed(self, round_id: int, collected: Collected) -> str:
+        """The closing round ``round_id`` is over (its scores already taken): why training stops."""
+        if collected.failure is not None:
+            log.warning("the closing evaluation round %d failed: %s", round_id, collected.failure)
+        reason, self.closing = self.closing or "training finished", None
+        return reason
 
     def take(self, plan: RoundPlan, collected: Collected, history: list[RoundRecord]) -> list[RoundRecord]:
         """Attach what ``collected`` says about ``plan.scores``'s model to its record (store and
