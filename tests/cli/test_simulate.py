@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from support import last_json, simulate_json
+from support import last_json, run_fl, simulate_json
 
 from federated.broker.store import RoundStore
 from federated.cli.main import fl
@@ -96,3 +96,13 @@ def test_federated_evaluation_over_a_partition_of_the_test_split_equals_the_cent
         assert r["fed_accuracy"] == pytest.approx(r["accuracy"], abs=1e-9)
         assert r["fed_loss"] == pytest.approx(r["loss"], rel=1e-5)
     assert result["final_fed_accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
+
+
+def test_the_default_run_prints_no_warnings(tmp_path: Path) -> None:
+    # The README's first command, as a newcomer runs it (only the store moved out of ./runs): a clean run
+    # says nothing alarming (issue 16: no false Byzantine alarms, no unreachable-worker noise at the end).
+    proc = run_fl("simulate", "--store", str(tmp_path / "s.db"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alarming = [line for line in proc.stderr.splitlines() if " WARNING " in line or " ERROR " in line]
+    assert alarming == [], alarming
+    assert "final accuracy" in proc.stdout and "(federated): accuracy" in proc.stdout
