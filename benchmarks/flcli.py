@@ -35,9 +35,9 @@ def simworker_command(port: int, *, num_shards: int, shards: Iterable[int], seed
 
 
 def write_digits_config(path: Path, *, port: int, store: Path, num_clients: int, clients_per_round: int,
-                        min_clients: int, num_rounds: int, seed: int, local_epochs: int, round_timeout_s: float,
-                        start_timeout_s: float, heartbeat_timeout_s: float, max_failed_rounds: int,
-                        heartbeat_interval_s: float = 0.5) -> Path:
+                        min_clients: int, num_rounds: int, seed: int, local_epochs: int,
+                        round_timeout_s: float, start_timeout_s: float, heartbeat_timeout_s: float,
+                        max_failed_rounds: int, heartbeat_interval_s: float = 0.5) -> Path:
     """Write (YAML) the config of a digits/iid/mlp job whose broker binds tcp://127.0.0.1:``port`` and keeps
     its store in ``store``; timeouts and intervals in seconds. Returns ``path``."""
     config = {

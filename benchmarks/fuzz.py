@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from typing import Any
 from fuzzing.checks import compare, process_checks, state_unchanged
 from fuzzing.driver import fuzz
 from fuzzing.job import Job
+from procs import unwind_on_sigterm
 
 from federated.broker.store import RoundStore
 
@@ -123,9 +122,7 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="keep the stores and the broker logs in DIR")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before giving up on any phase")
     args = parser.parse_args()
-    # SIGTERM (e.g. from a timeout) unwinds like Ctrl-C, so the cleanup kills the broker and workers
-    # instead of leaving orphans that reconnect forever.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unwind_on_sigterm()  # so that a timeout's SIGTERM still kills the broker and workers
     print(json.dumps(run(args)), flush=True)
 
 

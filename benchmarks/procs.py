@@ -1,6 +1,6 @@
 """Process plumbing shared by the benchmarks that run real broker and worker processes: a free loopback
-port, Linux /proc readers, ending a child (SIGKILL, then reap), and a child whose stdout JSON events and
-stderr lines threads collect. Nothing here knows what the processes are (``flcli`` builds their commands).
+port, Linux /proc readers (RSS, peak RSS, CPU time, child pids), ending a child (SIGKILL, then reap), a
+SIGTERM that unwinds, and a child whose stdout JSON events and stderr lines threads collect. Nothing here knows what the processes are (``flcli`` builds their commands).
 Imported as ``procs`` when a benchmark runs as ``python benchmarks/NAME.py``."""
 
 from __future__ import annotations
@@ -8,15 +8,18 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EventProcess", "children", "cpu_s", "free_port", "kill", "peak_rss_mb", "rss_mb", "wait_or_kill"]
+__all__ = ["EventProcess", "children", "cpu_s", "free_port", "kill", "peak_rss_mb", "rss_mb",
+           "unwind_on_sigterm", "wait_or_kill"]
 
 #: Seconds to wait for a process to be reaped after SIGKILL.
 REAP_S = 30.0
@@ -29,27 +32,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MiB, or None if it is gone (Linux)."""
+def _status_mb(pid: int, field: str) -> float | None:
+    """A kB field (``VmRSS``, ``VmHWM``, ...) of ``/proc/PID/status`` in MiB; None if the process is gone or
+    has no such field (Linux)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB, or None if it is gone (Linux)."""
+    return _status_mb(pid, "VmRSS")
 
 
 def peak_rss_mb(pid: int) -> float | None:
     """The largest resident memory process ``pid`` has had so far (VmHWM) in MiB, or None if it is gone
     (Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _status_mb(pid, "VmHWM")
 
 
 def children(pid: int) -> list[int]:
@@ -73,6 +76,13 @@ def cpu_s(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def unwind_on_sigterm() -> None:
+    """From now on SIGTERM (e.g. from a timeout) unwinds like Ctrl-C: ``sys.exit(128 + SIGTERM)`` runs the
+    ``finally`` blocks, so a benchmark's cleanup kills its broker and workers instead of leaving orphans
+    that reconnect forever. Call it from the main thread (``ValueError`` otherwise)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def kill(popen: subprocess.Popen[bytes]) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from flcli import FL, broker_command, simworker_command, write_digits_config
-from procs import EventProcess, free_port, rss_mb, wait_or_kill
+from procs import EventProcess, free_port, rss_mb, unwind_on_sigterm, wait_or_kill
 
 from federated.broker.store import RoundStore
 
@@ -226,9 +226,7 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR", help="keep the store and the worker logs in DIR")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per round on stderr")
     args = parser.parse_args()
-    # SIGTERM (e.g. from a timeout) unwinds like Ctrl-C, so the cleanup kills the broker and workers
-    # instead of leaving orphans that reconnect forever.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unwind_on_sigterm()  # so that a timeout's SIGTERM still kills the broker and workers
     print(json.dumps(run(args)), flush=True)
 
 

@@ -68,7 +68,15 @@ class FuzzSocket:
             return True
         return False
 
+    def heartbeat_if_due(self, now: float) -> None:
+        """Queue a HEARTBEAT if the socket is welcomed and ``HEARTBEAT_EVERY_S`` have passed since its last
+        (``now``: ``time.monotonic()`` seconds)."""
+        if self.welcomed and now >= self.next_heartbeat:
+            self.next_heartbeat = now + HEARTBEAT_EVERY_S
+            self.outbox.append(("heartbeat", as_frames(Heartbeat(self.own or "").to_frames()), "control"))
+
     def hello(self) -> None:
+        """Queue a HELLO under the socket's own id, ahead of everything else (hello sockets only)."""
         assert self.own is not None
         self.outbox.insert(0, ("hello", as_frames(Hello(self.own, 1, ("train",)).to_frames()), "control"))
 
@@ -206,9 +214,7 @@ def fuzz(job: Job, args: argparse.Namespace, model: dict[str, np.ndarray]) -> di
                     broker_alive = False
                     break
             for s in hello:
-                if s.welcomed and now >= s.next_heartbeat:
-                    s.next_heartbeat = now + HEARTBEAT_EVERY_S
-                    s.outbox.append(("heartbeat", as_frames(Heartbeat(s.own or "").to_frames()), "control"))
+                s.heartbeat_if_due(now)
                 # The last round is held until the fuzz is over and answered, so the broker must still be
                 # running when it ends (it stops after its last round).
                 if s.pending and s.current < args.rounds and sent >= quota(s.current):
@@ -253,9 +259,7 @@ def fuzz(job: Job, args: argparse.Namespace, model: dict[str, np.ndarray]) -> di
         while job.broker.alive() and time.monotonic() < release_deadline:
             now = time.monotonic()
             for s in hello:
-                if s.welcomed and now >= s.next_heartbeat:
-                    s.next_heartbeat = now + HEARTBEAT_EVERY_S
-                    s.outbox.append(("heartbeat", as_frames(Heartbeat(s.own or "").to_frames()), "control"))
+                s.heartbeat_if_due(now)
                 while s.outbox and s.outbox[0][2] == "control":
                     try:
                         s.sock.send_multipart(s.outbox[0][1], zmq.NOBLOCK)

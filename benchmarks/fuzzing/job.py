@@ -67,8 +67,8 @@ class Job:
             max_failed_rounds=1)
         self.broker = BrokerProcess(broker_command(config, verbose=True),
                                     log=run_dir / "broker.log" if args.keep else None)
-        self.worker = EventProcess(simworker_command(self.port, num_shards=args.honest, shards=range(args.honest),
-                                                     seed=args.seed))
+        self.worker = EventProcess(
+            simworker_command(self.port, num_shards=args.honest, shards=range(args.honest), seed=args.seed))
         self.rounds: list[dict[str, Any]] = []
         self.done: dict[str, Any] | None = None
 
