@@ -1,7 +1,8 @@
 """Process plumbing shared by the benchmarks that run real broker and worker processes: a free loopback
 port, Linux /proc readers (RSS, peak RSS, CPU time, child pids), ending a child (SIGKILL, then reap), a
-SIGTERM that unwinds, and a child whose stdout JSON events and stderr lines threads collect. Nothing here knows what the processes are (``flcli`` builds their commands).
-Imported as ``procs`` when a benchmark runs as ``python benchmarks/NAME.py``."""
+SIGTERM that unwinds, and a child whose stdout JSON events and stderr lines threads collect. Nothing here
+knows what the processes are (``flcli`` builds their commands). Imported as ``procs`` when a benchmark
+runs as ``python benchmarks/NAME.py``."""
 
 from __future__ import annotations
 
