@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from support import BrokerThread, Proc, frames_of, free_port
 
 from federated.broker.coordinator import Coordinator
-from federated.config import BrokerConfig, FederatedConfig, TrainingConfig
+from federated.config import BrokerConfig, EvaluationConfig, FederatedConfig, TrainingConfig
 from federated.models import build_model, get_weights
 from federated.protocol import (
     Bye,
@@ -192,7 +192,7 @@ def _live_broker(tmp: Path, *, heartbeat_timeout_s: float = 2.0,
     """A broker loop on 127.0.0.1 in a thread, for two workers, one round of the MLP."""
     port = free_port()
     config = FederatedConfig(
-        num_clients=2, clients_per_round=2, min_clients=2, num_rounds=1,
+        num_clients=2, clients_per_round=2, min_clients=2, num_rounds=1, evaluation=EvaluationConfig(every=0),
         training=TrainingConfig(local_epochs=1),
         broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp / "s.db"),
                             heartbeat_interval_s=0.2, heartbeat_timeout_s=heartbeat_timeout_s,
@@ -308,7 +308,7 @@ def test_a_selected_connection_cannot_get_a_malformed_update_into_its_round(tmp_
     weights: dict[str, np.ndarray] = {"layers.0.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
                "layers.0.bias": np.linspace(-1, 1, 3).astype(np.float32)}
     config = FederatedConfig(
-        num_clients=2, clients_per_round=2, min_clients=1, num_rounds=1,
+        num_clients=2, clients_per_round=2, min_clients=1, num_rounds=1, evaluation=EvaluationConfig(every=0),
         broker=BrokerConfig(bind=f"tcp://127.0.0.1:{port}", store=str(tmp_path / "s.db"), heartbeat_interval_s=0.2,
                             heartbeat_timeout_s=10.0, start_timeout_s=60.0, round_timeout_s=60.0))
     coordinator = Coordinator(config, weights)
@@ -358,7 +358,8 @@ def test_a_selected_connection_cannot_get_a_malformed_update_into_its_round(tmp_
     assert record.status == "complete" and record.survivors == ("honest",) and record.dropped == ("fuzz_0",)
     assert record.metrics.get("dropped_left") == 1.0
     # The same round without the fuzzer, state machine only.
-    alone = Coordinator(FederatedConfig(num_clients=1, clients_per_round=1, min_clients=1, num_rounds=1), weights)
+    alone = Coordinator(FederatedConfig(num_clients=1, clients_per_round=1, min_clients=1, num_rounds=1,
+                                        evaluation=EvaluationConfig(every=0)), weights)
     alone.handle(b"h", [bytes(f) for f in Hello("honest", 10).to_frames()], 0.0)
     alone.tick(0.0)
     alone.handle(b"h", [bytes(f) for f in Update("honest", 1, "train", 10, {"loss": 0.5}, good).to_frames()], 0.1)
