@@ -26,9 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SELECTIONS", "Selector", "WorkerStats"]
+from federated.config import SELECTIONS  # named once, by the config that accepts them
 
-SELECTIONS = ("random", "performance", "adaptive", "poisson")
+__all__ = ["SELECTIONS", "Selector", "WorkerStats"]
 
 
 @dataclass

@@ -25,6 +25,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from federated.config.sections import ACCOUNTANTS
+
 if TYPE_CHECKING:
     import dp_accounting
 
@@ -41,8 +43,7 @@ __all__ = [
     "sampled_gaussian_event",
 ]
 
-#: Accepted accountant kinds.
-ACCOUNTANTS = ("rdp", "pld")
+# The accepted accountant kinds (ACCOUNTANTS: "rdp", "pld") are named once, by the config that accepts them.
 #: Relative precision of :func:`calibrate_sigma` on sigma.
 DEFAULT_CALIBRATION_RTOL = 1e-3
 #: Calibration gives up above this noise multiplier (an epsilon that needs more is not reachable in
