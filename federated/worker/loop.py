@@ -36,6 +36,7 @@ from federated.worker.randomness import LocalRandomness
 from federated.worker.session import (
     Announce,
     ClientData,
+    EvaluateFunction,
     Finish,
     FitFunction,
     Send,
@@ -119,6 +120,8 @@ class WorkerLoop:
     are every session's own limits (:class:`~federated.worker.session.WorkerSession`); ``randomness``
     (worker id -> its source) defaults to the OS for each; ``ledger_dir`` keeps each session's round ledger
     on disk (``<dir>/<worker id>.rounds``) so a restarted worker still refuses replayed rounds.
+    ``evaluate`` scores global models on each client's evaluation split when a TASK asks (federated
+    evaluation; None: this process never evaluates).
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class WorkerLoop:
         min_noise: float = 0.0,
         randomness: Mapping[str, LocalRandomness] | None = None,
         ledger_dir: str | None = None,
+        evaluate: EvaluateFunction | None = None,
     ) -> None:
         if not clients:
             raise ValueError("a worker needs at least one client")
@@ -168,6 +172,7 @@ class WorkerLoop:
             self.connections.append(_Connection(session, k))
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
+        self.evaluate = evaluate
         self.limits = limits or Limits()
         self.slow = SlowDevices(dict(slowdown or {}))
         self.reconnect_min_s = reconnect_min_s
@@ -216,7 +221,8 @@ class WorkerLoop:
                     break
                 conn, job, queued_at = item
                 started = time.perf_counter()
-                result = conn.session.train(job, self.fit, started - queued_at, self.slow.factor(conn.wid))
+                result = conn.session.train(job, self.fit, started - queued_at, self.slow.factor(conn.wid),
+                                            self.evaluate)
                 log.debug("%s: round %d trained in %.1f ms after %.1f ms queued", conn.wid, job.task.round_id,
                           (time.perf_counter() - started) * 1e3, (started - queued_at) * 1e3)
                 self._results.put((conn, result, time.monotonic() + result.hold_s))
