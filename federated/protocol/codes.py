@@ -15,7 +15,14 @@ __all__ = ["ErrorCode", "Stage"]
 class ErrorCode(str, Enum):
     """The ``code`` of an ERROR message: why a message or a task was refused."""
 
-    # Broker -> worker: the message was refused before it changed anything.
+    # Broker -> worker: the message was refused before it changed anything. First the wire format's own
+    # refusals (federated.protocol.errors), raised while decoding:
+    PROTOCOL = "protocol"  # any other wire-format error
+    MALFORMED = "malformed"  # not a well-formed message of its kind
+    VERSION = "version"  # a protocol version this side does not speak
+    UNKNOWN_KIND = "unknown_kind"  # a message kind this side does not know
+    LIMIT = "limit"  # beyond a size or count limit
+    # Then the broker's checks of a well-formed message:
     UNKNOWN_WORKER = "unknown_worker"  # no HELLO on this connection yet (or the broker forgot us)
     WRONG_WORKER = "wrong_worker"  # the message claims another worker's id
     IDENTITY_MISMATCH = "identity_mismatch"  # a signing key other than the one pinned or enrolled

@@ -16,6 +16,8 @@ Decoding never raises anything else for bad input: callers catch ``ProtocolError
 
 from __future__ import annotations
 
+from federated.protocol.codes import ErrorCode
+
 __all__ = [
     "BadTensor",
     "LimitExceeded",
@@ -30,40 +32,40 @@ __all__ = [
 class ProtocolError(ValueError):
     """Base of all wire-format errors. ``code`` is echoed to the peer in an ERROR message."""
 
-    code = "protocol"
+    code: str = ErrorCode.PROTOCOL
 
 
 class MalformedMessage(ProtocolError):
     """Framing, JSON or header-field problem."""
 
-    code = "malformed"
+    code: str = ErrorCode.MALFORMED
 
 
 class UnsupportedVersion(ProtocolError):
     """The version frame is not one this build speaks."""
 
-    code = "version"
+    code: str = ErrorCode.VERSION
 
 
 class UnknownKind(ProtocolError):
     """The kind frame names no known message kind."""
 
-    code = "unknown_kind"
+    code: str = ErrorCode.UNKNOWN_KIND
 
 
 class LimitExceeded(ProtocolError):
     """A declared or actual size is above a configured limit (checked before allocating)."""
 
-    code = "limit"
+    code: str = ErrorCode.LIMIT
 
 
 class BadTensor(ProtocolError):
     """A tensor frame's dtype, shape, length or values are not acceptable."""
 
-    code = "bad_tensor"
+    code: str = ErrorCode.BAD_TENSOR
 
 
 class WrongStage(ProtocolError):
     """A valid message that does not belong to the current round or stage."""
 
-    code = "wrong_stage"
+    code: str = ErrorCode.WRONG_STAGE
