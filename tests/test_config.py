@@ -80,7 +80,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"seed": -1}, "seed", "[0, 2**32)"),
     ({"seed": 2**32}, "seed", "[0, 2**32)"),
     ({"seed": 1.5}, "seed", "[0, 2**32)"),
-    ({"dataset": "mnist"}, "dataset", '"digits", "synthetic", "mnist1d[:N]"'),
+    ({"dataset": "mnist"}, "dataset", '"digits", "synthetic[:N]", "mnist1d[:N]"'),
     ({"dataset": "mnist1d:15"}, "dataset", "multiple of 10"),
     ({"dataset": "leaf-synthetic:1"}, "dataset", "leaf-synthetic:ALPHA,BETA"),
     ({"dataset": 3}, "dataset", "string"),

@@ -5,9 +5,11 @@ A dataset spec (``--dataset``) is one of:
 - ``digits``: the 8x8 handwritten digits bundled with scikit-learn (1,797 samples, 10 classes), read
   straight from the package's ``datasets/data/digits.csv.gz`` without importing scikit-learn (that import
   alone costs seconds). Pixels are scaled from 0..16 to [0, 1]; ``input_shape`` is (8, 8, 1).
-- ``synthetic``: a 10-class, 32-feature Gaussian-mixture problem (4,000 samples) generated from the seed.
-  Each class is a mixture of two clusters in an 8-dimensional subspace, so a small MLP learns it well
-  above chance but not perfectly.
+- ``synthetic`` or ``synthetic:N``: a 10-class, 32-feature Gaussian-mixture problem generated from the
+  seed, 4,000 samples or N (10 <= N <= 2,000,000; ``synthetic:4000`` is ``synthetic``). Each class is a
+  mixture of two clusters in an 8-dimensional subspace, so a small MLP learns it well above chance but
+  not perfectly. Generating a million samples takes about a second, so it scales to thousands of
+  simulated clients.
 - ``mnist1d`` or ``mnist1d:N``: MNIST-1D (40-sample signals, 10 classes) from its reference generator;
   the canonical 4,000 train / 1,000 test, or N samples with the same recipe, always with the package's own
   split and seed (``seed`` and ``test_fraction`` do not change it). See :mod:`federated.data.published`.
@@ -61,7 +63,7 @@ __all__ = ["MAX_CLASSES", "Dataset", "check_dataset_spec", "load_client_dir", "l
 #: (an id column, an unencoded value) and would silently build a huge output layer.
 MAX_CLASSES = 10_000
 
-_DATASET_SPECS = '"digits", "synthetic", "mnist1d[:N]", "leaf-synthetic:ALPHA,BETA[,DEVICES]", "npz:DIR"'
+_DATASET_SPECS = '"digits", "synthetic[:N]", "mnist1d[:N]", "leaf-synthetic:ALPHA,BETA[,DEVICES]", "npz:DIR"'
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,9 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> tup
     if spec == "digits":
         x, y = _digits_arrays()
         return _split(x, y, 10, (8, 8, 1), "digits", seed, test_fraction)
-    if spec == "synthetic":
-        x, y = _synthetic_arrays(seed)
-        return _split(x, y, _SYNTH_CLASSES, (_SYNTH_FEATURES,), "synthetic", seed, test_fraction)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        x, y = _synthetic_arrays(seed, _parse_synthetic(spec))
+        return _split(x, y, _SYNTH_CLASSES, (_SYNTH_FEATURES,), spec, seed, test_fraction)
     if spec.startswith("npz:") and len(spec) > len("npz:"):
         directory = Path(spec[len("npz:") :])
         train, test = _load_npz_dir(directory, num_classes=None, name=spec)
@@ -156,6 +158,8 @@ def check_dataset_spec(spec: str) -> None:
         published.parse_mnist1d(spec)
     elif spec.startswith("leaf-synthetic:"):
         published.parse_leaf_synthetic(spec)
+    elif spec.startswith("synthetic:"):
+        _parse_synthetic(spec)
     elif spec not in ("digits", "synthetic") and not (spec.startswith("npz:") and len(spec) > len("npz:")):
         raise DataError(f"unknown dataset {spec!r}; allowed: {_DATASET_SPECS}")
 
@@ -240,6 +244,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------- synthetic
 
 _SYNTH_SAMPLES = 4000
+#: Upper bound on ``synthetic:N`` (256 MiB of float32 features).
+SYNTHETIC_MAX_SAMPLES = 2_000_000
 _SYNTH_CLASSES = 10
 _SYNTH_FEATURES = 32
 _SYNTH_LATENT = 8
@@ -249,17 +255,28 @@ _SYNTH_CLUSTERS = 2
 _SYNTH_SEPARATION = 1.6
 
 
-def _synthetic_arrays(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _parse_synthetic(spec: str) -> int:
+    """``"synthetic"`` -> 4,000, ``"synthetic:N"`` -> N. Raises DataError naming the allowed values."""
+    if spec == "synthetic":
+        return _SYNTH_SAMPLES
+    value = spec.removeprefix("synthetic:")
+    if value.isdigit() and 10 <= int(value) <= SYNTHETIC_MAX_SAMPLES:
+        return int(value)
+    raise DataError(f"dataset {spec!r}: allowed: \"synthetic\" or \"synthetic:N\" with 10 <= N <= "
+                    f"{SYNTHETIC_MAX_SAMPLES:,}")
+
+
+def _synthetic_arrays(seed: int, samples: int = _SYNTH_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian mixture: balanced labels, two clusters per class in a latent space, linearly embedded."""
     # A separate stream from the split's so the problem and the split do not share random numbers.
     rng = np.random.default_rng([seed, 0x5EED])
     centres = rng.normal(0.0, _SYNTH_SEPARATION, size=(_SYNTH_CLASSES, _SYNTH_CLUSTERS, _SYNTH_LATENT))
-    y = rng.permutation(np.arange(_SYNTH_SAMPLES) % _SYNTH_CLASSES)
-    cluster = rng.integers(0, _SYNTH_CLUSTERS, size=_SYNTH_SAMPLES)
-    latent = centres[y, cluster] + rng.normal(size=(_SYNTH_SAMPLES, _SYNTH_LATENT))
+    y = rng.permutation(np.arange(samples) % _SYNTH_CLASSES)
+    cluster = rng.integers(0, _SYNTH_CLUSTERS, size=samples)
+    latent = centres[y, cluster] + rng.normal(size=(samples, _SYNTH_LATENT))
     # A random orthonormal embedding plus small isotropic noise: features are correlated, as in real data.
     embed, _ = np.linalg.qr(rng.normal(size=(_SYNTH_FEATURES, _SYNTH_LATENT)))
-    x = latent @ embed.T + 0.1 * rng.normal(size=(_SYNTH_SAMPLES, _SYNTH_FEATURES))
+    x = latent @ embed.T + 0.1 * rng.normal(size=(samples, _SYNTH_FEATURES))
     x = (x - x.mean(axis=0)) / x.std(axis=0)
     return x.astype(np.float32), y.astype(np.int32)
 

@@ -51,6 +51,17 @@ def test_synthetic_shapes() -> None:
     assert np.all(np.bincount(train.y, minlength=10) == 320)
 
 
+def test_synthetic_n_scales_the_same_recipe() -> None:
+    train, test = load_dataset("synthetic:100000", seed=0)
+    assert len(train) + len(test) == 100_000 and train.x.shape[1] == 32
+    assert np.all(np.bincount(train.y, minlength=10) == 8000)
+    # synthetic:4000 is synthetic, sample for sample.
+    np.testing.assert_array_equal(load_dataset("synthetic:4000", seed=3)[0].x, load_dataset("synthetic", seed=3)[0].x)
+    for bad in ("synthetic:5", "synthetic:x", "synthetic:", "synthetic:2000001"):
+        with pytest.raises(DataError, match="synthetic:N"):
+            load_dataset(bad)
+
+
 def test_digits_parse_is_cached_and_read_only() -> None:
     first = datasets_module._digits_arrays()
     assert datasets_module._digits_arrays() is first
@@ -73,7 +84,7 @@ def test_loading_digits_does_not_import_sklearn_or_mlx() -> None:
 
 
 def test_unknown_spec_names_allowed_values() -> None:
-    with pytest.raises(DataError, match=r'"digits", "synthetic", "mnist1d\[:N\]", '
+    with pytest.raises(DataError, match=r'"digits", "synthetic\[:N\]", "mnist1d\[:N\]", '
                                         r'"leaf-synthetic:ALPHA,BETA\[,DEVICES\]", "npz:DIR"'):
         load_dataset("mnist")
     with pytest.raises(DataError, match="test_fraction"):
