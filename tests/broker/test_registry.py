@@ -118,3 +118,27 @@ def test_route_and_id_maps_stay_consistent_under_churn() -> None:
         assert len({r.route for r in reg.records()}) == len(reg)
     assert reg.live_ids() == ["a", "c"]
     assert reg.id_of(b"2") is None
+
+
+def test_expiries_match_a_scan_of_every_record() -> None:
+    """The heap gives what a pass over all records gave (the registry's old implementation), through
+    registrations, touches (time also going backwards), removals and re-registrations."""
+    import random
+
+    rng = random.Random(15)
+    reg = WorkerRegistry(5.0)
+    now = 0.0
+    for _ in range(5000):
+        now += rng.uniform(-0.05, 0.3)
+        wid = f"w{rng.randrange(40)}"
+        action = rng.random()
+        if action < 0.3:
+            reg.register(wid, f"r{rng.randrange(60)}".encode(), 1, now)
+        elif action < 0.8:
+            reg.touch(wid, now)
+        elif action < 0.85:
+            reg.remove(wid)
+        else:
+            expected = sorted(r.worker_id for r in reg.records() if r.expires_at <= now)
+            assert sorted(reg.expire(now)) == expected
+        assert reg.next_expiry() == min((r.expires_at for r in reg.records()), default=None)
