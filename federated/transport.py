@@ -10,6 +10,7 @@ public key, so a worker talking to the wrong broker completes no handshake and d
 from __future__ import annotations
 
 import logging
+import resource
 from typing import Any
 
 import zmq
@@ -17,28 +18,50 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from federated.protocol import Limits
 
-__all__ = ["HWM_MESSAGES", "configure_socket", "curve_client", "curve_server", "start_authenticator"]
+__all__ = ["FDS_PER_CONNECTION", "FD_MARGIN", "HWM_MESSAGES", "ZMTP_PINGS_PER_S", "configure_socket", "context_for",
+           "curve_client", "curve_server", "ensure_open_files", "start_authenticator"]
+
+log = logging.getLogger("federated.transport")
 
 #: High-water marks in messages per peer, room for heartbeats behind a model-sized message. They count
 #: whole messages, and one message may have any number of frames, so they do not bound memory: on the
 #: broker that is the job of :class:`federated.broker.inflight.InflightGuard` (bytes per connection).
 HWM_MESSAGES = 64
 
+#: ZMTP heartbeats (libzmq's own PING/PONG) a process should see per second, at most. libzmq cancels a
+#: timer by scanning all of its timers, and each ping arms and cancels one per connection, so pinging
+#: every second over 10,000 connections kept libzmq's I/O thread busy enough that it stopped accepting
+#: connections (the accept queue overflowed at about 8,000). Spacing the pings out with the number of
+#: connections costs nothing here: the application heartbeat decides liveness.
+ZMTP_PINGS_PER_S = 100.0
+
+#: File descriptors one worker connection costs: its DEALER socket's mailbox (an eventfd) and its TCP
+#: connection. A broker pays one per connection (the TCP socket; its ROUTER's mailbox is shared).
+#: Measured with ``ulimit -n`` at 20,000 (hard): 10,000 clients in two processes fit, with room.
+FDS_PER_CONNECTION = 2
+#: Descriptors left for everything else in a process: files, pipes, libzmq's I/O and reaper threads.
+FD_MARGIN = 256
+
 
 def configure_socket(sock: zmq.Socket[bytes], limits: Limits, heartbeat_interval_s: float,
-                     heartbeat_timeout_s: float) -> None:
+                     heartbeat_timeout_s: float, *, connections: int = 1) -> None:
     """Options shared by broker and worker sockets: no lingering, bounded queues and frames, ZMTP pings.
 
     The ZMTP heartbeat timeout is at least 30 s so that a peer busy receiving an 8 MiB chunk on a slow
     link is not declared dead by libzmq; the application heartbeat decides liveness for rounds.
+    ``connections`` is how many connections this process holds (a broker's workers, a simulation's
+    virtual clients): ZMTP pings are spaced so the process sees at most :data:`ZMTP_PINGS_PER_S` of
+    them a second (see there).
     """
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
     sock.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
     sock.setsockopt(zmq.MAXMSGSIZE, limits.socket_max_msg_size())  # per frame, not per message
-    sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(heartbeat_interval_s * 1000)))
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(30_000, int(heartbeat_timeout_s * 1000)))
-    sock.setsockopt(zmq.HEARTBEAT_TTL, max(30_000, int(heartbeat_timeout_s * 1000)))
+    interval_ms = max(1, int(heartbeat_interval_s * 1000), int(connections / ZMTP_PINGS_PER_S * 1000))
+    timeout_ms = max(30_000, int(heartbeat_timeout_s * 1000), 3 * interval_ms)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
 
 
 def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], credentials: Any) -> ThreadAuthenticator:
@@ -65,3 +88,37 @@ def curve_client(sock: zmq.Socket[bytes], public: bytes, secret: bytes, server_p
     sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
     sock.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+
+
+def ensure_open_files(wanted: int) -> int:
+    """Raise this process's soft limit on open files (``RLIMIT_NOFILE``) to ``wanted`` if it is lower, up
+    to the hard limit; returns the soft limit now. A process that hosts thousands of connections (a
+    simulation's worker, a broker of thousands of workers) needs more than the usual default of 1,024,
+    and a soft limit is the process's own to raise. Logs a warning when the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return int(soft) if soft != resource.RLIM_INFINITY else wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, int(hard))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+        return int(soft)
+    if target < wanted:
+        log.warning("open-files limit %d (the hard limit) is below the %d this process may need: raise it "
+                    "(ulimit -Hn) or host fewer connections per process", target, wanted)
+    return target
+
+
+def context_for(sockets: int) -> zmq.Context[zmq.Socket[bytes]]:
+    """A new ZeroMQ context that can hold ``sockets`` sockets (libzmq's default stops at 1,023), in a
+    process whose open-files limit was raised to match (:func:`ensure_open_files`). The caller owns it
+    and terminates it."""
+    # With room to spare: a closed socket keeps its slot and descriptors until libzmq's reaper thread gets
+    # to it, so a burst of reconnections briefly holds old and new sockets side by side. (Slots cost
+    # little; descriptors may meet a hard limit, so they get a quarter more.)
+    ensure_open_files(sockets * FDS_PER_CONNECTION * 5 // 4 + FD_MARGIN)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    # Read by libzmq when the first socket is made, so it is set before any.
+    context.max_sockets = max(context.max_sockets, 2 * sockets + 16)
+    return context

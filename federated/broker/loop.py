@@ -27,7 +27,13 @@ from federated.broker.errors import BindError
 from federated.broker.inflight import InflightGuard, wire_size
 from federated.keys import BrokerKeys
 from federated.protocol import Error, LimitExceeded
-from federated.transport import configure_socket, curve_server, start_authenticator
+from federated.transport import (
+    FD_MARGIN,
+    configure_socket,
+    curve_server,
+    ensure_open_files,
+    start_authenticator,
+)
 
 __all__ = ["BrokerLoop"]
 
@@ -35,6 +41,8 @@ log = logging.getLogger("federated.broker")
 
 #: Inbound messages handled per poll wake-up before timers get a turn, so a flood cannot starve ticks.
 BATCH = 256
+#: Pending TCP connections the listening socket queues (libzmq's default is 100).
+ACCEPT_BACKLOG = 4096
 
 
 @dataclass
@@ -77,9 +85,18 @@ class BrokerLoop:
 
     def run(self) -> None:
         cfg = self.coordinator.config.broker
+        # One descriptor per worker's TCP connection (and a quarter more for connections closing while new
+        # ones open): thousands of workers need more than the usual 1,024. When accept() runs out, libzmq
+        # retries it, the kernel's accept queue overflows and connecting workers wait for SYN retries.
+        ensure_open_files(self.coordinator.config.num_clients * 5 // 4 + FD_MARGIN)
         sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
-        configure_socket(sock, self.coordinator.limits, cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s)
+        configure_socket(sock, self.coordinator.limits, cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s,
+                         connections=self.coordinator.config.num_clients)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Connections not yet accepted wait in the kernel's queue; libzmq's default of 100 drops the SYNs of
+        # a crowd (thousands of simulated clients connecting at once), which then retry only after
+        # seconds. The kernel caps it at net.core.somaxconn.
+        sock.setsockopt(zmq.BACKLOG, ACCEPT_BACKLOG)
         auth = None
         if self.bind.startswith("tcp://") and InflightGuard.available():
             self.guard = InflightGuard(self.context, sock, self.coordinator.limits.inflight_budget(),
