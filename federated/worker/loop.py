@@ -13,11 +13,13 @@ with random initialisation and compiled steps).
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 import math
 import queue
 import random
 import secrets
+import selectors
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -29,7 +31,7 @@ from zmq.utils.monitor import recv_monitor_message
 from federated.crypto.floor import SafetyFloor
 from federated.keys import WorkerKeys
 from federated.protocol import Heartbeat, Limits, ProtocolError, Task, decode_message
-from federated.transport import configure_socket, curve_client
+from federated.transport import configure_socket, context_for, curve_client
 from federated.worker.ledger import RoundLedger
 from federated.worker.payload import SecureInput
 from federated.worker.randomness import LocalRandomness
@@ -66,9 +68,22 @@ WATCH_MAX_SESSIONS = 16
 HANDSHAKE_FAILURES_MAX = 3
 #: Seconds between repeated "cannot reach the broker" warnings of one session.
 UNREACHABLE_LOG_S = 30.0
+#: Seconds a new connection waits for the broker's WELCOME before it is given up (at least; see
+#: :meth:`_Connection.silence_limit`).
+FIRST_CONTACT_S = 30.0
+#: Seconds between the first connections of a process's sessions (1,000 a second).
+CONNECT_SPACING_S = 0.001
+#: Timers due within this many seconds of the first are served by one wake-up of the I/O thread, so a
+#: process of thousands of virtual clients does not wake for each heartbeat (they fall into batches).
+TIMER_BATCH_S = 0.02
 
 _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CONNECT_RETRIED)
+
+
+def _fd(sock: zmq.Socket[bytes]) -> int:
+    """The descriptor that becomes readable when ``sock`` may have something new (ZMQ_FD)."""
+    return int(sock.getsockopt(zmq.FD))
 
 
 class Outcome(enum.IntEnum):
@@ -102,6 +117,22 @@ class _Connection:
         self.handshake_failures = 0
         self.last_unreachable_log = -math.inf
         self.outcome = Outcome.DONE  # once the session is done: why
+        self.timer_at = math.inf  # the due time of this connection's entry in the loop's timer heap
+        self.welcomed = False  # the broker answered this connection's HELLO
+        self.unwelcomed = 0  # connections in a row that the broker never welcomed
+
+    def silence_limit(self) -> float:
+        """Seconds of silence from the broker after which this connection is given up.
+
+        Before a WELCOME it is at least :data:`FIRST_CONTACT_S`, doubling with each connection in a row
+        the broker left unanswered (up to 16 times): a broker that thousands of clients greet at once
+        answers late, and a new connection would only queue one more HELLO behind the others. Waiting
+        loses nothing: a broker that restarted and lost our HELLO answers our heartbeats with
+        ``unknown_worker``, and we announce again on the same connection.
+        """
+        if self.welcomed:
+            return self.timeout + self.grace
+        return max(self.timeout, FIRST_CONTACT_S) * float(2 ** min(self.unwelcomed, 4)) + self.grace
 
     @property
     def wid(self) -> str:
@@ -177,7 +208,10 @@ class WorkerLoop:
         self.slow = SlowDevices(dict(slowdown or {}))
         self.reconnect_min_s = reconnect_min_s
         self.reconnect_max_s = reconnect_max_s
-        self.context = context or zmq.Context.instance()
+        # A process of thousands of virtual clients needs more sockets than libzmq's default context
+        # allows (1,023) and more files than the usual soft limit: its own context, sized to fit.
+        self._owns_context = context is None
+        self.context = context or context_for(len(self.connections) + 8)
         self._jobs: queue.Queue[tuple[_Connection, TrainJob, float] | None] = queue.Queue()
         self._results: queue.Queue[tuple[_Connection, TrainResult, float]] = queue.Queue()
         # Results of simulated slow devices, held until their due time (monotonic seconds).
@@ -186,6 +220,12 @@ class WorkerLoop:
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
         self.watch = len(self.connections) <= WATCH_MAX_SESSIONS
+        # The I/O thread's timers: (due, sequence, connection), at most one live entry per connection.
+        self._timer_heap: list[tuple[float, int, _Connection]] = []
+        self._timer_seq = 0
+        self._selector: selectors.BaseSelector | None = None  # the I/O thread's, while it serves
+        self._look_at: set[_Connection] = set()  # connections made or sent on since the last wait
+        self._maybe_done = True  # a session may have finished since the last look
 
     @property
     def sessions(self) -> list[WorkerSession]:
@@ -226,11 +266,16 @@ class WorkerLoop:
                 log.debug("%s: round %d trained in %.1f ms after %.1f ms queued", conn.wid, job.task.round_id,
                           (time.perf_counter() - started) * 1e3, (started - queued_at) * 1e3)
                 self._results.put((conn, result, time.monotonic() + result.hold_s))
-                wake_tx.send(b"", zmq.NOBLOCK)
+                try:
+                    wake_tx.send(b"", zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # wake-ups are already queued: the I/O thread takes every result on the next
         finally:
             self._stopping = True
             io.join(timeout=30)
             wake_tx.close(linger=0)
+            if self._owns_context and not io.is_alive():
+                self.context.term()
         return codes[0] if codes else Outcome.STOPPED
 
     def _io_thread(self, wake_addr: str, codes: list[Outcome]) -> None:
@@ -245,52 +290,107 @@ class WorkerLoop:
             self._jobs.put(None)  # wake the training thread so run() returns
 
     def _serve(self, wake_rx: zmq.Socket[bytes]) -> Outcome:
-        polled: tuple[zmq.Socket[bytes] | None, ...] = ()
-        poller = zmq.Poller()
-        by_sock: dict[zmq.Socket[bytes], _Connection] = {}
-        by_monitor: dict[zmq.Socket[bytes], _Connection] = {}
-        while not self._stopping:
-            now = time.monotonic()
-            for c in self.connections:
-                self._timers(c, now)
-            if all(c.session.done for c in self.connections):
-                return max(c.outcome for c in self.connections)
-            sockets = tuple(c.sock for c in self.connections)
-            if sockets != polled:
-                # Rebuilt only when a session (re)connects: with many virtual clients per process, a
-                # fresh poller per iteration costs more than the messages it waits for.
-                polled, poller, by_sock, by_monitor = sockets, zmq.Poller(), {}, {}
-                poller.register(wake_rx, zmq.POLLIN)
-                for c in self.connections:
-                    if c.sock is not None:
-                        poller.register(c.sock, zmq.POLLIN)
-                        by_sock[c.sock] = c
-                    if c.monitor is not None:
-                        poller.register(c.monitor, zmq.POLLIN)
-                        by_monitor[c.monitor] = c
-            events = dict(poller.poll(self._wait_ms(time.monotonic())))
-            if wake_rx in events:
-                while wake_rx.poll(0):
-                    wake_rx.recv()
-            if wake_rx in events or self._held:
-                self._deliver_results()
-            for sock, c in by_sock.items():
-                if sock in events:
-                    self._drain(c)
-            for mon, c in by_monitor.items():
-                if mon in events and c.monitor is mon:
-                    self._connection_events(c)
-        return Outcome.STOPPED
+        # Sockets are watched through their ZMQ_FD descriptors in the OS's own selector (epoll on Linux),
+        # which costs per ready socket: zmq_poll costs per watched socket, 13 ms a call over 5,000 of
+        # them, and that was most of a simulation process's time. ZMQ_FD only says "look again", and
+        # libzmq gives that notice only after a look found nothing: so a ready socket is read until it
+        # has nothing left, and a new socket, or one we sent on, is looked at before the next wait (a
+        # send can take the notice of a message that arrived meanwhile).
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(_fd(wake_rx), selectors.EVENT_READ, None)
+        while wake_rx.poll(0):  # a look arms the notice of the next wake-up
+            wake_rx.recv()
+        start = time.monotonic()
+        for i, c in enumerate(self.connections):
+            # First connections spread out, so a process of thousands of virtual clients does not greet
+            # the broker all in the same millisecond.
+            if c.reconnect_at is not None:
+                c.reconnect_at = start + i * CONNECT_SPACING_S
+            self._arm(c)
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                # Only the connections whose timers are due: a pass over every session per wake-up made a
+                # process of thousands of virtual clients spend its time in this loop.
+                while self._timer_heap and self._timer_heap[0][0] <= now:
+                    at, _, c = heapq.heappop(self._timer_heap)
+                    if at != c.timer_at:
+                        continue  # superseded by an earlier entry
+                    c.timer_at = math.inf
+                    self._timers(c, now)
+                    self._arm(c)
+                self._look_again()
+                if self._maybe_done and all(c.session.done for c in self.connections):
+                    return max(c.outcome for c in self.connections)
+                self._maybe_done = False
+                ready = self._selector.select(self._wait_ms(time.monotonic()) / 1000.0)
+                woken = False
+                for key, _ in ready:
+                    if key.data is None:
+                        woken = True
+                        continue
+                    sock, owner = key.data
+                    if sock is owner.sock:
+                        self._drain(owner)
+                    elif sock is owner.monitor:
+                        self._connection_events(owner)
+                if woken:
+                    while wake_rx.poll(0):
+                        wake_rx.recv()
+                if woken or self._held:
+                    self._deliver_results()
+            return Outcome.STOPPED
+        finally:
+            self._selector.close()
+            self._selector = None
+
+    def _watch(self, c: _Connection, sock: zmq.Socket[bytes]) -> None:
+        if self._selector is not None:
+            self._selector.register(_fd(sock), selectors.EVENT_READ, (sock, c))
+            self._look_at.add(c)
+
+    def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
+        if self._selector is not None:
+            try:
+                self._selector.unregister(_fd(sock))
+            except (KeyError, ValueError):
+                pass
+
+    def _look_again(self) -> None:
+        """Look at the sockets made or sent on since the last wait, and read what they have (see
+        :meth:`_serve`)."""
+        while self._look_at:
+            c = self._look_at.pop()
+            if c.monitor is not None and int(c.monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._connection_events(c)
+            if c.sock is not None and int(c.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._drain(c)
 
     def _wait_ms(self, now: float) -> int:
+        """Until the first timer (plus :data:`TIMER_BATCH_S`, so timers a few milliseconds apart are
+        served by one wake-up), a held result, or half a second."""
         times = [now + 0.5, *(h[2] for h in self._held)]
-        for c in self.connections:
-            if c.session.done:
-                continue
-            times.append(c.reconnect_at if c.reconnect_at is not None else min(c.next_heartbeat, c.hello_due))
-            if c.sock is not None:
-                times.append(c.last_heard + c.timeout + c.grace)
+        if self._timer_heap:
+            times.append(self._timer_heap[0][0] + TIMER_BATCH_S)
         return max(0, int((min(times) - now) * 1000) + 1)
+
+    def _due(self, c: _Connection) -> float:
+        """When ``c``'s timers next have something to do (infinity once its session is done)."""
+        if c.session.done:
+            return math.inf
+        if c.reconnect_at is not None:
+            return c.reconnect_at
+        due = min(c.next_heartbeat, c.hello_due)
+        return min(due, c.last_heard + c.silence_limit()) if c.sock is not None else due
+
+    def _arm(self, c: _Connection) -> None:
+        """Queue ``c``'s next timer if it is earlier than the one queued (a later one needs no entry:
+        the queued one comes up first, finds nothing to do, and queues the later one then)."""
+        due = self._due(c)
+        if due < c.timer_at:
+            c.timer_at = due
+            self._timer_seq += 1
+            heapq.heappush(self._timer_heap, (due, self._timer_seq, c))
 
     def _timers(self, c: _Connection, now: float) -> None:
         if c.session.done:
@@ -299,8 +399,14 @@ class WorkerLoop:
             if now >= c.reconnect_at:
                 self._connect(c, now)
             return
-        if now - c.last_heard > c.timeout + c.grace:
+        if now - c.last_heard > c.silence_limit() and c.sock is not None and c.sock.poll(0):
+            # Messages are waiting: the broker spoke, this thread was late to listen (it shares the GIL
+            # with training, and with thousands of sessions). Read them before judging the silence.
+            self._drain(c)
+        if now - c.last_heard > c.silence_limit():
             log.warning("%s: broker silent for %.1f s; reconnecting", c.wid, now - c.last_heard)
+            if not c.welcomed:
+                c.unwelcomed += 1
             self._schedule_reconnect(c, now)
             return
         if now >= c.hello_due:
@@ -315,7 +421,7 @@ class WorkerLoop:
     def _connect(self, c: _Connection, now: float) -> None:
         self._close(c)
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        configure_socket(sock, self.limits, c.interval, c.timeout)
+        configure_socket(sock, self.limits, c.interval, c.timeout, connections=len(self.connections))
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
         if c.keys is not None and self.broker_key is not None:
@@ -324,7 +430,11 @@ class WorkerLoop:
             c.monitor = sock.get_monitor_socket(_WATCHED)
         sock.connect(self.endpoint)
         c.sock = sock
+        self._watch(c, sock)
+        if c.monitor is not None:
+            self._watch(c, c.monitor)
         c.reconnect_at = None
+        c.welcomed = False
         c.last_heard = now
         c.next_heartbeat = now + c.interval
         self._send(c, c.session.connected().to_frames())
@@ -334,8 +444,10 @@ class WorkerLoop:
         if c.sock is not None:
             if c.monitor is not None:
                 c.sock.disable_monitor()
+                self._unwatch(c.monitor)
                 c.monitor.close(linger=0)
                 c.monitor = None
+            self._unwatch(c.sock)
             c.sock.close(linger=0)
             c.sock = None
 
@@ -368,6 +480,7 @@ class WorkerLoop:
         log.error("%s: %s; stopping", c.wid, reason)
         c.outcome = outcome
         c.session.done = True
+        self._maybe_done = True
         self._close(c)
 
     def _schedule_reconnect(self, c: _Connection, now: float) -> None:
@@ -383,6 +496,7 @@ class WorkerLoop:
             c.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("%s: send queue full; message dropped", c.wid)
+        self._look_at.add(c)
 
     # ------------------------------------------------------------------ inbound
 
@@ -403,7 +517,12 @@ class WorkerLoop:
             self._act(c, c.session.on_message(msg))
 
     def _act(self, c: _Connection, actions: Sequence[Any]) -> None:
-        """Carry out what the session decided."""
+        """Carry out what the session decided, then queue the connection's timers if they moved earlier
+        (a shorter timeout, an announcement, a reconnection)."""
+        self._carry_out(c, actions)
+        self._arm(c)
+
+    def _carry_out(self, c: _Connection, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self._send(c, action.frames)
@@ -411,6 +530,7 @@ class WorkerLoop:
                 self._jobs.put((c, action.job, time.perf_counter()))
             elif isinstance(action, Welcomed):
                 c.backoff = 0.0
+                c.welcomed, c.unwelcomed = True, 0
                 c.interval, c.timeout = action.heartbeat_interval_s, action.heartbeat_timeout_s
             elif isinstance(action, Announce):
                 # Once per heartbeat interval (every queued heartbeat it refused brings one such ERROR).
@@ -420,6 +540,7 @@ class WorkerLoop:
                 self._close(c)
                 c.reconnect_at = time.monotonic()
             elif isinstance(action, Finish):
+                self._maybe_done = True
                 if action.refused:
                     log.error("%s: %s; stopping", c.wid, action.reason)
                     c.outcome = Outcome.REFUSED
