@@ -24,10 +24,26 @@ import yaml
 
 from federated.cli.exit_codes import CONFIG_ERROR, OK, TRAINING_FAILED
 from federated.cli.options import build_config, emit_json, run_options, setup_logging
-from federated.config import FederatedConfig
+from federated.config import BrokerConfig, FederatedConfig
 from federated.worker.simulation import DROPOUT_STAGES
 
 __all__ = ["simulate_command"]
+
+
+#: Application heartbeats a simulated federation exchanges per second, each way, at most. Every virtual
+#: client is a real connection that hears from the broker and answers every heartbeat interval, so with
+#: the default 1 s interval 10,000 clients cost 20,000 Python-level messages a second on two cores, and
+#: the broker and the workers' I/O threads fell behind and declared each other gone. Above 1,000 clients
+#: ``fl simulate`` stretches the interval (and the timeout, five intervals) in proportion, unless the
+#: configuration sets them.
+HEARTBEATS_PER_S = 1000.0
+
+
+def liveness_for(num_clients: int, interval_s: float, timeout_s: float) -> tuple[float, float]:
+    """The heartbeat interval and timeout (seconds) for a simulation of ``num_clients`` clients: the
+    given ones, stretched so the federation sends at most :data:`HEARTBEATS_PER_S` heartbeats a second."""
+    stretch = max(1.0, num_clients / (HEARTBEATS_PER_S * interval_s))
+    return interval_s * stretch, timeout_s * stretch
 
 
 def _free_port() -> int:
@@ -277,6 +293,13 @@ def simulate_command(dropout: float, dropout_stage: str, stragglers: float, byza
         # The robust rule is told the true fraction, as in the papers' experiments.
         extra["aggregation.byzantine_fraction"] = byzantine_fraction
     config = build_config(params, extra)
+    defaults = BrokerConfig()
+    if (config.broker.heartbeat_interval_s, config.broker.heartbeat_timeout_s) == (
+            defaults.heartbeat_interval_s, defaults.heartbeat_timeout_s):
+        interval, timeout = liveness_for(config.num_clients, defaults.heartbeat_interval_s,
+                                         defaults.heartbeat_timeout_s)
+        config = build_config(params, {**extra, "broker.heartbeat_interval_s": interval,
+                                       "broker.heartbeat_timeout_s": timeout})
     if Path(store).exists():
         raise click.UsageError(f"--store {store} already exists; give a new path (a simulation starts from scratch; flbroker --store resumes a run)")
     procs = min(config.num_clients, processes or os.cpu_count() or 1)
