@@ -104,6 +104,8 @@ def broker_command(bind: str | None, events: bool, keys_dir: str | None, as_json
                         on_listening=lambda ep: say({"event": "listening", "endpoint": ep}),
                         on_evaluation=lambda rec: say({"event": "evaluation", **rec.to_dict()}))
     except (StoreError, BindError, KeyFileError, ValueError) as exc:  # ValueError: sigma calibration impossible
+        if isinstance(exc, BindError):  # a tool that chose the port may choose another (fl simulate does)
+            say({"event": "bind_failed", "endpoint": config.broker.bind, "error": str(exc)})
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG_ERROR)
     summary = {"event": "done", "completed": outcome.completed, "failed": outcome.failed,

@@ -7,6 +7,7 @@ socket and data shard. Nothing here takes a shortcut that a LAN deployment would
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -161,20 +162,51 @@ def _check_data(config: FederatedConfig) -> None:
         sys.exit(CONFIG_ERROR)
 
 
+#: Ports tried before giving up: the one chosen is free when chosen, not reserved, so another program may
+#: take it before the broker binds it (a busy machine makes that more likely).
+BIND_ATTEMPTS = 5
+
+
+def _start_broker(config: FederatedConfig, vflag: list[str]) -> tuple[FederatedConfig, subprocess.Popen[bytes], bytes]:
+    """Start the broker process and wait until it listens, on another free port if someone took the one in
+    ``config`` first. Returns the config it runs with, the process, and what of its stdout was read past
+    the "listening" event. A broker that fails otherwise is returned as it is (exited, its error on stderr)."""
+    run_dir = Path(config.broker.store).parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    for attempt in range(BIND_ATTEMPTS):
+        if attempt:
+            config = dataclasses.replace(config, broker=dataclasses.replace(
+                config.broker, bind=f"tcp://127.0.0.1:{_free_port()}"))
+        config_path.write_text(yaml.safe_dump(config.to_dict(resolved=True), sort_keys=False), encoding="utf-8")
+        broker = _spawn(["federated.cli.main", "broker", "--config", str(config_path), "--events", *vflag],
+                        stdout=subprocess.PIPE)
+        assert broker.stdout is not None
+        buffer = b""
+        while chunk := os.read(broker.stdout.fileno(), 65536):
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            kinds = [json.loads(line).get("event") for line in lines]
+            if "listening" in kinds:
+                rest = lines[kinds.index("listening") + 1:]
+                return config, broker, b"".join(line + b"\n" for line in rest) + buffer
+            if "bind_failed" in kinds:
+                break
+        else:
+            return config, broker, buffer  # it exited before listening: the caller reports it
+        broker.wait(timeout=30)
+    return config, broker, b""
+
+
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
                    stragglers: float = 0.0, attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
                    verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
-    run_dir = Path(config.broker.store).parent
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config.to_dict(resolved=True), sort_keys=False), encoding="utf-8")
-    address = config.broker.bind.removeprefix("tcp://")
     started = time.perf_counter()
     vflag = ["-v"] * verbose
-    broker = _spawn(["federated.cli.main", "broker", "--config", str(config_path), "--events", *vflag],
-                    stdout=subprocess.PIPE)
+    config, broker, early = _start_broker(config, vflag)
+    address = config.broker.bind.removeprefix("tcp://")
     bad = set(attackers or [])
     honest = [i for i in range(config.num_clients) if i not in bad]
     shards = [honest[p::processes] for p in range(processes)]
@@ -200,7 +232,7 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
         sel.register(broker.stdout, selectors.EVENT_READ)
         last_event = time.monotonic()
         workers_gone = 0.0
-        buffer = b""
+        buffer = early
         while True:
             if sel.select(timeout=0.5):
                 chunk = os.read(broker.stdout.fileno(), 65536)

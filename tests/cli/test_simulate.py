@@ -106,3 +106,26 @@ def test_the_default_run_prints_no_warnings(tmp_path: Path) -> None:
     alarming = [line for line in proc.stderr.splitlines() if " WARNING " in line or " ERROR " in line]
     assert alarming == [], alarming
     assert "final accuracy" in proc.stdout and "(federated): accuracy" in proc.stdout
+
+
+def test_a_port_taken_before_the_broker_binds_it_is_replaced_by_another(tmp_path: Path) -> None:
+    # fl simulate picks a free port, but it is not reserved: another program may bind it first (a busy CI
+    # machine did). The broker says so in an event and fl simulate starts it again on another port.
+    import socket
+
+    from federated.cli.simulate import _start_broker
+    from federated.config import load_config
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        config = load_config(None, {"broker.bind": f"tcp://127.0.0.1:{taken}", "broker.store": str(tmp_path / "s.db"),
+                                    "num_rounds": 1})
+        chosen, broker, _ = _start_broker(config, [])
+        try:
+            assert broker.poll() is None  # listening, on another port
+            assert chosen.broker.bind != config.broker.bind and chosen.broker.bind.startswith("tcp://127.0.0.1:")
+        finally:
+            broker.terminate()
+            broker.wait(timeout=30)
