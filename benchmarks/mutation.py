@@ -215,7 +215,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "worker-unmask-signature-verify",
         "issue 13 #2: every consistency signature must verify",
         WORKER,
-        "                verify(self._identity_of[wid], bytes(sig), message)\n",
+        "            verify(ident, sig, message)\n",
         "                pass\n",
         MALICIOUS,
         "tests/crypto/test_secagg_trials.py",
