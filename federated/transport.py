@@ -21,7 +21,7 @@ from federated.protocol import Limits
 __all__ = ["FDS_PER_CONNECTION", "FD_MARGIN", "HWM_MESSAGES", "ZMTP_PINGS_PER_S", "configure_socket", "context_for",
            "curve_client", "curve_server", "ensure_open_files", "start_authenticator"]
 
-log = logging.getLogger("federated.transport")
+_log = logging.getLogger("federated.transport")
 
 #: High-water marks in messages per peer, room for heartbeats behind a model-sized message. They count
 #: whole messages, and one message may have any number of frames, so they do not bound memory: on the
@@ -102,10 +102,10 @@ def ensure_open_files(wanted: int) -> int:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
+        _log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, exc)
         return int(soft)
     if target < wanted:
-        log.warning("open-files limit %d (the hard limit) is below the %d this process may need: raise it "
+        _log.warning("open-files limit %d (the hard limit) is below the %d this process may need: raise it "
                     "(ulimit -Hn) or host fewer connections per process", target, wanted)
     return target
 

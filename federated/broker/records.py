@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from federated.broker.collector import Collected, DecodedSum
 from federated.broker.planning import RoundPlan
 from federated.broker.store import RoundRecord
+from federated.protocol import local_seconds
 
 __all__ = ["FederatedScore", "build_record", "federated_score"]
 
@@ -105,7 +106,7 @@ def build_record(*, round_id: int, status: str, started_at: float, duration_s: f
         vals = [(u.metrics[key], u.num_samples) for u in updates if key in u.metrics]
         return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
 
-    times = [u.metrics.get("train_s", 0.0) + u.metrics.get("wait_s", 0.0) for u in updates]
+    times = [local_seconds(u.metrics) for u in updates]
     local_s = collected.local_s
     if decoded is not None and local_s is not None:  # a complete secure round
         times = [local_s[w] for w in survivors if w in local_s]

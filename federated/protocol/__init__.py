@@ -14,6 +14,7 @@ from federated.protocol.errors import (
 from federated.protocol.kinds import Kind
 from federated.protocol.limits import CHUNK_BYTES, Limits
 from federated.protocol.messages import (
+    LOCAL_TIME_METRICS,
     Bye,
     Error,
     Heartbeat,
@@ -23,6 +24,7 @@ from federated.protocol.messages import (
     Update,
     Welcome,
     decode_message,
+    local_seconds,
     validate_worker_id,
 )
 from federated.protocol.secagg import (
@@ -45,6 +47,7 @@ __all__ = [
     "CIPHERTEXT_BYTES",
     "COMMIT_BYTES",
     "DTYPES",
+    "LOCAL_TIME_METRICS",
     "SHARE_BYTES",
     "VERSION",
     "AdvertiseKeys",
@@ -79,5 +82,6 @@ __all__ = [
     "decode",
     "decode_message",
     "encode",
+    "local_seconds",
     "validate_worker_id",
 ]

@@ -9,7 +9,7 @@ peer add optional fields without breaking an older one.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from federated.protocol.secagg import (
 _IDENTITY = re.compile(r"[0-9a-f]{64}")
 
 __all__ = [
+    "LOCAL_TIME_METRICS",
     "Bye",
     "Error",
     "Heartbeat",
@@ -44,6 +45,7 @@ __all__ = [
     "Update",
     "Welcome",
     "decode_message",
+    "local_seconds",
     "validate_worker_id",
 ]
 
@@ -219,6 +221,16 @@ _TENSOR_KINDS = {k.value.encode() for k in (Kind.TASK, Kind.UPDATE, Kind.ADVERTI
                                             Kind.SHARE_KEYS, Kind.SHARES, Kind.MASKED_INPUT,
                                             Kind.CONSISTENCY_SIGNATURE, Kind.UNMASK_REQUEST,
                                             Kind.UNMASK_SHARES)}
+
+
+#: The UPDATE metrics that report a worker's local time, in seconds: training, scoring the global model
+#: (federated evaluation) and, in simulation, queueing for a CPU shared with other virtual clients.
+LOCAL_TIME_METRICS = ("train_s", "eval_s", "wait_s")
+
+
+def local_seconds(metrics: Mapping[str, float]) -> float:
+    """A worker's local time in seconds, from its UPDATE metrics: none of it is the broker's overhead."""
+    return sum(float(metrics.get(name, 0.0)) for name in LOCAL_TIME_METRICS)
 
 
 def decode_message(frames: Sequence[Any], limits: Limits | None = None) -> Message:

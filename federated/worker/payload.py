@@ -21,7 +21,7 @@ from federated.compression.sparsify import shared_indices
 from federated.crypto.floor import SafetyFloor
 from federated.crypto.params import SecAggParams
 from federated.privacy.noise import POISSON_EXACT_MAX
-from federated.protocol import Task, Update
+from federated.protocol import Task, Update, local_seconds
 from federated.worker.randomness import LocalRandomness
 from federated.worker.secure import encode_input
 
@@ -98,7 +98,7 @@ def encode_update(task: Task, worker_id: str, update: dict[str, np.ndarray], met
         encoded = encode_input(to_encode, metrics, num_samples, params, indices, skellam_mu=mu,
                                rounding_seed=randomness.rounding_seed(),
                                noise=randomness.noise_generator() if mu is not None else None)
-        return SecureInput(task.round_id, encoded, metrics.get("train_s", 0.0) + metrics.get("wait_s", 0.0))
+        return SecureInput(task.round_id, encoded, local_seconds(metrics))
     spec = config.get("compression", "none")
     if spec != "none":
         packed = codec_for(str(spec)).encode(flatten(update, np.float32), round_seed=int(config["compression_seed"]))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -388,10 +389,12 @@ class WorkerSession:
         try:
             if task.config.get("evaluate") is True and evaluate is not None and self.data.evaluates:
                 assert self.data.x_eval is not None and self.data.y_eval is not None
+                began = time.perf_counter()
                 eval_loss, eval_accuracy = evaluate(dict(task.weights), self.data.x_eval, self.data.y_eval,
                                                     task.config)
+                # Local compute like training (eval_s): the broker does not count it as its overhead.
                 evaluation = {"eval_loss": eval_loss, "eval_accuracy": eval_accuracy,
-                              "eval_samples": float(len(self.data.y_eval))}
+                              "eval_samples": float(len(self.data.y_eval)), "eval_s": time.perf_counter() - began}
             config = self._straggle(task, job.seed)
             update: dict[str, np.ndarray]
             if only:
