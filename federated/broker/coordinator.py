@@ -39,7 +39,7 @@ from federated.broker.planning import (
 )
 from federated.broker.records import build_record
 from federated.broker.registry import WorkerRegistry
-from federated.broker.resume import restore, resume_arrays, resume_payload
+from federated.broker.resume import resume_arrays, resume_payload
 from federated.broker.secure_round import SECAGG_INBOUND
 from federated.broker.selection import Selector
 from federated.broker.store import RoundRecord, RoundStore
@@ -185,10 +185,6 @@ class Coordinator:
         self.registry.remove(wid)
         self._drop(wid, "unreachable")
         return self._maybe_finish(now)
-
-    def flush_refusal_log(self) -> None:
-        """Log how many refusals went unlogged since the last line (call when the broker stops)."""
-        self.admission.flush_log()
 
     def _refuse(self, route: bytes, refusal: Refusal) -> list[Outbound]:
         self.refused += 1
@@ -387,13 +383,7 @@ class Coordinator:
         if self.on_round is not None:
             self.on_round(record)
 
-    # ------------------------------------------------------------------ resume, end
-
-    def restore(self, resume: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                weights: Mapping[str, np.ndarray]) -> None:
-        """Continue a run from what :meth:`RoundStore.load_resume` returned and the last complete round's
-        model (:func:`federated.broker.resume.restore`). Raises ValueError if the state does not fit."""
-        restore(self, resume, arrays, weights)
+    # ------------------------------------------------------------------ end (resuming: broker.resume)
 
     def _wind_down(self, reason: str) -> list[Outbound]:
         """Training is over for ``reason``: stop now, or first let the workers score the final model in a

@@ -20,6 +20,7 @@ from federated.broker.coordinator import Coordinator, Evaluator
 from federated.broker.errors import StoreError
 from federated.broker.lock import StoreLock
 from federated.broker.loop import BrokerLoop
+from federated.broker.resume import restore
 from federated.broker.store import RoundRecord, RoundStore
 from federated.config import FederatedConfig
 from federated.keys import BrokerKeys, Enrolment, load_broker_keys
@@ -79,7 +80,7 @@ def _resume(store: RoundStore, config: FederatedConfig, coordinator: Coordinator
         raise StoreError(f"store {config.broker.store} holds rounds but no resume state; use a new --store path")
     resume, arrays = loaded
     try:
-        coordinator.restore(resume, arrays, latest[1])
+        restore(coordinator, resume, arrays, latest[1])
         privacy = store.get_meta("privacy")
         if coordinator.privacy is not None and privacy is not None:
             # Includes a round that was under way when the broker stopped: it is charged again on rerun.
@@ -174,7 +175,7 @@ def serve(
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            coordinator.flush_refusal_log()
+            coordinator.admission.flush_log()  # how many refusals went unlogged since its last line
         privacy = coordinator.privacy.summary() if coordinator.privacy is not None else None
         store.set_meta("outcome", {"completed": coordinator.completed, "failed": coordinator.failed,
                                    "interrupted": interrupted, "reason": coordinator.exit_reason,
