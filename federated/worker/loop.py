@@ -12,8 +12,6 @@ with random initialisation and compiled steps).
 
 from __future__ import annotations
 
-import enum
-import heapq
 import logging
 import math
 import queue
@@ -32,7 +30,17 @@ from federated.crypto.floor import SafetyFloor
 from federated.keys import WorkerKeys
 from federated.protocol import Heartbeat, Limits, ProtocolError, Task, decode_message
 from federated.transport import configure_socket, context_for, curve_client
-from federated.worker.ledger import RoundLedger
+from federated.worker.connection import (
+    CONNECT_SPACING_S,
+    GRACE_BYTES_PER_S,
+    TIMER_BATCH_S,
+    WATCH_MAX_SESSIONS,
+    Connection,
+    Outcome,
+    TimerHeap,
+    connections_for,
+    socket_fd,
+)
 from federated.worker.payload import SecureInput
 from federated.worker.randomness import LocalRandomness
 from federated.worker.session import (
@@ -56,87 +64,9 @@ __all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "Outcome", "WorkerLoop
 
 log = logging.getLogger("federated.worker")
 
-#: How fast the broker is assumed to digest a model (bytes per second) when a worker decides whether its
-#: silence after a TASK is a dead broker or a busy one: 10 MB/s, i.e. 20 s of grace for a 200 MB model.
-GRACE_BYTES_PER_S = 10e6
-
-#: Connections watched with a ZeroMQ socket monitor (handshake failures, refused connections): a process
-#: with more sessions than this (a simulation's virtual clients) does not pay a second socket for each.
-WATCH_MAX_SESSIONS = 16
-#: Consecutive CURVE handshakes that fail without detail (the broker's key is not the one pinned) before
-#: a session gives up: one could be a broker restarting; three in a row, a wrong --broker-key.
-HANDSHAKE_FAILURES_MAX = 3
-#: Seconds between repeated "cannot reach the broker" warnings of one session.
-UNREACHABLE_LOG_S = 30.0
-#: Seconds a new connection waits for the broker's WELCOME before it is given up (at least; see
-#: :meth:`_Connection.silence_limit`).
-FIRST_CONTACT_S = 30.0
-#: Seconds between the first connections of a process's sessions (1,000 a second).
-CONNECT_SPACING_S = 0.001
-#: Timers due within this many seconds of the first are served by one wake-up of the I/O thread, so a
-#: process of thousands of virtual clients does not wake for each heartbeat (they fall into batches).
-TIMER_BATCH_S = 0.02
-
 _WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CONNECT_RETRIED)
 
-
-def _fd(sock: zmq.Socket[bytes]) -> int:
-    """The descriptor that becomes readable when ``sock`` may have something new (ZMQ_FD)."""
-    return int(sock.getsockopt(zmq.FD))
-
-
-class Outcome(enum.IntEnum):
-    """How :meth:`WorkerLoop.run` ended (the values are ``flworker``'s exit statuses)."""
-
-    DONE = 0  # every session got BYE: training finished
-    STOPPED = 1  # stop() was called (a signal)
-    BAD_SETTINGS = 2  # the broker's key is not the one pinned: CURVE handshakes fail
-    REFUSED = 3  # the broker refused this worker: its key is not (or no longer) enrolled
-
-
-class _Connection:
-    """One session's socket and timers."""
-
-    def __init__(self, session: WorkerSession, keys: WorkerKeys | None) -> None:
-        self.session = session
-        self.keys = keys
-        self.sock: zmq.Socket[bytes] | None = None
-        self.last_heard = 0.0
-        self.next_heartbeat = 0.0
-        self.reconnect_at: float | None = 0.0
-        self.hello_sent_at = -math.inf
-        self.hello_due = math.inf  # when to announce again after the broker said it does not know us
-        # Extra silence tolerated (seconds) while the broker digests model-sized messages: its loop does
-        # not send heartbeats while it aggregates, evaluates and checkpoints a large model.
-        self.grace = 0.0
-        self.backoff = 0.0
-        self.interval = 1.0
-        self.timeout = 5.0
-        self.monitor: zmq.Socket[bytes] | None = None
-        self.handshake_failures = 0
-        self.last_unreachable_log = -math.inf
-        self.outcome = Outcome.DONE  # once the session is done: why
-        self.timer_at = math.inf  # the due time of this connection's entry in the loop's timer heap
-        self.welcomed = False  # the broker answered this connection's HELLO
-        self.unwelcomed = 0  # connections in a row that the broker never welcomed
-
-    def silence_limit(self) -> float:
-        """Seconds of silence from the broker after which this connection is given up.
-
-        Before a WELCOME it is at least :data:`FIRST_CONTACT_S`, doubling with each connection in a row
-        the broker left unanswered (up to 16 times): a broker that thousands of clients greet at once
-        answers late, and a new connection would only queue one more HELLO behind the others. Waiting
-        loses nothing: a broker that restarted and lost our HELLO answers our heartbeats with
-        ``unknown_worker``, and we announce again on the same connection.
-        """
-        if self.welcomed:
-            return self.timeout + self.grace
-        return max(self.timeout, FIRST_CONTACT_S) * float(2 ** min(self.unwelcomed, 4)) + self.grace
-
-    @property
-    def wid(self) -> str:
-        return self.session.worker_id
 
 
 class WorkerLoop:
@@ -177,30 +107,11 @@ class WorkerLoop:
         ledger_dir: str | None = None,
         evaluate: EvaluateFunction | None = None,
     ) -> None:
-        if not clients:
-            raise ValueError("a worker needs at least one client")
-        if (keys is None) != (broker_key is None):
-            raise ValueError("transport security needs both the workers' keys and the broker's public key")
-        keys = dict(keys or {})
-        if broker_key is not None:
-            missing = sorted(c.worker_id for c in clients if c.worker_id not in keys)
-            if missing:
-                raise ValueError(f"no keys for client(s) {', '.join(missing)}")
-            wrong = sorted(w for w, k in keys.items() if k.worker_id != w)
-            if wrong:
-                raise ValueError(f"keys of another worker given for {', '.join(wrong)}")
-        dropout = DropoutPlan(dropout_rate, dropout_stage)
-        stragglers = Stragglers(straggler_rate)
-        randomness = dict(randomness or {})
+        self.connections = connections_for(clients, keys, broker_key, floor=floor, min_noise=min_noise,
+                                           randomness=randomness, ledger_dir=ledger_dir,
+                                           dropout=DropoutPlan(dropout_rate, dropout_stage),
+                                           stragglers=Stragglers(straggler_rate))
         self.broker_key = broker_key
-        self.connections = []
-        for c in clients:
-            k = keys.get(c.worker_id)
-            ledger = RoundLedger(f"{ledger_dir}/{c.worker_id}.rounds" if ledger_dir else None)
-            session = WorkerSession(c, identity=k.identity if k is not None else None, floor=floor,
-                                    min_noise=min_noise, randomness=randomness.get(c.worker_id), ledger=ledger,
-                                    dropout=dropout, stragglers=stragglers)
-            self.connections.append(_Connection(session, k))
         self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
         self.evaluate = evaluate
@@ -212,19 +123,18 @@ class WorkerLoop:
         # allows (1,023) and more files than the usual soft limit: its own context, sized to fit.
         self._owns_context = context is None
         self.context = context or context_for(len(self.connections) + 8)
-        self._jobs: queue.Queue[tuple[_Connection, TrainJob, float] | None] = queue.Queue()
-        self._results: queue.Queue[tuple[_Connection, TrainResult, float]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Connection, TrainJob, float] | None] = queue.Queue()
+        self._results: queue.Queue[tuple[Connection, TrainResult, float]] = queue.Queue()
         # Results of simulated slow devices, held until their due time (monotonic seconds).
-        self._held: list[tuple[_Connection, TrainResult, float]] = []
+        self._held: list[tuple[Connection, TrainResult, float]] = []
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
         self.watch = len(self.connections) <= WATCH_MAX_SESSIONS
         # The I/O thread's timers: (due, sequence, connection), at most one live entry per connection.
-        self._timer_heap: list[tuple[float, int, _Connection]] = []
-        self._timer_seq = 0
+        self._timer_heap = TimerHeap()
         self._selector: selectors.BaseSelector | None = None  # the I/O thread's, while it serves
-        self._look_at: set[_Connection] = set()  # connections made or sent on since the last wait
+        self._look_at: set[Connection] = set()  # connections made or sent on since the last wait
         self._maybe_done = True  # a session may have finished since the last look
 
     @property
@@ -297,7 +207,7 @@ class WorkerLoop:
         # has nothing left, and a new socket, or one we sent on, is looked at before the next wait (a
         # send can take the notice of a message that arrived meanwhile).
         self._selector = selectors.DefaultSelector()
-        self._selector.register(_fd(wake_rx), selectors.EVENT_READ, None)
+        self._selector.register(socket_fd(wake_rx), selectors.EVENT_READ, None)
         while wake_rx.poll(0):  # a look arms the notice of the next wake-up
             wake_rx.recv()
         start = time.monotonic()
@@ -306,19 +216,15 @@ class WorkerLoop:
             # the broker all in the same millisecond.
             if c.reconnect_at is not None:
                 c.reconnect_at = start + i * CONNECT_SPACING_S
-            self._arm(c)
+            self._timer_heap.arm(c)
         try:
             while not self._stopping:
                 now = time.monotonic()
                 # Only the connections whose timers are due: a pass over every session per wake-up made a
                 # process of thousands of virtual clients spend its time in this loop.
-                while self._timer_heap and self._timer_heap[0][0] <= now:
-                    at, _, c = heapq.heappop(self._timer_heap)
-                    if at != c.timer_at:
-                        continue  # superseded by an earlier entry
-                    c.timer_at = math.inf
+                for c in self._timer_heap.pop_due(now):
                     self._timers(c, now)
-                    self._arm(c)
+                    self._timer_heap.arm(c)
                 self._look_again()
                 if self._maybe_done and all(c.session.done for c in self.connections):
                     return max(c.outcome for c in self.connections)
@@ -344,15 +250,15 @@ class WorkerLoop:
             self._selector.close()
             self._selector = None
 
-    def _watch(self, c: _Connection, sock: zmq.Socket[bytes]) -> None:
+    def _watch(self, c: Connection, sock: zmq.Socket[bytes]) -> None:
         if self._selector is not None:
-            self._selector.register(_fd(sock), selectors.EVENT_READ, (sock, c))
+            self._selector.register(socket_fd(sock), selectors.EVENT_READ, (sock, c))
             self._look_at.add(c)
 
     def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
         if self._selector is not None:
             try:
-                self._selector.unregister(_fd(sock))
+                self._selector.unregister(socket_fd(sock))
             except (KeyError, ValueError):
                 pass
 
@@ -370,29 +276,12 @@ class WorkerLoop:
         """Until the first timer (plus :data:`TIMER_BATCH_S`, so timers a few milliseconds apart are
         served by one wake-up), a held result, or half a second."""
         times = [now + 0.5, *(h[2] for h in self._held)]
-        if self._timer_heap:
-            times.append(self._timer_heap[0][0] + TIMER_BATCH_S)
+        first = self._timer_heap.first()
+        if first is not None:
+            times.append(first + TIMER_BATCH_S)
         return max(0, int((min(times) - now) * 1000) + 1)
 
-    def _due(self, c: _Connection) -> float:
-        """When ``c``'s timers next have something to do (infinity once its session is done)."""
-        if c.session.done:
-            return math.inf
-        if c.reconnect_at is not None:
-            return c.reconnect_at
-        due = min(c.next_heartbeat, c.hello_due)
-        return min(due, c.last_heard + c.silence_limit()) if c.sock is not None else due
-
-    def _arm(self, c: _Connection) -> None:
-        """Queue ``c``'s next timer if it is earlier than the one queued (a later one needs no entry:
-        the queued one comes up first, finds nothing to do, and queues the later one then)."""
-        due = self._due(c)
-        if due < c.timer_at:
-            c.timer_at = due
-            self._timer_seq += 1
-            heapq.heappush(self._timer_heap, (due, self._timer_seq, c))
-
-    def _timers(self, c: _Connection, now: float) -> None:
+    def _timers(self, c: Connection, now: float) -> None:
         if c.session.done:
             return
         if c.reconnect_at is not None:
@@ -418,7 +307,7 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ connection
 
-    def _connect(self, c: _Connection, now: float) -> None:
+    def _connect(self, c: Connection, now: float) -> None:
         self._close(c)
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
         configure_socket(sock, self.limits, c.interval, c.timeout, connections=len(self.connections))
@@ -440,7 +329,7 @@ class WorkerLoop:
         self._send(c, c.session.connected().to_frames())
         c.hello_sent_at, c.hello_due = now, math.inf
 
-    def _close(self, c: _Connection) -> None:
+    def _close(self, c: Connection) -> None:
         if c.sock is not None:
             if c.monitor is not None:
                 c.sock.disable_monitor()
@@ -451,45 +340,28 @@ class WorkerLoop:
             c.sock.close(linger=0)
             c.sock = None
 
-    def _connection_events(self, c: _Connection) -> None:
-        """What the socket monitor saw: a refused connection, a handshake that failed or succeeded."""
+    def _connection_events(self, c: Connection) -> None:
+        """What the socket monitor saw (:meth:`Connection.on_monitor_event`); give up if it says so."""
         while c.monitor is not None and c.monitor.poll(0):
-            event = recv_monitor_message(c.monitor)["event"]
-            now = time.monotonic()
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                if c.handshake_failures or c.last_unreachable_log > -math.inf:
-                    log.info("%s: connected to the broker at %s", c.wid, self.endpoint)
-                c.handshake_failures, c.last_unreachable_log = 0, -math.inf
-            elif event == zmq.EVENT_CONNECT_RETRIED:
-                if now - c.last_unreachable_log >= UNREACHABLE_LOG_S:
-                    c.last_unreachable_log = now
-                    log.warning("%s: cannot reach the broker at %s (connection refused or no route); retrying",
-                                c.wid, self.endpoint)
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._give_up(c, Outcome.REFUSED, "the broker refused this worker's key: it is not enrolled "
-                              "there, or it was revoked")
-            elif event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                c.handshake_failures += 1
-                if c.handshake_failures >= HANDSHAKE_FAILURES_MAX:
-                    pinned = "--broker-key is not this broker's key" if self.broker_key is not None else (
-                        "the broker expects CurveZMQ (give --keys and --broker-key)")
-                    self._give_up(c, Outcome.BAD_SETTINGS, f"{c.handshake_failures} handshakes with the broker at "
-                                  f"{self.endpoint} failed: {pinned}")
+            verdict = c.on_monitor_event(recv_monitor_message(c.monitor)["event"], time.monotonic(), self.endpoint,
+                                         pinned=self.broker_key is not None)
+            if verdict is not None:
+                self._give_up(c, *verdict)
 
-    def _give_up(self, c: _Connection, outcome: Outcome, reason: str) -> None:
+    def _give_up(self, c: Connection, outcome: Outcome, reason: str) -> None:
         log.error("%s: %s; stopping", c.wid, reason)
         c.outcome = outcome
         c.session.done = True
         self._maybe_done = True
         self._close(c)
 
-    def _schedule_reconnect(self, c: _Connection, now: float) -> None:
+    def _schedule_reconnect(self, c: Connection, now: float) -> None:
         """Close now; reconnect after an exponentially growing, jittered delay."""
         self._close(c)
         c.backoff = min(self.reconnect_max_s, max(self.reconnect_min_s, c.backoff * 2))
         c.reconnect_at = now + c.backoff * (0.5 + self._rng.random())
 
-    def _send(self, c: _Connection, frames: Sequence[bytes | memoryview]) -> None:
+    def _send(self, c: Connection, frames: Sequence[bytes | memoryview]) -> None:
         if c.sock is None:
             return
         try:
@@ -500,7 +372,7 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ inbound
 
-    def _drain(self, c: _Connection) -> None:
+    def _drain(self, c: Connection) -> None:
         while c.sock is not None:
             try:
                 frames = c.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -516,13 +388,13 @@ class WorkerLoop:
                 c.grace = sum(len(f) for f in frames) / GRACE_BYTES_PER_S
             self._act(c, c.session.on_message(msg))
 
-    def _act(self, c: _Connection, actions: Sequence[Any]) -> None:
+    def _act(self, c: Connection, actions: Sequence[Any]) -> None:
         """Carry out what the session decided, then queue the connection's timers if they moved earlier
         (a shorter timeout, an announcement, a reconnection)."""
         self._carry_out(c, actions)
-        self._arm(c)
+        self._timer_heap.arm(c)
 
-    def _carry_out(self, c: _Connection, actions: Sequence[Any]) -> None:
+    def _carry_out(self, c: Connection, actions: Sequence[Any]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 self._send(c, action.frames)
@@ -564,7 +436,7 @@ class WorkerLoop:
         for c, result, _ in ready:
             self._deliver(c, result)
 
-    def _deliver(self, c: _Connection, result: TrainResult) -> None:
+    def _deliver(self, c: Connection, result: TrainResult) -> None:
         if c.sock is None:
             return  # the session is reconnecting: the broker already counted it as dropped
         actions = c.session.on_trained(result)

@@ -395,7 +395,8 @@ class WorkerSession:
                 # Local compute like training (eval_s): the broker does not count it as its overhead.
                 evaluation = {"eval_loss": eval_loss, "eval_accuracy": eval_accuracy,
                               "eval_samples": float(len(self.data.y_eval)), "eval_s": time.perf_counter() - began}
-            config = self._straggle(task, job.seed)
+            config = dict(self.stragglers.task_config(task.config, task.cohort_index, task.cohort_size, job.seed,
+                                                      wid, task.round_id))
             update: dict[str, np.ndarray]
             if only:
                 update, metrics = {}, {"loss": 0.0, "accuracy": 0.0, "train_s": 0.0}
@@ -428,19 +429,6 @@ class WorkerSession:
                       f"{evaluation['eval_accuracy']:.3f} on {int(evaluation['eval_samples'])} held-out examples")
             summary = f"{summary}; {scored}" if summary else scored
         return TrainResult(job.generation, task.round_id, payload, hold_s, summary)
-
-    def _straggle(self, task: Task, seed: int) -> dict[str, Any]:
-        """The TASK's config, with fewer local epochs if this worker is a simulated straggler this round."""
-        train = task.config.get("train")
-        epochs = train.get("epochs") if isinstance(train, dict) else None
-        if not isinstance(train, dict) or not isinstance(epochs, int) or isinstance(epochs, bool):
-            return task.config  # a malformed TASK: the trainer refuses it with the reason
-        fewer = self.stragglers.epochs(task.cohort_index, task.cohort_size, epochs, seed)
-        if fewer == epochs:
-            return task.config
-        log.info("%s: simulated straggler in round %d: %d of %d local epochs", self.worker_id, task.round_id,
-                 fewer, epochs)
-        return {**task.config, "train": {**train, "epochs": fewer}}
 
     def on_trained(self, result: TrainResult) -> list[Action]:
         """A training job's result is ready (back on the I/O thread)."""

@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["DROPOUT_STAGES", "DropoutPlan", "SlowDevices", "Stragglers"]
+
+log = logging.getLogger("federated.worker")
 
 #: Where a simulated dropout can happen: on receiving the TASK, or a secure round's later stages.
 DROPOUT_STAGES = ("task", "roster", "shares", "consistency", "unmask")
@@ -56,6 +60,20 @@ class Stragglers:
         if epochs <= 1 or cohort_index >= round(self.rate * cohort_size):
             return epochs
         return random.Random(f"straggler/{seed}").randrange(1, epochs)
+
+    def task_config(self, config: Mapping[str, Any], cohort_index: int, cohort_size: int, seed: int,
+                    worker_id: str, round_id: int) -> Mapping[str, Any]:
+        """A TASK's ``config`` as this worker trains it: with fewer local epochs if it is a straggler this
+        round (a malformed ``train`` section is passed on as it is, for the trainer to refuse)."""
+        train = config.get("train")
+        epochs = train.get("epochs") if isinstance(train, dict) else None
+        if not isinstance(train, dict) or not isinstance(epochs, int) or isinstance(epochs, bool):
+            return config
+        fewer = self.epochs(cohort_index, cohort_size, epochs, seed)
+        if fewer == epochs:
+            return config
+        log.info("%s: simulated straggler in round %d: %d of %d local epochs", worker_id, round_id, fewer, epochs)
+        return {**config, "train": {**train, "epochs": fewer}}
 
 
 @dataclass(frozen=True)
