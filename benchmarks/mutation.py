@@ -604,6 +604,47 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        loss = accuracy = 0.0\n",
         "tests/worker/test_distributed_weight.py",
     ),
+    # ---------------------------------------------------------------- federated evaluation, data, sampling
+    _m(
+        "decode-evaluated-weight",
+        "issue 16, secure_round.decode_round: a secure sum's evaluated weight is a whole number in [0, W]",
+        DECODE,
+        "    if not (evaluated.is_integer() and 0 <= evaluated <= weight):\n",
+        "    if False:\n",
+        f"{BOUNDS}::test_metric_sums_out_of_range_are_refused",
+    ),
+    _m(
+        "decode-evaluation-accuracy",
+        "issue 16, secure_round.decode_round: a secure sum's weighted evaluation accuracy is within [0, E]",
+        DECODE,
+        "    if not 0 <= Fraction(eval_accuracy) <= Fraction(evaluated) + rounding:\n",
+        "    if False:\n",
+        f"{BOUNDS}::test_metric_sums_out_of_range_are_refused",
+    ),
+    _m(
+        "plain-score-bounds",
+        "issue 16, records.federated_score: a plain worker's impossible scores are left out",
+        "federated/broker/records.py",
+        "        if not (0.0 <= accuracy <= 1.0 and loss >= 0.0 and samples >= 1 and float(samples).is_integer()\n",
+        "        if False and (0.0 <= accuracy <= 1.0 and loss >= 0.0 and samples >= 1 and float(samples).is_integer()\n",
+        "tests/broker/test_federated_evaluation.py",
+    ),
+    _m(
+        "worker-data-fits-task",
+        "issue 16, runner.check_data_fits: a worker refuses data its TASK's model cannot take, naming both",
+        RUNNER,
+        "        check_data_fits(model, x, y)\n",
+        "        pass\n",
+        "tests/worker/test_worker_evaluation.py",
+    ),
+    _m(
+        "poisson-csprng",
+        "issue 15, selection: Poisson samples come from the OS CSPRNG, not the broker's seeded generator",
+        "federated/broker/selection.py",
+        "        self._secret = secrets.SystemRandom()\n",
+        "        self._secret = rng\n",
+        "tests/broker/test_poisson_sampling.py",
+    ),
     # ---------------------------------------------------------------- keys and the wire
     _m(
         "secret-key-file-mode",
