@@ -442,9 +442,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "round is charged too (mutation: charge only rounds that complete)",
         (
             Edit(
-                COORD,
-                "            rnd.epsilon = self.privacy.charge_round()\n",
-                "            rnd.epsilon = self.privacy.next_round_epsilon()\n",
+                "federated/broker/launch.py",
+                "        rnd.epsilon = privacy.charge_round()\n",
+                "        rnd.epsilon = privacy.next_round_epsilon()\n",
             ),
             Edit(
                 COORD,
@@ -474,9 +474,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "round-id-burned",
         "issue 13 #6: the broker burns an interrupted round's id before any TASK leaves",
-        COORD,
-        '            self.store.set_meta("started_round", plan.round_id)\n',
-        "            pass\n",
+        "federated/broker/launch.py",
+        '        store.set_meta("started_round", plan.round_id)\n',
+        "        pass\n",
         "tests/broker/test_resume.py",
     ),
     _m(
@@ -592,16 +592,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "distributed-metrics-zeroed",
         "README: under distributed DP loss and accuracy are zeroed (un-noised, they would leak)",
         "federated/worker/secure.py",
-        "        loss = accuracy = 0.0\n        num_samples = 1\n",
-        "        num_samples = 1\n",
+        "        loss = accuracy = 0.0\n        evaluation = None\n",
+        "        pass\n",
         "tests/privacy/test_distributed_dp.py",
     ),
     _m(
         "distributed-weight-one",
         "README, secure.py: under distributed DP a worker weighs 1 whatever weight_cap the TASK names",
         "federated/worker/secure.py",
-        "        loss = accuracy = 0.0\n        num_samples = 1\n",
-        "        loss = accuracy = 0.0\n",
+        "        evaluation = None\n        num_samples = 1\n",
+        "        evaluation = None\n",
         "tests/worker/test_distributed_weight.py",
     ),
     # ---------------------------------------------------------------- federated evaluation, data, sampling
