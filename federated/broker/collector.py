@@ -10,7 +10,7 @@ The coordinator never asks which one it holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from federated.broker.admission import Refusal
 from federated.broker.planning import RoundPlan
 from federated.protocol import ErrorCode, Update
 
-__all__ = ["ActiveRound", "Collected", "Collector", "DecodedSum", "no_round", "too_few"]
+__all__ = ["ActiveRound", "Collected", "Collector", "DecodedSum", "merged_scores", "no_round", "too_few"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,16 @@ class DecodedSum:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     eval_weight: float = 0.0
+
+
+def merged_scores(sums: Sequence[DecodedSum]) -> tuple[float | None, float | None, float]:
+    """The federated evaluation several secure sums carry together: the weighted-mean evaluation loss and
+    accuracy over the inputs that scored (None if none did) and their summed weight."""
+    evaluated = sum(d.eval_weight for d in sums)
+    if not evaluated:
+        return None, None, 0.0
+    return (sum((d.eval_loss or 0.0) * d.eval_weight for d in sums) / evaluated,
+            sum((d.eval_accuracy or 0.0) * d.eval_weight for d in sums) / evaluated, evaluated)
 
 
 @dataclass(frozen=True)

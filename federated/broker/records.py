@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from federated.broker.collector import Collected, DecodedSum
+from federated.broker.collector import Collected, DecodedSum, merged_scores
 from federated.broker.planning import RoundPlan
 from federated.broker.store import RoundRecord
 from federated.protocol import local_seconds
@@ -51,11 +51,9 @@ def federated_score(plan: RoundPlan, collected: Collected) -> FederatedScore | N
     if plan.scores is None:
         return None
     if collected.sums:
-        weight = sum(d.eval_weight for d in collected.sums)
-        if not weight:
+        loss, accuracy, weight = merged_scores(collected.sums)
+        if loss is None or accuracy is None:
             return None
-        loss = sum((d.eval_loss or 0.0) * d.eval_weight for d in collected.sums) / weight
-        accuracy = sum((d.eval_accuracy or 0.0) * d.eval_weight for d in collected.sums) / weight
         return FederatedScore(plan.scores, loss, accuracy, {"fed_weight": weight})
     scored: list[tuple[float, float, float]] = []
     for wid, update in sorted(collected.updates.items()):

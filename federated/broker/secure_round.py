@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from federated.broker.admission import Refusal
-from federated.broker.collector import Collected, DecodedSum, too_few
+from federated.broker.collector import Collected, DecodedSum, merged_scores, too_few
 from federated.broker.planning import RoundPlan
 from federated.config import FederatedConfig
 from federated.crypto.errors import CryptoError
@@ -204,12 +204,8 @@ def combine(decoded: Sequence[DecodedSum]) -> DecodedSum:
     # float64 products of the float32 means, summed in bucket order from zero, then float32 again.
     mean = (sum((d.mean.astype(np.float64) * d.weight for d in decoded), np.zeros(decoded[0].mean.shape))
             / total).astype(np.float32)
-    evaluated = sum(d.eval_weight for d in decoded)
     return DecodedSum(mean, total, sum(d.train_loss * d.weight for d in decoded) / total,
-                      sum(d.train_accuracy * d.weight for d in decoded) / total,
-                      sum((d.eval_loss or 0.0) * d.eval_weight for d in decoded) / evaluated if evaluated else None,
-                      sum((d.eval_accuracy or 0.0) * d.eval_weight for d in decoded) / evaluated if evaluated else None,
-                      evaluated)
+                      sum(d.train_accuracy * d.weight for d in decoded) / total, *merged_scores(decoded))
 
 
 class SecureCollector:
