@@ -18,8 +18,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from federated.protocol import Limits
 
-__all__ = ["FDS_PER_CONNECTION", "FD_MARGIN", "HWM_MESSAGES", "ZMTP_PINGS_PER_S", "configure_socket", "context_for",
-           "curve_client", "curve_server", "ensure_open_files", "start_authenticator"]
+__all__ = ["FDS_PER_CONNECTION", "FD_MARGIN", "HWM_MESSAGES", "HWM_PER_SESSION", "ZMTP_PINGS_PER_S", "configure_socket",
+           "context_for", "curve_client", "curve_server", "ensure_open_files", "shared_hwm", "start_authenticator"]
 
 _log = logging.getLogger("federated.transport")
 
@@ -27,6 +27,10 @@ _log = logging.getLogger("federated.transport")
 #: whole messages, and one message may have any number of frames, so they do not bound memory: on the
 #: broker that is the job of :class:`federated.broker.inflight.InflightGuard` (bytes per connection).
 HWM_MESSAGES = 64
+#: Messages a connection shared by many sessions (:mod:`federated.protocol.multiplex`) queues for each of
+#: them, beyond :data:`HWM_MESSAGES`: a round's messages come for all of them at once (a TASK each, and in
+#: secure rounds a roster, shares and an unmask request each), and their answers leave at once.
+HWM_PER_SESSION = 4
 
 #: ZMTP heartbeats (libzmq's own PING/PONG) a process should see per second, at most. libzmq cancels a
 #: timer by scanning all of its timers, and each ping arms and cancels one per connection, so pinging
@@ -62,6 +66,12 @@ def configure_socket(sock: zmq.Socket[bytes], limits: Limits, heartbeat_interval
     sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
     sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+
+
+def shared_hwm(sessions: int) -> int:
+    """The high-water mark (messages) of a socket whose connection may carry ``sessions`` sessions. It
+    counts messages, not bytes: the frames of one model sent to many sessions are shared, not copied."""
+    return HWM_MESSAGES + HWM_PER_SESSION * max(0, sessions)
 
 
 def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], credentials: Any) -> ThreadAuthenticator:

@@ -10,6 +10,13 @@ of it out of reach, so an :class:`~federated.broker.inflight.InflightGuard` cuts
 which libzmq holds more than one largest message. Once a message is readable, it is read frame by frame,
 and past ``Limits.max_frames`` frames or ``Limits.max_received_bytes()`` the rest is dropped as it is
 read, never kept, and the sender gets an ERROR (``limit``).
+
+A connection may carry many worker sessions (a simulation process's virtual clients, see
+:mod:`federated.protocol.multiplex`): a message that starts with a tag frame comes from, and its answers go
+to, the tagged session's virtual route, which the coordinator treats as a connection of its own. A tag
+frame that says the session closed is, for the coordinator, a connection that cannot be reached.
+So the broker's send queue holds :func:`~federated.transport.shared_hwm` messages per connection, room
+for a round's messages to every client the broker serves.
 """
 
 from __future__ import annotations
@@ -27,11 +34,19 @@ from federated.broker.errors import BindError
 from federated.broker.inflight import InflightGuard, wire_size
 from federated.keys import BrokerKeys
 from federated.protocol import Error, LimitExceeded
+from federated.protocol.multiplex import (
+    TAG_FRAME_BYTES,
+    parse_tag_frame,
+    split_route,
+    tag_frame,
+    virtual_route,
+)
 from federated.transport import (
     FD_MARGIN,
     configure_socket,
     curve_server,
     ensure_open_files,
+    shared_hwm,
     start_authenticator,
 )
 
@@ -47,13 +62,15 @@ ACCEPT_BACKLOG = 4096
 
 @dataclass
 class _Inbound:
-    """One message as read off the ROUTER: its connection, its frames (none if it was over a limit), the
-    CURVE key it came with, and why it was refused, if it was."""
+    """One message as read off the ROUTER: its connection (a session's virtual route on a shared
+    connection), its frames (none if it was over a limit), the CURVE key it came with, why it was refused,
+    if it was, and whether it only says that a session on a shared connection closed."""
 
     route: bytes
     frames: list[zmq.Frame]
     peer: str | None
     refused: str = ""
+    closed: bool = False
 
 
 class BrokerLoop:
@@ -93,6 +110,7 @@ class BrokerLoop:
         configure_socket(sock, self.coordinator.limits, cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s,
                          connections=self.coordinator.config.num_clients)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, shared_hwm(self.coordinator.config.num_clients))
         # Connections not yet accepted wait in the kernel's queue; libzmq's default of 100 drops the SYNs of
         # a crowd (thousands of simulated clients connecting at once), which then retry only after
         # seconds. The kernel caps it at net.core.somaxconn.
@@ -144,6 +162,9 @@ class BrokerLoop:
                     if msg.refused:
                         self._refuse_oversized(sock, msg)
                         continue
+                    if msg.closed:
+                        self._send(sock, coord.unreachable(msg.route, coord.clock()))
+                        continue
                     self.received += 1
                     self._send(sock, coord.handle(msg.route, msg.frames, coord.clock(), peer=msg.peer))
             self._send(sock, coord.tick(coord.clock()))
@@ -160,19 +181,27 @@ class BrokerLoop:
         msg = _Inbound(route.bytes, [], None)
         count = nbytes = wire = 0
         fd = -1
+        first = True
         more = route.more
         while more:
             frame = sock.recv(copy=False)
             more = frame.more
             size = len(frame)
-            count, nbytes, wire = count + 1, nbytes + size, wire + wire_size(size, curve=self.keys is not None)
-            if count == 1:
+            wire += wire_size(size, curve=self.keys is not None)
+            if first:
+                first = False
                 fd = frame.get(zmq.SRCFD)
                 # Under CURVE every frame carries the authenticated client key; it, not the routing id or
                 # anything the message says, is who the sender is.
                 peer = frame.get("User-Id") if self.keys is not None else None
                 msg.peer = peer if isinstance(peer, str) else None
-            if msg.refused:
+                tagged = parse_tag_frame(frame.bytes) if size == TAG_FRAME_BYTES else None
+                if tagged is not None:  # the transport's frame, not one of the message
+                    tag, msg.closed = tagged
+                    msg.route = virtual_route(msg.route, tag)
+                    continue
+            count, nbytes = count + 1, nbytes + size
+            if msg.refused or msg.closed:
                 continue
             if count > limits.max_frames:
                 msg.refused = f"message has more than {limits.max_frames} frames"
@@ -202,8 +231,10 @@ class BrokerLoop:
 
     def _send(self, sock: zmq.Socket[bytes], outbound: Iterable[Outbound]) -> None:
         for out in outbound:
+            route, tag = split_route(out.route)
+            head = [route] if tag is None else [route, tag_frame(tag)]
             try:
-                sock.send_multipart([out.route, *out.frames], zmq.NOBLOCK, copy=False)
+                sock.send_multipart([*head, *out.frames], zmq.NOBLOCK, copy=False)
             except zmq.ZMQError as exc:
                 if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                     raise

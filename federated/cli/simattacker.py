@@ -34,7 +34,7 @@ def main(server_address: str, dataset: str, partition: str, num_shards: int, sha
     num_classes = load_dataset(dataset, seed=seed)[1].num_classes
     attackers = ColludingAttackers(attack, clients, ModelRunner(trusted_spec=model).fit, num_workers=num_shards,
                                    num_classes=num_classes, seed=seed)
-    loop = WorkerLoop(clients, server_address, attackers.fit)
+    loop = WorkerLoop(clients, server_address, attackers.fit, share_connection=True)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         loop.stop()

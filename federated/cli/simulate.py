@@ -2,7 +2,12 @@
 
 The broker runs as ``fl broker --events`` in its own process and reports each round as a JSON line; the
 clients are spread over a few worker processes (``--processes``), each client with its own identity,
-socket and data shard. Nothing here takes a shortcut that a LAN deployment would not.
+session and data shard. Nothing here takes a shortcut that a LAN deployment would not, with one choice
+made for memory: a process's clients share its TCP connection to the broker, each under a tag of its own
+(:mod:`federated.protocol.multiplex`), so the broker still sees one peer per client and treats each as
+it treats a device, while a client that is never selected costs almost nothing. With
+``--connection-per-client`` each client has a socket and a TCP connection of its own instead, as separate
+devices would (about 50 KB each in the broker and in the worker process, selected or not).
 """
 
 from __future__ import annotations
@@ -200,9 +205,10 @@ def _start_broker(config: FederatedConfig, vflag: list[str]) -> tuple[FederatedC
 
 def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, dropout_stage: str,
                    stragglers: float = 0.0, attack: str | None = None, attackers: list[int] | None = None, heterogeneity: bool = False,
-                   verbose: int,
+                   connection_per_client: bool = False, verbose: int,
                    progress: bool) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-    """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds)."""
+    """Start the broker and worker processes, follow the rounds, return (exit code, result, rounds).
+    A process's clients share one connection unless ``connection_per_client``."""
     started = time.perf_counter()
     vflag = ["-v"] * verbose
     config, broker, early = _start_broker(config, vflag)
@@ -214,7 +220,8 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
                        "--partition", config.partition, "--num-shards", str(config.num_clients),
                        "--shards", ",".join(map(str, s)), "--seed", str(config.seed), "--model", config.model,
                        "--dropout", str(dropout), "--dropout-stage", dropout_stage, "--stragglers", str(stragglers),
-                       *(["--heterogeneity"] if heterogeneity else []), *vflag],
+                       *(["--heterogeneity"] if heterogeneity else []),
+                       *(["--connection-per-client"] if connection_per_client else []), *vflag],
                       stdout=subprocess.DEVNULL)
                for s in shards if s]
     if bad:
@@ -311,10 +318,13 @@ def run_simulation(config: FederatedConfig, *, processes: int, dropout: float, d
               "times slower) to compare selection strategies.")
 @click.option("--processes", type=click.IntRange(1, 256), help="Worker processes to pack clients into "
               "(default: one per CPU core).")
+@click.option("--connection-per-client", is_flag=True, help="Give every client a TCP connection of its own, as "
+              "separate devices have, instead of sharing its process's (each costs about 50 KB in the broker "
+              "and in its worker process, selected or not).")
 @run_options
 def simulate_command(dropout: float, dropout_stage: str, stragglers: float, byzantine_fraction: float,
-                     attack: str | None,
-                     heterogeneity: bool, processes: int | None, as_json: bool, verbose: int, **params: Any) -> None:
+                     attack: str | None, heterogeneity: bool, processes: int | None, connection_per_client: bool,
+                     as_json: bool, verbose: int, **params: Any) -> None:
     """Simulate a federation on this machine: real broker and worker processes over loopback TCP."""
     setup_logging(verbose)
     store = params.get("store") or _default_store()
@@ -343,7 +353,7 @@ def simulate_command(dropout: float, dropout_stage: str, stragglers: float, byza
     attackers = attacker_shards(config.num_clients, byzantine_fraction, config.seed)
     code, result, _rounds = run_simulation(config, processes=procs, dropout=dropout, dropout_stage=dropout_stage,
                                            stragglers=stragglers, attack=attack, attackers=attackers, heterogeneity=heterogeneity,
-                                           verbose=verbose,
+                                           connection_per_client=connection_per_client, verbose=verbose,
                                            progress=sys.stderr.isatty() and not as_json)
     _point_latest(Path(store))
     if code == CONFIG_ERROR:

@@ -44,9 +44,10 @@ def shard_options(func: F) -> F:
 @click.option("--dropout-stage", default="task")
 @click.option("--stragglers", type=float, default=0.0)
 @click.option("--heterogeneity", is_flag=True)
+@click.option("--connection-per-client", is_flag=True)
 def main(server_address: str, dataset: str, partition: str, num_shards: int, shards: str, seed: int,
          model: str, dropout: float, dropout_stage: str, stragglers: float, heterogeneity: bool,
-         verbose: int) -> None:
+         connection_per_client: bool, verbose: int) -> None:
     setup_logging(verbose, quiet=True)
     indices = [int(s) for s in shards.split(",") if s]
     clients = load_shards(dataset, partition, num_shards, indices, seed)
@@ -58,7 +59,8 @@ def main(server_address: str, dataset: str, partition: str, num_shards: int, sha
 
     randomness = {c.worker_id: LocalRandomness.seeded(seed, c.worker_id) for c in clients}
     sys.exit(run_worker(clients, server_address, model, dropout_rate=dropout, dropout_stage=dropout_stage,
-                        straggler_rate=stragglers, slowdown=slowdown, randomness=randomness))
+                        straggler_rate=stragglers, slowdown=slowdown, randomness=randomness,
+                        share_connection=not connection_per_client))
 
 
 if __name__ == "__main__":

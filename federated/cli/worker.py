@@ -78,10 +78,12 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
                dropout_rate: float = 0.0, dropout_stage: str = "task", straggler_rate: float = 0.0,
                slowdown: dict[str, float] | None = None, keys: dict[str, Any] | None = None,
                broker_key: bytes | None = None, min_noise_multiplier: float = 0.0,
-               floor: Any = None, randomness: dict[str, Any] | None = None, ledger_dir: str | None = None) -> int:
+               floor: Any = None, randomness: dict[str, Any] | None = None, ledger_dir: str | None = None,
+               share_connection: bool = False) -> int:
     """Serve ``clients`` against the broker until it says BYE; returns an exit code. ``keys`` and
     ``broker_key`` turn on CurveZMQ; ``floor``, ``randomness`` and ``ledger_dir`` are the sessions' own
-    limits, local randomness and round ledger (see :class:`~federated.worker.loop.WorkerLoop`)."""
+    limits, local randomness and round ledger; ``share_connection`` puts the sessions on one connection
+    (see :class:`~federated.worker.loop.WorkerLoop`)."""
     from federated.worker.loop import WorkerLoop
     from federated.worker.runner import ModelRunner
 
@@ -89,7 +91,7 @@ def run_worker(clients: Sequence[Any], server_address: str, model: str | None, *
     loop = WorkerLoop(clients, server_address, runner.fit, dropout_rate=dropout_rate, dropout_stage=dropout_stage,
                       straggler_rate=straggler_rate, slowdown=slowdown, keys=keys, broker_key=broker_key, floor=floor,
                       min_noise=min_noise_multiplier, randomness=randomness, ledger_dir=ledger_dir,
-                      evaluate=runner.evaluate)
+                      evaluate=runner.evaluate, share_connection=share_connection)
     interrupted = False
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -1,6 +1,7 @@
 """One worker session's connection as the worker loop keeps it: its socket, liveness timers and reconnect
-state (:class:`Connection`), the I/O thread's timer queue (:class:`TimerHeap`), and how the loop ends
-(:class:`Outcome`). No I/O here: :mod:`federated.worker.loop` opens, watches and closes the sockets.
+state (:class:`Connection`), the socket that sessions share when they share one (:class:`SharedLine`),
+the I/O thread's timer queue (:class:`TimerHeap`), and how the loop ends (:class:`Outcome`). No I/O here:
+:mod:`federated.worker.loop` opens, watches and closes the sockets.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "WATCH_MAX_SESSIONS",
     "Connection",
     "Outcome",
+    "SharedLine",
     "TimerHeap",
     "connections_for",
     "socket_fd",
@@ -97,6 +99,8 @@ class Connection:
         self.timer_at = math.inf  # the due time of this connection's entry in the loop's timer heap
         self.welcomed = False  # the broker answered this connection's HELLO
         self.unwelcomed = 0  # connections in a row that the broker never welcomed
+        #: On a shared line: this connection's tag (None while closed, or with a socket of its own).
+        self.tag: bytes | None = None
 
     def silence_limit(self) -> float:
         """Seconds of silence from the broker after which this connection is given up.
@@ -149,6 +153,17 @@ class Connection:
             return self.reconnect_at
         due = min(self.next_heartbeat, self.hello_due)
         return min(due, self.last_heard + self.silence_limit()) if self.sock is not None else due
+
+
+class SharedLine:
+    """One DEALER socket whose connection carries many sessions' virtual connections, each under its own
+    tag (:mod:`federated.protocol.multiplex`): a process of thousands of virtual clients pays libzmq's
+    per-connection memory once, not once per client. A session's connection is open while its tag is
+    in ``by_tag``; ``sock`` is the shared socket (None until the first session connects)."""
+
+    def __init__(self) -> None:
+        self.sock: zmq.Socket[bytes] | None = None
+        self.by_tag: dict[bytes, Connection] = {}
 
 
 def connections_for(clients: Sequence[ClientData], keys: Mapping[str, WorkerKeys] | None, broker_key: bytes | None,

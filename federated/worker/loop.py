@@ -1,8 +1,11 @@
 """The worker's DEALER loop: one or more worker sessions sharing a process and a training thread.
 
 An I/O driver only: every protocol decision is :class:`~federated.worker.session.WorkerSession`'s. Each
-session is one worker identity with its own DEALER socket and data (``flworker`` runs one; ``fl simulate``
-packs many virtual clients into a few processes). An I/O thread moves messages between the sockets and
+session is one worker identity with its own connection and data (``flworker`` runs one; ``fl simulate``
+packs many virtual clients into a few processes). A connection is a DEALER socket of its own, or, with
+``share_connection``, a tagged virtual connection on one socket the process's sessions share
+(:mod:`federated.protocol.multiplex`): the broker still sees one peer per session, and a session that is
+never selected costs its data and a few objects instead of libzmq's memory for a connection. An I/O thread moves messages between the sockets and
 the sessions, sends HELLO and heartbeats, and reconnects with exponential backoff and jitter when the
 broker falls silent. Training runs on the calling (main) thread, so heartbeats keep flowing while a model
 trains; finished results go back to the I/O thread through a queue and an inproc wake-up socket. MLX
@@ -29,7 +32,8 @@ from zmq.utils.monitor import recv_monitor_message
 from federated.crypto.floor import SafetyFloor
 from federated.keys import WorkerKeys
 from federated.protocol import Heartbeat, Limits, ProtocolError, Task, decode_message
-from federated.transport import configure_socket, context_for, curve_client
+from federated.protocol.multiplex import new_tag, parse_tag_frame, tag_frame
+from federated.transport import configure_socket, context_for, curve_client, shared_hwm
 from federated.worker.connection import (
     CONNECT_SPACING_S,
     GRACE_BYTES_PER_S,
@@ -37,6 +41,7 @@ from federated.worker.connection import (
     WATCH_MAX_SESSIONS,
     Connection,
     Outcome,
+    SharedLine,
     TimerHeap,
     connections_for,
     socket_fd,
@@ -82,7 +87,10 @@ class WorkerLoop:
     (worker id -> its source) defaults to the OS for each; ``ledger_dir`` keeps each session's round ledger
     on disk (``<dir>/<worker id>.rounds``) so a restarted worker still refuses replayed rounds.
     ``evaluate`` scores global models on each client's evaluation split when a TASK asks (federated
-    evaluation; None: this process never evaluates).
+    evaluation; None: this process never evaluates). ``share_connection`` puts every session on one
+    shared socket (not with ``keys``: a CURVE key is one worker's, and a connection has one); a shared
+    socket has no socket monitor, so handshake failures and refused connections are not reported.
+    Raises ValueError for ``share_connection`` with ``keys``, and as :func:`connections_for` does.
     """
 
     def __init__(
@@ -106,7 +114,10 @@ class WorkerLoop:
         randomness: Mapping[str, LocalRandomness] | None = None,
         ledger_dir: str | None = None,
         evaluate: EvaluateFunction | None = None,
+        share_connection: bool = False,
     ) -> None:
+        if share_connection and keys is not None:
+            raise ValueError("sessions with transport keys cannot share a connection: each key is one worker's")
         self.connections = connections_for(clients, keys, broker_key, floor=floor, min_noise=min_noise,
                                            randomness=randomness, ledger_dir=ledger_dir,
                                            dropout=DropoutPlan(dropout_rate, dropout_stage),
@@ -122,7 +133,8 @@ class WorkerLoop:
         # A process of thousands of virtual clients needs more sockets than libzmq's default context
         # allows (1,023) and more files than the usual soft limit: its own context, sized to fit.
         self._owns_context = context is None
-        self.context = context or context_for(len(self.connections) + 8)
+        self.line = SharedLine() if share_connection else None
+        self.context = context or context_for(8 if share_connection else len(self.connections) + 8)
         self._jobs: queue.Queue[tuple[Connection, TrainJob, float] | None] = queue.Queue()
         self._results: queue.Queue[tuple[Connection, TrainResult, float]] = queue.Queue()
         # Results of simulated slow devices, held until their due time (monotonic seconds).
@@ -130,7 +142,7 @@ class WorkerLoop:
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
-        self.watch = len(self.connections) <= WATCH_MAX_SESSIONS
+        self.watch = len(self.connections) <= WATCH_MAX_SESSIONS and not share_connection
         # The I/O thread's timers: (due, sequence, connection), at most one live entry per connection.
         self._timer_heap = TimerHeap()
         self._selector: selectors.BaseSelector | None = None  # the I/O thread's, while it serves
@@ -196,6 +208,10 @@ class WorkerLoop:
         finally:
             for c in self.connections:
                 self._close(c)
+            if self.line is not None and self.line.sock is not None:
+                self._unwatch(self.line.sock)
+                self.line.sock.close(linger=0)
+                self.line.sock = None
             wake_rx.close(linger=0)
             self._jobs.put(None)  # wake the training thread so run() returns
 
@@ -236,7 +252,9 @@ class WorkerLoop:
                         woken = True
                         continue
                     sock, owner = key.data
-                    if sock is owner.sock:
+                    if isinstance(owner, SharedLine):
+                        self._drain_line()
+                    elif sock is owner.sock:
                         self._drain(owner)
                     elif sock is owner.monitor:
                         self._connection_events(owner)
@@ -250,10 +268,11 @@ class WorkerLoop:
             self._selector.close()
             self._selector = None
 
-    def _watch(self, c: Connection, sock: zmq.Socket[bytes]) -> None:
+    def _watch(self, c: Connection | SharedLine, sock: zmq.Socket[bytes]) -> None:
         if self._selector is not None:
             self._selector.register(socket_fd(sock), selectors.EVENT_READ, (sock, c))
-            self._look_at.add(c)
+            if isinstance(c, Connection):
+                self._look_at.add(c)
 
     def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
         if self._selector is not None:
@@ -307,21 +326,38 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ connection
 
-    def _connect(self, c: Connection, now: float) -> None:
-        self._close(c)
+    def _dealer(self, interval_s: float, timeout_s: float, connections: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        configure_socket(sock, self.limits, c.interval, c.timeout, connections=len(self.connections))
+        configure_socket(sock, self.limits, interval_s, timeout_s, connections=connections)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
-        if c.keys is not None and self.broker_key is not None:
-            curve_client(sock, c.keys.curve_public, c.keys.curve_secret, self.broker_key)
-        if self.watch:
-            c.monitor = sock.get_monitor_socket(_WATCHED)
-        sock.connect(self.endpoint)
-        c.sock = sock
-        self._watch(c, sock)
-        if c.monitor is not None:
-            self._watch(c, c.monitor)
+        return sock
+
+    def _connect(self, c: Connection, now: float) -> None:
+        self._close(c, notify=True)
+        if self.line is not None:
+            # A new virtual connection on the shared socket: a new tag, so the broker sees a new peer.
+            line = self.line
+            if line.sock is None:
+                line.sock = self._dealer(c.interval, c.timeout, 1)
+                for option in (zmq.SNDHWM, zmq.RCVHWM):
+                    line.sock.setsockopt(option, shared_hwm(len(self.connections)))
+                line.sock.connect(self.endpoint)
+                self._watch(line, line.sock)
+            c.tag = new_tag()
+            line.by_tag[c.tag] = c
+            c.sock = line.sock
+        else:
+            sock = self._dealer(c.interval, c.timeout, len(self.connections))
+            if c.keys is not None and self.broker_key is not None:
+                curve_client(sock, c.keys.curve_public, c.keys.curve_secret, self.broker_key)
+            if self.watch:
+                c.monitor = sock.get_monitor_socket(_WATCHED)
+            sock.connect(self.endpoint)
+            c.sock = sock
+            self._watch(c, sock)
+            if c.monitor is not None:
+                self._watch(c, c.monitor)
         c.reconnect_at = None
         c.welcomed = False
         c.last_heard = now
@@ -329,8 +365,20 @@ class WorkerLoop:
         self._send(c, c.session.connected().to_frames())
         c.hello_sent_at, c.hello_due = now, math.inf
 
-    def _close(self, c: Connection) -> None:
-        if c.sock is not None:
+    def _close(self, c: Connection, *, notify: bool = False) -> None:
+        """Close ``c``'s connection. On a shared line that is dropping its tag; with ``notify`` the broker
+        is told, as a socket that closes would tell it (its next send there fails), so a session that
+        vanishes or reconnects is a dropout at once. A session the broker said BYE to leaves quietly."""
+        if c.tag is not None:
+            assert self.line is not None
+            self.line.by_tag.pop(c.tag, None)
+            if notify and self.line.sock is not None:
+                try:
+                    self.line.sock.send(tag_frame(c.tag, closed=True), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # the broker still finds out: this session's heartbeats stop
+            c.tag, c.sock = None, None
+        elif c.sock is not None:
             if c.monitor is not None:
                 c.sock.disable_monitor()
                 self._unwatch(c.monitor)
@@ -353,17 +401,19 @@ class WorkerLoop:
         c.outcome = outcome
         c.session.done = True
         self._maybe_done = True
-        self._close(c)
+        self._close(c, notify=True)
 
     def _schedule_reconnect(self, c: Connection, now: float) -> None:
         """Close now; reconnect after an exponentially growing, jittered delay."""
-        self._close(c)
+        self._close(c, notify=True)
         c.backoff = min(self.reconnect_max_s, max(self.reconnect_min_s, c.backoff * 2))
         c.reconnect_at = now + c.backoff * (0.5 + self._rng.random())
 
     def _send(self, c: Connection, frames: Sequence[bytes | memoryview]) -> None:
         if c.sock is None:
             return
+        if c.tag is not None:
+            frames = [tag_frame(c.tag), *frames]
         try:
             c.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -373,20 +423,43 @@ class WorkerLoop:
     # ------------------------------------------------------------------ inbound
 
     def _drain(self, c: Connection) -> None:
+        if c.tag is not None:
+            self._drain_line()
+            return
         while c.sock is not None:
             try:
                 frames = c.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            c.last_heard = time.monotonic()
+            self._received(c, frames)
+
+    def _drain_line(self) -> None:
+        """Read the shared socket until it has nothing left, each message to the session its tag names.
+        A tag no session holds any more (it reconnected, or the broker answers a closed one) is dropped."""
+        line = self.line
+        while line is not None and line.sock is not None:
             try:
-                msg = decode_message(frames, self.limits)
-            except ProtocolError as exc:
-                log.warning("%s: ignoring a malformed message from the broker: %s", c.wid, exc)
+                frames = line.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            tagged = parse_tag_frame(frames[0].bytes) if frames else None
+            if tagged is None or tagged[1]:
+                log.warning("ignoring a message from the broker without a session's tag on a shared connection")
                 continue
-            if isinstance(msg, Task):
-                c.grace = sum(len(f) for f in frames) / GRACE_BYTES_PER_S
-            self._act(c, c.session.on_message(msg))
+            c = line.by_tag.get(tagged[0])
+            if c is not None:
+                self._received(c, frames[1:])
+
+    def _received(self, c: Connection, frames: Sequence[zmq.Frame]) -> None:
+        c.last_heard = time.monotonic()
+        try:
+            msg = decode_message(frames, self.limits)
+        except ProtocolError as exc:
+            log.warning("%s: ignoring a malformed message from the broker: %s", c.wid, exc)
+            return
+        if isinstance(msg, Task):
+            c.grace = sum(len(f) for f in frames) / GRACE_BYTES_PER_S
+        self._act(c, c.session.on_message(msg))
 
     def _act(self, c: Connection, actions: Sequence[Any]) -> None:
         """Carry out what the session decided, then queue the connection's timers if they moved earlier
@@ -409,7 +482,7 @@ class WorkerLoop:
                 c.hello_due = min(c.hello_due, c.hello_sent_at + c.interval)
             elif isinstance(action, Vanish):
                 # Close without a word and come back as a new connection, as a device off the network.
-                self._close(c)
+                self._close(c, notify=True)
                 c.reconnect_at = time.monotonic()
             elif isinstance(action, Finish):
                 self._maybe_done = True

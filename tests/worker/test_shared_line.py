@@ -1,0 +1,227 @@
+"""Sessions sharing one connection (``WorkerLoop(share_connection=True)``) against a hand-driven ROUTER: one
+TCP connection, a tag per session, a new tag (and a closed notice for the old one) when a session
+reconnects or vanishes, and stray messages dropped without harm."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+from support import free_port
+
+from federated.keys import create_worker_keys, load_worker_keys
+from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
+from federated.protocol.multiplex import TAG_BYTES, parse_tag_frame, tag_frame
+from federated.worker.loop import ClientData, WorkerLoop
+
+pytestmark = pytest.mark.network
+
+WEIGHTS = {"w": np.ones((2, 3), np.float32)}
+
+
+def _fit(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
+         seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    return {k: np.full_like(v, 0.5) for k, v in weights.items()}, {"loss": 1.0, "accuracy": 0.5, "train_s": 0.01}
+
+
+class TaggedBroker:
+    """A ROUTER that reads and writes tag frames: ``recv`` gives (routing id, tag, closed, message)."""
+
+    def __init__(self, port: int) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://127.0.0.1:{port}")
+
+    def recv(self, timeout: float = 10.0) -> tuple[bytes, bytes, bool, Any]:
+        assert self.sock.poll(int(timeout * 1000)), "nothing received in time"
+        route, first, *frames = self.sock.recv_multipart()
+        tagged = parse_tag_frame(first)
+        assert tagged is not None, "a message on a shared connection without a tag frame"
+        tag, closed = tagged
+        return route, tag, closed, (None if closed else decode_message(frames))
+
+    def recv_kind(self, kind: type, timeout: float = 10.0) -> tuple[bytes, bytes, Any]:
+        """Next message of ``kind`` (skipping heartbeats and closed notices)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            route, tag, closed, msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if isinstance(msg, kind):
+                return route, tag, msg
+            assert closed or isinstance(msg, Heartbeat), f"unexpected {msg!r}"
+
+    def send(self, route: bytes, tag: bytes, frames: list[Any]) -> None:
+        self.sock.send_multipart([route, tag_frame(tag), *frames])
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.term()
+
+
+def _client(i: int, n: int = 7) -> ClientData:
+    return ClientData(f"c{i}", np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
+
+
+def _run(loop: WorkerLoop) -> tuple[threading.Thread, list[int]]:
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _greet(broker: TaggedBroker, count: int, interval_s: float = 1.0,
+           timeout_s: float = 5.0) -> tuple[set[bytes], dict[str, bytes]]:
+    routes, tags = set(), {}
+    for _ in range(count):
+        route, tag, hello = broker.recv_kind(Hello)
+        routes.add(route)
+        tags[hello.worker_id] = tag
+        broker.send(route, tag, Welcome(hello.worker_id, interval_s, timeout_s).to_frames())
+    return routes, tags
+
+
+def test_sessions_share_one_connection_each_under_its_own_tag(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    broker = TaggedBroker(port)
+    loop = WorkerLoop([_client(i) for i in range(3)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
+    thread, result = _run(loop)
+    try:
+        routes, tags = _greet(broker, 3)
+        assert len(routes) == 1, "every session on the one connection"
+        assert sorted(tags) == ["c0", "c1", "c2"] and len(set(tags.values())) == 3
+        assert all(len(t) == TAG_BYTES for t in tags.values())
+        (route,) = routes
+        # A TASK to c1 alone is answered by c1 alone, under c1's tag.
+        broker.send(route, tags["c1"], Task(4, "train", {"seed": 1}, WEIGHTS, 0, 1, 10.0).to_frames())
+        _, tag, update = broker.recv_kind(Update)
+        assert (tag, update.worker_id, update.round_id) == (tags["c1"], "c1", 4)
+        for tag in tags.values():
+            broker.send(route, tag, Bye("", "done").to_frames())
+        thread.join(10)
+        assert result == [0]
+    finally:
+        loop.stop()
+        thread.join(10)
+        broker.close()
+
+
+def test_a_reconnecting_session_closes_its_tag_and_comes_back_under_a_new_one(
+        port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    broker = TaggedBroker(port)
+    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True,
+                      reconnect_min_s=0.05)
+    thread, _ = _run(loop)
+    try:
+        routes, tags = _greet(broker, 2, interval_s=0.05, timeout_s=0.3)
+        (route,) = routes
+        # Keep c1 alive with the broker's heartbeats; say nothing to c0, which gives up after 0.3 s.
+        closed_seen = False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            broker.send(route, tags["c1"], Heartbeat("c1").to_frames())
+            if not broker.sock.poll(50):
+                continue
+            r, tag, closed, msg = broker.recv()
+            if closed:
+                assert tag == tags["c0"], "only the silent session closes"
+                closed_seen = True
+            elif isinstance(msg, Hello):
+                assert closed_seen, "the old tag is closed before the new HELLO"
+                assert (r, msg.worker_id) == (route, "c0") and tag not in tags.values()
+                break
+        else:
+            pytest.fail("c0 did not come back")
+    finally:
+        loop.stop()
+        thread.join(10)
+        broker.close()
+
+
+def test_a_vanishing_session_closes_its_tag(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    broker = TaggedBroker(port)
+    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, dropout_rate=0.5,
+                      share_connection=True)
+    thread, _ = _run(loop)
+    try:
+        routes, tags = _greet(broker, 2)
+        (route,) = routes
+        # Cohort of 2 at rate 0.5: position 0 vanishes, position 1 answers.
+        broker.send(route, tags["c0"], Task(1, "train", {}, WEIGHTS, 0, 2, 10.0).to_frames())
+        broker.send(route, tags["c1"], Task(1, "train", {}, WEIGHTS, 1, 2, 10.0).to_frames())
+        seen: dict[str, tuple[bytes, Any]] = {}
+        deadline = time.monotonic() + 10
+        while len(seen) < 3 and time.monotonic() < deadline:
+            _, tag, closed, msg = broker.recv()
+            if closed:
+                seen["closed"] = (tag, None)
+            elif isinstance(msg, (Hello, Update)):
+                seen[type(msg).__name__] = (tag, msg)
+        assert seen["closed"][0] == tags["c0"]
+        assert seen["Update"] == (tags["c1"], seen["Update"][1]) and seen["Update"][1].worker_id == "c1"
+        assert seen["Hello"][1].worker_id == "c0" and seen["Hello"][0] not in tags.values()
+    finally:
+        loop.stop()
+        thread.join(10)
+        broker.close()
+
+
+def test_stray_messages_on_a_shared_connection_are_dropped(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """A tag no session holds, a closed notice, a message without a tag frame and a malformed message are
+    each dropped; the sessions carry on."""
+    broker = TaggedBroker(port)
+    loop = WorkerLoop([_client(0)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
+    thread, _ = _run(loop)
+    try:
+        (route,), tags = _greet(broker, 1)
+        task = Task(2, "train", {}, WEIGHTS, 0, 1, 10.0).to_frames()
+        broker.send(route, b"\x01" * TAG_BYTES, task)  # nobody's tag
+        broker.sock.send_multipart([route, tag_frame(tags["c0"], closed=True)])
+        broker.sock.send_multipart([route, *task])  # no tag frame
+        broker.send(route, tags["c0"], [b"FL1", b"garbage"])
+        broker.send(route, tags["c0"], Task(3, "train", {}, WEIGHTS, 0, 1, 10.0).to_frames())
+        _, tag, update = broker.recv_kind(Update)
+        assert (tag, update.round_id) == (tags["c0"], 3), "only the well-addressed TASK was trained on"
+        assert thread.is_alive()
+    finally:
+        loop.stop()
+        thread.join(10)
+        broker.close()
+
+
+def test_sessions_with_transport_keys_cannot_share_a_connection(tmp_path: Any) -> None:
+    _, secret = create_worker_keys(tmp_path / "c0", "c0")
+    with pytest.raises(ValueError, match="cannot share a connection"):
+        WorkerLoop([_client(0)], "127.0.0.1:1", _fit, keys={"c0": load_worker_keys(secret)},
+                   broker_key=b"x" * 40, share_connection=True)
+
+
+def test_an_error_for_one_session_reaches_only_that_session(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """``unknown_worker`` to c0's tag makes c0 announce again, under the same tag; c1 says nothing."""
+    broker = TaggedBroker(port)
+    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
+    thread, _ = _run(loop)
+    try:
+        (route,), tags = _greet(broker, 2)
+        broker.send(route, tags["c0"], Error("unknown_worker", "send HELLO first").to_frames())
+        _, tag, hello = broker.recv_kind(Hello)
+        assert (tag, hello.worker_id) == (tags["c0"], "c0")
+    finally:
+        loop.stop()
+        thread.join(10)
+        broker.close()
