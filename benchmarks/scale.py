@@ -1,7 +1,8 @@
 """Thousands of clients on one machine (issue 15): ``fl simulate`` with 1,000 and 10,000 virtual clients.
 
 Runs the real ``fl simulate`` (one broker process, ``--processes`` worker processes hosting every virtual
-client, each client with its own identity, DEALER socket and TCP connection) and, while it runs, reads
+client, each client with its own identity and session; a process's clients share its TCP connection
+unless ``-- --connection-per-client`` is given) and, while it runs, reads
 every child process's peak resident memory (``VmHWM``) from /proc. Prints one JSON line:
 
     {"benchmark": "scale", "cases": [{"clients", "cohort", "secure", "rounds_complete", "answered",

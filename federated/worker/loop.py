@@ -5,12 +5,12 @@ session is one worker identity with its own connection and data (``flworker`` ru
 packs many virtual clients into a few processes). A connection is a DEALER socket of its own, or, with
 ``share_connection``, a tagged virtual connection on one socket the process's sessions share
 (:mod:`federated.protocol.multiplex`): the broker still sees one peer per session, and a session that is
-never selected costs its data and a few objects instead of libzmq's memory for a connection. An I/O thread moves messages between the sockets and
-the sessions, sends HELLO and heartbeats, and reconnects with exponential backoff and jitter when the
-broker falls silent. Training runs on the calling (main) thread, so heartbeats keep flowing while a model
-trains; finished results go back to the I/O thread through a queue and an inproc wake-up socket. MLX
-stays on the main thread because it aborts at interpreter exit when another thread has used it (seen
-with random initialisation and compiled steps).
+never selected costs its data and a few objects instead of libzmq's memory for a connection. An I/O
+thread moves messages between the sockets and the sessions, sends HELLO and heartbeats, and reconnects
+with exponential backoff and jitter when the broker falls silent. Training runs on the calling (main)
+thread, so heartbeats keep flowing while a model trains; finished results go back to the I/O thread
+through a queue and an inproc wake-up socket. MLX stays on the main thread because it aborts at
+interpreter exit when another thread has used it (seen with random initialisation and compiled steps).
 """
 
 from __future__ import annotations
