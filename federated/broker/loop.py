@@ -155,6 +155,8 @@ class BrokerLoop:
             # Round up so we never wake a hair early and spin; cap so stop() is noticed promptly.
             if poller.poll(min(int(timeout_ms) + 1, 500)):
                 for _ in range(BATCH):
+                    if coord.done:
+                        break
                     try:
                         msg = self._receive(sock)
                     except zmq.Again:
@@ -238,6 +240,10 @@ class BrokerLoop:
             except zmq.ZMQError as exc:
                 if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                     raise
+                if self.coordinator.done:
+                    # The run is over and this is its BYE: a worker that already left (a process whose
+                    # sessions share a connection closes it on the first BYE) is no news.
+                    continue
                 reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else "send queue full"
                 log.warning("could not send to connection %s: %s", out.route.hex()[:16], reason)
                 self._send(sock, self.coordinator.unreachable(out.route, self.coordinator.clock()))

@@ -490,6 +490,20 @@ class WorkerLoop:
                     log.error("%s: %s; stopping", c.wid, action.reason)
                     c.outcome = Outcome.REFUSED
                 self._close(c)
+                if not action.refused:
+                    self._run_over(action.reason)
+
+    def _run_over(self, reason: str) -> None:
+        """The broker said BYE: it does so only when its run is over, to every worker it knows. Sessions of
+        this process it does not know (still connecting, or reconnecting: a short run can end before the
+        last of thousands of virtual clients joins) would otherwise wait for a broker that is gone."""
+        left = [c for c in self.connections if not c.session.done]
+        if left:
+            log.info("the broker's run is over (%s): this process's %d other session(s) stop with it", reason,
+                     len(left))
+        for c in left:
+            c.session.done = True
+            self._close(c)
 
     # ------------------------------------------------------------------ results of the training thread
 

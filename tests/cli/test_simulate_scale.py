@@ -1,7 +1,8 @@
 """``fl simulate`` with 1,000 virtual clients, 100 a round, in two worker processes (issue 15).
 
-Every virtual client is a real protocol participant with its own identity and TCP connection, so this
-checks what breaks first at scale: every client joins, every round completes with all 100 selected
+Every virtual client is a real protocol participant with its own identity and session (a worker
+process's clients share its TCP connection, each under a tag of its own), so this checks what breaks
+first at scale: every client joins, every round completes with all 100 selected
 clients answering, the cohorts are drawn from the whole federation, and no process grows with it (the
 broker and each worker stay far below what a copy of the data set per client would cost). Measured
 here: about 10 s, peak RSS 100-135 MiB a process (``benchmarks/scale.py``).

@@ -225,3 +225,28 @@ def test_an_error_for_one_session_reaches_only_that_session(port: int, ctx: zmq.
         loop.stop()
         thread.join(10)
         broker.close()
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_one_bye_ends_the_run_for_every_session_of_the_process(port: int, ctx: zmq.Context[zmq.Socket[bytes]],
+                                                                share: bool) -> None:
+    """The broker says BYE only when its run is over: sessions it never welcomed (a short run can end
+    before the last of thousands of virtual clients joins) stop too, instead of waiting for a broker that
+    is gone."""
+    router: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://127.0.0.1:{port}")
+    loop = WorkerLoop([_client(i) for i in range(3)], f"127.0.0.1:{port}", _fit, context=ctx,
+                      share_connection=share)
+    thread, result = _run(loop)
+    try:
+        assert router.poll(10_000)
+        route, *frames = router.recv_multipart()  # the first HELLO; the others go unanswered
+        head = [route, frames[0]] if share else [route]
+        router.send_multipart([*head, *Bye("", "training finished").to_frames()])
+        thread.join(10)
+        assert result == [0] and all(s.done for s in loop.sessions)
+    finally:
+        loop.stop()
+        thread.join(10)
+        router.close()
