@@ -129,3 +129,16 @@ def test_a_port_taken_before_the_broker_binds_it_is_replaced_by_another(tmp_path
         finally:
             broker.terminate()
             broker.wait(timeout=30)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["--dropout", "0.3"], ["--secure", "--dropout", "0.2"]])
+def test_sharing_a_connection_changes_nothing_the_broker_decides(tmp_path: Path, flags: list[str]) -> None:
+    """The same seeded run with the clients of a worker process on one shared connection (the default)
+    and with a connection each: the same rounds, cohorts, dropouts and models."""
+    runs = [simulate_json("--num-clients", "10", "--num-rounds", "3", *flags, *extra,
+                          "--store", str(tmp_path / f"s{i}.db"))["rounds"]
+            for i, extra in enumerate([[], ["--connection-per-client"]])]
+    keys = ("round", "status", "participants", "dropped", "accuracy", "loss")
+    assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]
