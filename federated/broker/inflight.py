@@ -80,11 +80,15 @@ def _borrowed(fd: int) -> Iterator[socket.socket]:
     """libzmq's descriptor ``fd`` as a Python socket for a moment, given back (never closed) after.
 
     Not a duplicate (``os.dup``): a broker of 10,000 workers would need 20,000 descriptors, above many
-    systems' hard limit, and libzmq then fails to accept connections. If libzmq closed the descriptor
-    and gave its number to a new connection before the guard saw the events, the guard samples the new
-    connection under the old record: its credit can only be too small, which :meth:`InflightGuard._check`
-    already corrects, and its allowance only too large. So it never cuts a connection that holds less
-    than the budget."""
+    systems' hard limit, and libzmq then fails to accept connections. A descriptor number that libzmq
+    closes comes back for a later connection, which inherits the credit the closed one was handed (the
+    guard never resets credit: its events arrive late). That credit is too large, and
+    :meth:`InflightGuard._check` removes it at the new connection's first sample (a connection is never
+    handed more than it received), so at most what the new connection received before that sample goes
+    uncounted, as the guard's sampling delay allows anyway; from then on it is bounded like any other. If
+    the guard sees the new connection under the old record, its allowance is only too large by the old
+    connection's age in pings (256 bytes an interval). So it never cuts a connection that holds less than
+    the budget (``tests/broker/test_inflight_fd_reuse.py``)."""
     sock = socket.socket(fileno=fd)
     try:
         yield sock
