@@ -662,6 +662,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        if False and (\n",
         "tests/protocol/test_codec.py",
     ),
+    _m(
+        "inflight-reused-descriptor",
+        "README threat model: one connection can make the broker hold about one largest message, also on "
+        "a descriptor number that a closed connection left (mutation: keep the closed one's credit)",
+        "federated/broker/inflight.py",
+        "        if credit > received:\n",
+        "        if False:\n",
+        "tests/broker/test_inflight_fd_reuse.py",
+    ),
+    _m(
+        "shared-connection-tag-scope",
+        "README threat model: a tag names a session only on the connection that drew it (mutation: the "
+        "virtual route leaves out the connection)",
+        "federated/protocol/multiplex.py",
+        "    return route.ljust(_ROUTING_ID_MAX, b\"\\0\") + bytes([len(route)]) + tag\n",
+        "    return bytes(_ROUTING_ID_MAX) + bytes([len(route)]) + tag\n",
+        "tests/network/test_shared_connection.py",
+    ),
 )
 
 
