@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -38,11 +39,44 @@ def _check_timeout(timeout: float) -> None:
                          "the global pytest timeout, so that a hang fails the test with the child's output")
 
 
+#: Ports :func:`free_port` handed out in this run (a test may ask for several before it binds any).
+_GIVEN: set[int] = set()
+#: Where :func:`free_port` looks when the ephemeral range leaves room below it.
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel picks from by itself (Linux's ``ip_local_port_range``; elsewhere its default)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now and that nothing takes before the test binds it.
+
+    ``bind(("127.0.0.1", 0))`` would pick one from the kernel's ephemeral range, the range every outgoing
+    connection takes its local port from (a worker connecting, a child of an earlier test still
+    reconnecting), so the port could be gone by the time a broker binds it. This one is outside that
+    range, where the kernel assigns nothing by itself, was bindable a moment ago, and is never handed out
+    twice in one run."""
+    low, high = _ephemeral_range()
+    ports = range(_LOWEST_PORT, low) if low - _LOWEST_PORT >= 1000 else range(high + 1, 65536)
+    rng = random.Random()  # which port is not a secret; only spread matters
+    for _ in range(200):
+        port = rng.choice(ports)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port among 200 tries in {ports.start}-{ports.stop - 1}")
 
 
 def kill_group(popen: subprocess.Popen[Any]) -> None:
