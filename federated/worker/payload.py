@@ -25,7 +25,8 @@ from federated.protocol import Task, Update, local_seconds
 from federated.worker.randomness import LocalRandomness
 from federated.worker.secure import encode_input
 
-__all__ = ["MAX_SKELLAM_MU", "SecureInput", "distributed_noise_multiplier", "encode_update", "skellam_mu_of"]
+__all__ = ["MAX_SKELLAM_MU", "SecureInput", "distributed_noise_multiplier", "encode_update", "non_finite",
+           "skellam_mu_of"]
 
 #: The largest per-worker Skellam mean a worker accepts: 16 exact Poisson draws a side per coordinate.
 MAX_SKELLAM_MU = 16 * POISSON_EXACT_MAX
@@ -105,3 +106,14 @@ def encode_update(task: Task, worker_id: str, update: dict[str, np.ndarray], met
         return Update(worker_id, task.round_id, task.stage, num_samples, metrics, packed.tensors,
                       {"meta": packed.meta}).to_frames()
     return Update(worker_id, task.round_id, task.stage, num_samples, metrics, update).to_frames()
+
+
+def non_finite(update: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> str:
+    """What in a training result is NaN or infinite (its tensors' and metrics' names), or "" if nothing is.
+
+    A diverged training run gives such values; an UPDATE carrying them is refused by the broker as
+    malformed (and its metrics cannot even be written as JSON), after which the broker would wait for
+    this worker until the round's deadline, so the worker reports the failure instead."""
+    bad = [name for name, value in update.items() if not np.isfinite(value).all()]
+    bad += [name for name, value in metrics.items() if not math.isfinite(value)]
+    return f"{', '.join(sorted(bad))} not finite" if bad else ""

@@ -54,26 +54,18 @@ from federated.protocol import (
     Welcome,
 )
 from federated.worker.ledger import RoundLedger
-from federated.worker.payload import SecureInput, distributed_noise_multiplier, encode_update, skellam_mu_of
+from federated.worker.payload import (
+    SecureInput,
+    distributed_noise_multiplier,
+    encode_update,
+    non_finite,
+    skellam_mu_of,
+)
 from federated.worker.randomness import LocalRandomness
 from federated.worker.simulation import DropoutPlan, Stragglers
 
-__all__ = [
-    "Action",
-    "Announce",
-    "ClientData",
-    "EvaluateFunction",
-    "Finish",
-    "FitFunction",
-    "Send",
-    "Train",
-    "TrainJob",
-    "TrainResult",
-    "Vanish",
-    "Welcomed",
-    "WorkerSession",
-    "task_seed",
-]
+__all__ = ["Action", "Announce", "ClientData", "EvaluateFunction", "Finish", "FitFunction", "Send", "Train", "TrainJob",
+           "TrainResult", "Vanish", "Welcomed", "WorkerSession", "task_seed"]
 
 log = logging.getLogger("federated.worker")
 
@@ -410,6 +402,9 @@ class WorkerSession:
             log.exception("%s: training failed in round %d", wid, task.round_id)
             return error(ErrorCode.TRAIN_FAILED, f"{type(exc).__name__}: {exc}")
         metrics = {**metrics, **evaluation, "wait_s": wait_s}
+        if diverged := non_finite(update, metrics):  # an ERROR now; the broker would wait out the round
+            log.error("%s: training diverged in round %d: %s", wid, task.round_id, diverged)
+            return error(ErrorCode.TRAIN_FAILED, f"training diverged: {diverged} (try a smaller learning rate)")
         hold_s = 0.0
         if slowdown > 1.0:
             # A simulated slow device: its compute takes ``slowdown`` times as long, so its answer leaves
@@ -420,10 +415,9 @@ class WorkerSession:
             payload = encode_update(task, wid, update, metrics, len(self.data.y), self.codec, self.randomness)
         except (ValueError, TypeError, KeyError) as exc:
             return error(ErrorCode.BAD_TASK, str(exc))
-        summary = (f"loss {metrics.get('loss', float('nan')):.4f}, accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-                   f"{metrics.get('train_s', 0.0):.2f} s on {len(self.data.y)} examples")
-        if only:
-            summary = ""
+        summary = "" if only else (f"loss {metrics.get('loss', float('nan')):.4f}, accuracy "
+                                   f"{metrics.get('accuracy', float('nan')):.3f}, "
+                                   f"{metrics.get('train_s', 0.0):.2f} s on {len(self.data.y)} examples")
         if evaluation:
             scored = (f"global model scored loss {evaluation['eval_loss']:.4f}, accuracy "
                       f"{evaluation['eval_accuracy']:.3f} on {int(evaluation['eval_samples'])} held-out examples")

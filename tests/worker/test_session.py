@@ -65,6 +65,24 @@ def test_a_bad_task_becomes_an_error_not_an_exception() -> None:
     assert isinstance(error, Error) and error.code == ErrorCode.BAD_TASK and "fail" in error.message
 
 
+@pytest.mark.parametrize(("delta", "loss", "named"), [
+    (float("nan"), 0.5, "w"), (float("inf"), 0.5, "w"), (0.25, float("nan"), "loss"), (0.25, float("inf"), "loss"),
+])
+def test_a_diverged_training_run_becomes_an_error_not_an_update(delta: float, loss: float, named: str) -> None:
+    """The broker refuses an UPDATE with NaN or infinite values as malformed and would wait for this worker
+    until the round's deadline; the worker says at once that its training failed, and what diverged."""
+    s = worker_session("w0")
+    actions = s.on_message(round_trip(Task(3, "train", {}, SESSION_WEIGHTS, 0, 1, 30.0)))
+    (job,) = [a.job for a in actions if isinstance(a, Train)]
+
+    def diverged(weights: dict[str, np.ndarray], *_: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        return {k: np.full_like(v, delta) for k, v in weights.items()}, {"loss": loss, "accuracy": 0.1, "train_s": 0.01}
+
+    (error,) = sends(s.on_trained(s.train(job, diverged)))
+    assert isinstance(error, Error) and error.code == ErrorCode.TRAIN_FAILED and error.round_id == 3
+    assert "diverged" in error.message and f"{named} not finite" in error.message
+
+
 def test_results_of_an_earlier_connection_are_dropped() -> None:
     s = worker_session("w0")
     actions = s.on_message(round_trip(Task(1, "train", {}, SESSION_WEIGHTS, 0, 1, 30.0)))
