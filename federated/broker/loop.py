@@ -58,6 +58,13 @@ log = logging.getLogger("federated.broker")
 BATCH = 256
 #: Pending TCP connections the listening socket queues (libzmq's default is 100).
 ACCEPT_BACKLOG = 4096
+#: Whole messages libzmq queues per connection before it stops reading from it (backpressure: nothing is
+#: dropped, the peer's messages wait in TCP and in its own queue). Everything queued counts toward the
+#: connection guard's budget (one largest message), so a connection that many sessions share
+#: (:mod:`federated.protocol.multiplex`) must not queue many large ones: 8 updates of up to 28 MiB each
+#: fit the default budget of 256 MiB; an honest connection of its own rarely has more than one update
+#: and a few heartbeats queued.
+RECEIVE_HWM = 8
 
 
 @dataclass
@@ -111,6 +118,7 @@ class BrokerLoop:
                          connections=self.coordinator.config.num_clients)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.SNDHWM, shared_hwm(self.coordinator.config.num_clients))
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         # Connections not yet accepted wait in the kernel's queue; libzmq's default of 100 drops the SYNs of
         # a crowd (thousands of simulated clients connecting at once), which then retry only after
         # seconds. The kernel caps it at net.core.somaxconn.
