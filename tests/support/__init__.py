@@ -8,6 +8,7 @@ on the path). Fixtures stay in conftest.py files; nothing here is a test.
 - ``coordinator``: the round state machine driven by hand with a fake clock
 - ``workers``: scripted secure-aggregation workers against a coordinator in memory
 - ``sessions``: real worker sessions driven without sockets
+- ``loops``: worker loops against hand-made brokers
 """
 
 from .broker import BrokerThread, CurveClientKeys, broker_config
@@ -23,6 +24,7 @@ from .coordinator import (
     of_type,
     tasked,
 )
+from .loops import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
 from .processes import BIN, LONGEST_WAIT_S, Proc, free_port, kill_group, run_in_group
 from .sessions import (
     SESSION_SIZE,
@@ -50,6 +52,7 @@ __all__ = [
     "HARNESS_BROKER",
     "HARNESS_T0",
     "LONGEST_WAIT_S",
+    "LOOP_WEIGHTS",
     "SECURE_WEIGHTS",
     "SESSION_SIZE",
     "SESSION_WEIGHTS",
@@ -70,11 +73,14 @@ __all__ = [
     "harness_weights",
     "kill_group",
     "last_json",
+    "loop_client",
+    "loop_fit",
     "of_type",
     "round_trip",
     "run_coordinator_round",
     "run_fl",
     "run_in_group",
+    "run_loop",
     "secagg_params",
     "secure_round_config",
     "secure_task",

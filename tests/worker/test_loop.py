@@ -3,30 +3,18 @@ reconnection with a new connection when the broker falls silent, BYE, and simula
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import zmq
-from support import free_port
+from support import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
 
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
-from federated.worker.loop import ClientData, WorkerLoop
+from federated.worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.network
-
-WEIGHTS = {"w": np.ones((2, 3), np.float32)}
-
-
-def _fit(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
-         seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    if config.get("fail"):
-        raise ValueError("unknown option 'fail'")
-    return {k: np.full_like(v, 0.5) for k, v in weights.items()}, {"loss": 1.0, "accuracy": 0.5, "train_s": 0.01}
-
 
 class FakeBroker:
     def __init__(self, port: int) -> None:
@@ -57,39 +45,16 @@ class FakeBroker:
         self.ctx.term()
 
 
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-def _run(loop: WorkerLoop) -> tuple[threading.Thread, list[int]]:
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
-    thread.start()
-    return thread, result
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
-
-
-def _client(i: int = 0, n: int = 7) -> ClientData:
-    return ClientData(f"c{i}", np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
-
-
 def test_hello_task_update_bye(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    loop = WorkerLoop([_client()], f"127.0.0.1:{port}", _fit, context=ctx)
-    thread, result = _run(loop)  # the worker starts before the broker exists
+    loop = WorkerLoop([loop_client()], f"127.0.0.1:{port}", loop_fit, context=ctx)
+    thread, result = run_loop(loop)  # the worker starts before the broker exists
     broker = FakeBroker(port)
     try:
         route, hello = broker.recv_kind(Hello)
         assert (hello.worker_id, hello.num_samples) == ("c0", 7)
         assert "train" in hello.capabilities and len(bytes.fromhex(hello.identity)) == 32
         broker.send(route, Welcome("c0", 0.05, 5.0).to_frames())
-        broker.send(route, Task(4, "train", {"seed": 1}, WEIGHTS, 0, 1, 10.0).to_frames())
+        broker.send(route, Task(4, "train", {"seed": 1}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames())
         _, update = broker.recv_kind(Update)
         assert (update.worker_id, update.round_id, update.stage, update.num_samples) == ("c0", 4, "train", 7)
         np.testing.assert_array_equal(update.update["w"], np.full((2, 3), 0.5, np.float32))
@@ -107,8 +72,8 @@ def test_hello_task_update_bye(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -
 
 def test_silent_broker_makes_the_worker_reconnect_with_a_new_connection(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = FakeBroker(port)
-    loop = WorkerLoop([_client()], f"127.0.0.1:{port}", _fit, context=ctx, reconnect_min_s=0.05)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client()], f"127.0.0.1:{port}", loop_fit, context=ctx, reconnect_min_s=0.05)
+    thread, _ = run_loop(loop)
     try:
         route1, _ = broker.recv_kind(Hello)
         broker.send(route1, Welcome("c0", 0.05, 0.3).to_frames())  # then say nothing more
@@ -122,15 +87,15 @@ def test_silent_broker_makes_the_worker_reconnect_with_a_new_connection(port: in
 
 def test_bad_task_is_reported_not_fatal(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = FakeBroker(port)
-    loop = WorkerLoop([_client()], f"127.0.0.1:{port}", _fit, context=ctx)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client()], f"127.0.0.1:{port}", loop_fit, context=ctx)
+    thread, _ = run_loop(loop)
     try:
         route, _ = broker.recv_kind(Hello)
         broker.send(route, Welcome("c0", 1.0, 5.0).to_frames())
-        broker.send(route, Task(1, "train", {"fail": True}, WEIGHTS, 0, 1, 10.0).to_frames())
+        broker.send(route, Task(1, "train", {"fail": True}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames())
         _, err = broker.recv_kind(Error)
         assert err.code == "bad_task" and "fail" in err.message and err.round_id == 1
-        broker.send(route, Task(2, "train", {}, WEIGHTS, 0, 1, 10.0).to_frames())
+        broker.send(route, Task(2, "train", {}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames())
         _, update = broker.recv_kind(Update)
         assert update.round_id == 2
     finally:
@@ -142,8 +107,8 @@ def test_bad_task_is_reported_not_fatal(port: int, ctx: zmq.Context[zmq.Socket[b
 @pytest.mark.slow
 def test_unknown_worker_error_makes_it_announce_again(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = FakeBroker(port)
-    loop = WorkerLoop([_client()], f"127.0.0.1:{port}", _fit, context=ctx)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client()], f"127.0.0.1:{port}", loop_fit, context=ctx)
+    thread, _ = run_loop(loop)
     try:
         route, _ = broker.recv_kind(Hello)
         broker.send(route, Error("unknown_worker", "send HELLO first").to_frames())
@@ -157,8 +122,8 @@ def test_unknown_worker_error_makes_it_announce_again(port: int, ctx: zmq.Contex
 
 def test_simulated_dropout_vanishes_and_comes_back(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = FakeBroker(port)
-    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, dropout_rate=0.5)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client(0), loop_client(1)], f"127.0.0.1:{port}", loop_fit, context=ctx, dropout_rate=0.5)
+    thread, _ = run_loop(loop)
     try:
         routes = {}
         for _ in range(2):
@@ -166,8 +131,8 @@ def test_simulated_dropout_vanishes_and_comes_back(port: int, ctx: zmq.Context[z
             routes[hello.worker_id] = route
             broker.send(route, Welcome(hello.worker_id, 1.0, 5.0).to_frames())
         # Cohort of 2 at rate 0.5: position 0 vanishes, position 1 answers.
-        broker.send(routes["c0"], Task(1, "train", {}, WEIGHTS, 0, 2, 10.0).to_frames())
-        broker.send(routes["c1"], Task(1, "train", {}, WEIGHTS, 1, 2, 10.0).to_frames())
+        broker.send(routes["c0"], Task(1, "train", {}, LOOP_WEIGHTS, 0, 2, 10.0).to_frames())
+        broker.send(routes["c1"], Task(1, "train", {}, LOOP_WEIGHTS, 1, 2, 10.0).to_frames())
         seen = {}
         while len(seen) < 2:
             route, msg = broker.recv(10)

@@ -4,30 +4,19 @@ reconnects or vanishes, and stray messages dropped without harm."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 import zmq
-from support import free_port
+from support import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
 
 from federated.keys import create_worker_keys, load_worker_keys
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
 from federated.protocol.multiplex import TAG_BYTES, parse_tag_frame, tag_frame
-from federated.worker.loop import ClientData, WorkerLoop
+from federated.worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.network
-
-WEIGHTS = {"w": np.ones((2, 3), np.float32)}
-
-
-def _fit(weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, config: dict[str, Any],
-         seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    return {k: np.full_like(v, 0.5) for k, v in weights.items()}, {"loss": 1.0, "accuracy": 0.5, "train_s": 0.01}
-
 
 class TaggedBroker:
     """A ROUTER that reads and writes tag frames: ``recv`` gives (routing id, tag, closed, message)."""
@@ -63,29 +52,6 @@ class TaggedBroker:
         self.ctx.term()
 
 
-@pytest.fixture
-def port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
-
-
-def _client(i: int, n: int = 7) -> ClientData:
-    return ClientData(f"c{i}", np.zeros((n, 4), np.float32), np.zeros(n, np.int32))
-
-
-def _run(loop: WorkerLoop) -> tuple[threading.Thread, list[int]]:
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
-    thread.start()
-    return thread, result
-
-
 def _greet(broker: TaggedBroker, count: int, interval_s: float = 1.0,
            timeout_s: float = 5.0) -> tuple[set[bytes], dict[str, bytes]]:
     routes, tags = set(), {}
@@ -99,8 +65,8 @@ def _greet(broker: TaggedBroker, count: int, interval_s: float = 1.0,
 
 def test_sessions_share_one_connection_each_under_its_own_tag(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = TaggedBroker(port)
-    loop = WorkerLoop([_client(i) for i in range(3)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
-    thread, result = _run(loop)
+    loop = WorkerLoop([loop_client(i) for i in range(3)], f"127.0.0.1:{port}", loop_fit, context=ctx, share_connection=True)
+    thread, result = run_loop(loop)
     try:
         routes, tags = _greet(broker, 3)
         assert len(routes) == 1, "every session on the one connection"
@@ -108,7 +74,7 @@ def test_sessions_share_one_connection_each_under_its_own_tag(port: int, ctx: zm
         assert all(len(t) == TAG_BYTES for t in tags.values())
         (route,) = routes
         # A TASK to c1 alone is answered by c1 alone, under c1's tag.
-        broker.send(route, tags["c1"], Task(4, "train", {"seed": 1}, WEIGHTS, 0, 1, 10.0).to_frames())
+        broker.send(route, tags["c1"], Task(4, "train", {"seed": 1}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames())
         _, tag, update = broker.recv_kind(Update)
         assert (tag, update.worker_id, update.round_id) == (tags["c1"], "c1", 4)
         for tag in tags.values():
@@ -124,9 +90,9 @@ def test_sessions_share_one_connection_each_under_its_own_tag(port: int, ctx: zm
 def test_a_reconnecting_session_closes_its_tag_and_comes_back_under_a_new_one(
         port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = TaggedBroker(port)
-    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True,
+    loop = WorkerLoop([loop_client(0), loop_client(1)], f"127.0.0.1:{port}", loop_fit, context=ctx, share_connection=True,
                       reconnect_min_s=0.05)
-    thread, _ = _run(loop)
+    thread, _ = run_loop(loop)
     try:
         routes, tags = _greet(broker, 2, interval_s=0.05, timeout_s=0.3)
         (route,) = routes
@@ -155,15 +121,15 @@ def test_a_reconnecting_session_closes_its_tag_and_comes_back_under_a_new_one(
 
 def test_a_vanishing_session_closes_its_tag(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     broker = TaggedBroker(port)
-    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, dropout_rate=0.5,
+    loop = WorkerLoop([loop_client(0), loop_client(1)], f"127.0.0.1:{port}", loop_fit, context=ctx, dropout_rate=0.5,
                       share_connection=True)
-    thread, _ = _run(loop)
+    thread, _ = run_loop(loop)
     try:
         routes, tags = _greet(broker, 2)
         (route,) = routes
         # Cohort of 2 at rate 0.5: position 0 vanishes, position 1 answers.
-        broker.send(route, tags["c0"], Task(1, "train", {}, WEIGHTS, 0, 2, 10.0).to_frames())
-        broker.send(route, tags["c1"], Task(1, "train", {}, WEIGHTS, 1, 2, 10.0).to_frames())
+        broker.send(route, tags["c0"], Task(1, "train", {}, LOOP_WEIGHTS, 0, 2, 10.0).to_frames())
+        broker.send(route, tags["c1"], Task(1, "train", {}, LOOP_WEIGHTS, 1, 2, 10.0).to_frames())
         seen: dict[str, tuple[bytes, Any]] = {}
         deadline = time.monotonic() + 10
         while len(seen) < 3 and time.monotonic() < deadline:
@@ -185,16 +151,16 @@ def test_stray_messages_on_a_shared_connection_are_dropped(port: int, ctx: zmq.C
     """A tag no session holds, a closed notice, a message without a tag frame and a malformed message are
     each dropped; the sessions carry on."""
     broker = TaggedBroker(port)
-    loop = WorkerLoop([_client(0)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client(0)], f"127.0.0.1:{port}", loop_fit, context=ctx, share_connection=True)
+    thread, _ = run_loop(loop)
     try:
         (route,), tags = _greet(broker, 1)
-        task = Task(2, "train", {}, WEIGHTS, 0, 1, 10.0).to_frames()
+        task = Task(2, "train", {}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames()
         broker.send(route, b"\x01" * TAG_BYTES, task)  # nobody's tag
         broker.sock.send_multipart([route, tag_frame(tags["c0"], closed=True)])
         broker.sock.send_multipart([route, *task])  # no tag frame
         broker.send(route, tags["c0"], [b"FL1", b"garbage"])
-        broker.send(route, tags["c0"], Task(3, "train", {}, WEIGHTS, 0, 1, 10.0).to_frames())
+        broker.send(route, tags["c0"], Task(3, "train", {}, LOOP_WEIGHTS, 0, 1, 10.0).to_frames())
         _, tag, update = broker.recv_kind(Update)
         assert (tag, update.round_id) == (tags["c0"], 3), "only the well-addressed TASK was trained on"
         assert thread.is_alive()
@@ -207,15 +173,15 @@ def test_stray_messages_on_a_shared_connection_are_dropped(port: int, ctx: zmq.C
 def test_sessions_with_transport_keys_cannot_share_a_connection(tmp_path: Any) -> None:
     _, secret = create_worker_keys(tmp_path / "c0", "c0")
     with pytest.raises(ValueError, match="cannot share a connection"):
-        WorkerLoop([_client(0)], "127.0.0.1:1", _fit, keys={"c0": load_worker_keys(secret)},
+        WorkerLoop([loop_client(0)], "127.0.0.1:1", loop_fit, keys={"c0": load_worker_keys(secret)},
                    broker_key=b"x" * 40, share_connection=True)
 
 
 def test_an_error_for_one_session_reaches_only_that_session(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     """``unknown_worker`` to c0's tag makes c0 announce again, under the same tag; c1 says nothing."""
     broker = TaggedBroker(port)
-    loop = WorkerLoop([_client(0), _client(1)], f"127.0.0.1:{port}", _fit, context=ctx, share_connection=True)
-    thread, _ = _run(loop)
+    loop = WorkerLoop([loop_client(0), loop_client(1)], f"127.0.0.1:{port}", loop_fit, context=ctx, share_connection=True)
+    thread, _ = run_loop(loop)
     try:
         (route,), tags = _greet(broker, 2)
         broker.send(route, tags["c0"], Error("unknown_worker", "send HELLO first").to_frames())
@@ -236,9 +202,9 @@ def test_one_bye_ends_the_run_for_every_session_of_the_process(port: int, ctx: z
     router: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind(f"tcp://127.0.0.1:{port}")
-    loop = WorkerLoop([_client(i) for i in range(3)], f"127.0.0.1:{port}", _fit, context=ctx,
+    loop = WorkerLoop([loop_client(i) for i in range(3)], f"127.0.0.1:{port}", loop_fit, context=ctx,
                       share_connection=share)
-    thread, result = _run(loop)
+    thread, result = run_loop(loop)
     try:
         assert router.poll(10_000)
         route, *frames = router.recv_multipart()  # the first HELLO; the others go unanswered
