@@ -1,7 +1,8 @@
 """One worker session's connection as the worker loop keeps it: its socket, liveness timers and reconnect
 state (:class:`Connection`), the socket that sessions share when they share one (:class:`SharedLine`),
-the I/O thread's timer queue (:class:`TimerHeap`), and how the loop ends (:class:`Outcome`). No I/O here:
-:mod:`federated.worker.loop` opens, watches and closes the sockets.
+the I/O thread's timer queue (:class:`TimerHeap`), and how the loop ends (:class:`Outcome`).
+:mod:`federated.worker.sockets` opens, watches and closes the sockets; the only I/O here is a shared
+line's reading and writing of its sessions' tags on the socket it was given.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import enum
 import heapq
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import zmq
 
 from federated.crypto.floor import SafetyFloor
 from federated.keys import WorkerKeys
+from federated.protocol.multiplex import new_tag, parse_tag_frame, tag_frame
 from federated.worker.ledger import RoundLedger
 from federated.worker.randomness import LocalRandomness
 from federated.worker.session import ClientData, WorkerSession
@@ -159,11 +161,50 @@ class SharedLine:
     """One DEALER socket whose connection carries many sessions' virtual connections, each under its own
     tag (:mod:`federated.protocol.multiplex`): a process of thousands of virtual clients pays libzmq's
     per-connection memory once, not once per client. A session's connection is open while its tag is
-    in ``by_tag``; ``sock`` is the shared socket (None until the first session connects)."""
+    in ``by_tag``; ``sock`` is the shared socket (None until the first session connects; the worker
+    loop opens and closes it)."""
 
     def __init__(self) -> None:
         self.sock: zmq.Socket[bytes] | None = None
         self.by_tag: dict[bytes, Connection] = {}
+
+    def attach(self, c: Connection) -> None:
+        """Open a new virtual connection for ``c``: a new tag, so the broker sees a new peer."""
+        assert self.sock is not None
+        c.tag = new_tag()
+        self.by_tag[c.tag] = c
+        c.sock = self.sock
+
+    def detach(self, c: Connection, *, notify: bool) -> bool:
+        """Close ``c``'s virtual connection; with ``notify``, tell the broker, as a socket that closes
+        would (its next send there fails). Returns whether anything was sent on the socket."""
+        assert c.tag is not None
+        self.by_tag.pop(c.tag, None)
+        sent = False
+        if notify and self.sock is not None:
+            try:
+                self.sock.send(tag_frame(c.tag, closed=True), zmq.NOBLOCK)
+                sent = True
+            except zmq.Again:
+                pass  # the broker still finds out: this session's heartbeats stop
+        c.tag, c.sock = None, None
+        return sent
+
+    def receive(self) -> Iterator[tuple[Connection, list[zmq.Frame]]]:
+        """Read the socket until it has nothing left: each message with the session its tag names. A tag
+        no session holds any more (it reconnected, or the broker answers a closed one) is dropped."""
+        while self.sock is not None:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            tagged = parse_tag_frame(frames[0].bytes) if frames else None
+            if tagged is None or tagged[1]:
+                log.warning("ignoring a message from the broker without a session's tag on a shared connection")
+                continue
+            c = self.by_tag.get(tagged[0])
+            if c is not None:
+                yield c, frames[1:]
 
 
 def connections_for(clients: Sequence[ClientData], keys: Mapping[str, WorkerKeys] | None, broker_key: bytes | None,

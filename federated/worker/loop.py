@@ -32,8 +32,8 @@ from zmq.utils.monitor import recv_monitor_message
 from federated.crypto.floor import SafetyFloor
 from federated.keys import WorkerKeys
 from federated.protocol import Heartbeat, Limits, ProtocolError, Task, decode_message
-from federated.protocol.multiplex import new_tag, parse_tag_frame, tag_frame
-from federated.transport import configure_socket, context_for, curve_client, shared_hwm
+from federated.protocol.multiplex import tag_frame
+from federated.transport import context_for
 from federated.worker.connection import (
     CONNECT_SPACING_S,
     GRACE_BYTES_PER_S,
@@ -64,13 +64,11 @@ from federated.worker.session import (
     task_seed,
 )
 from federated.worker.simulation import DROPOUT_STAGES, DropoutPlan, SlowDevices, Stragglers
+from federated.worker.sockets import Sockets
 
 __all__ = ["DROPOUT_STAGES", "ClientData", "FitFunction", "Outcome", "WorkerLoop", "task_seed"]
 
 log = logging.getLogger("federated.worker")
-
-_WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_CONNECT_RETRIED)
 
 
 
@@ -123,7 +121,7 @@ class WorkerLoop:
                                            dropout=DropoutPlan(dropout_rate, dropout_stage),
                                            stragglers=Stragglers(straggler_rate))
         self.broker_key = broker_key
-        self.endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
+        endpoint = server_address if "://" in server_address else f"tcp://{server_address}"
         self.fit = fit
         self.evaluate = evaluate
         self.limits = limits or Limits()
@@ -133,8 +131,10 @@ class WorkerLoop:
         # A process of thousands of virtual clients needs more sockets than libzmq's default context
         # allows (1,023) and more files than the usual soft limit: its own context, sized to fit.
         self._owns_context = context is None
-        self.line = SharedLine() if share_connection else None
         self.context = context or context_for(8 if share_connection else len(self.connections) + 8)
+        self.sockets = Sockets(self.context, endpoint, self.limits, broker_key, share=share_connection,
+                               sessions=len(self.connections), reconnect_max_s=reconnect_max_s,
+                               monitor=len(self.connections) <= WATCH_MAX_SESSIONS and not share_connection)
         self._jobs: queue.Queue[tuple[Connection, TrainJob, float] | None] = queue.Queue()
         self._results: queue.Queue[tuple[Connection, TrainResult, float]] = queue.Queue()
         # Results of simulated slow devices, held until their due time (monotonic seconds).
@@ -142,11 +142,8 @@ class WorkerLoop:
         self._stopping = False
         self._rng = random.Random(secrets.randbits(32))  # jitter only; not security relevant
         self.updates_sent = 0
-        self.watch = len(self.connections) <= WATCH_MAX_SESSIONS and not share_connection
         # The I/O thread's timers: (due, sequence, connection), at most one live entry per connection.
         self._timer_heap = TimerHeap()
-        self._selector: selectors.BaseSelector | None = None  # the I/O thread's, while it serves
-        self._look_at: set[Connection] = set()  # connections made or sent on since the last wait
         self._maybe_done = True  # a session may have finished since the last look
 
     @property
@@ -207,23 +204,15 @@ class WorkerLoop:
             codes.append(self._serve(wake_rx))
         finally:
             for c in self.connections:
-                self._close(c)
-            if self.line is not None and self.line.sock is not None:
-                self._unwatch(self.line.sock)
-                self.line.sock.close(linger=0)
-                self.line.sock = None
+                self.sockets.close(c)
+            self.sockets.close_line()
             wake_rx.close(linger=0)
             self._jobs.put(None)  # wake the training thread so run() returns
 
     def _serve(self, wake_rx: zmq.Socket[bytes]) -> Outcome:
-        # Sockets are watched through their ZMQ_FD descriptors in the OS's own selector (epoll on Linux),
-        # which costs per ready socket: zmq_poll costs per watched socket, 13 ms a call over 5,000 of
-        # them, and that was most of a simulation process's time. ZMQ_FD only says "look again", and
-        # libzmq gives that notice only after a look found nothing: so a ready socket is read until it
-        # has nothing left, and a new socket, or one we sent on, is looked at before the next wait (a
-        # send can take the notice of a message that arrived meanwhile).
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(socket_fd(wake_rx), selectors.EVENT_READ, None)
+        # How sockets are watched, and why they are looked at again: see federated.worker.sockets.
+        selector = self.sockets.selector = selectors.DefaultSelector()
+        selector.register(socket_fd(wake_rx), selectors.EVENT_READ, None)
         while wake_rx.poll(0):  # a look arms the notice of the next wake-up
             wake_rx.recv()
         start = time.monotonic()
@@ -245,7 +234,7 @@ class WorkerLoop:
                 if self._maybe_done and all(c.session.done for c in self.connections):
                     return max(c.outcome for c in self.connections)
                 self._maybe_done = False
-                ready = self._selector.select(self._wait_ms(time.monotonic()) / 1000.0)
+                ready = selector.select(self._wait_ms(time.monotonic()) / 1000.0)
                 woken = False
                 for key, _ in ready:
                     if key.data is None:
@@ -265,27 +254,18 @@ class WorkerLoop:
                     self._deliver_results()
             return Outcome.STOPPED
         finally:
-            self._selector.close()
-            self._selector = None
-
-    def _watch(self, c: Connection | SharedLine, sock: zmq.Socket[bytes]) -> None:
-        if self._selector is not None:
-            self._selector.register(socket_fd(sock), selectors.EVENT_READ, (sock, c))
-            if isinstance(c, Connection):
-                self._look_at.add(c)
-
-    def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
-        if self._selector is not None:
-            try:
-                self._selector.unregister(socket_fd(sock))
-            except (KeyError, ValueError):
-                pass
+            selector.close()
+            self.sockets.selector = None
 
     def _look_again(self) -> None:
         """Look at the sockets made or sent on since the last wait, and read what they have (see
         :meth:`_serve`)."""
-        while self._look_at:
-            c = self._look_at.pop()
+        while self.sockets.look_at:
+            c = self.sockets.look_at.pop()
+            if isinstance(c, SharedLine):
+                if c.sock is not None and int(c.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    self._drain_line()
+                continue
             if c.monitor is not None and int(c.monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 self._connection_events(c)
             if c.sock is not None and int(c.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -326,38 +306,9 @@ class WorkerLoop:
 
     # ------------------------------------------------------------------ connection
 
-    def _dealer(self, interval_s: float, timeout_s: float, connections: int) -> zmq.Socket[bytes]:
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
-        configure_socket(sock, self.limits, interval_s, timeout_s, connections=connections)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
-        return sock
-
     def _connect(self, c: Connection, now: float) -> None:
-        self._close(c, notify=True)
-        if self.line is not None:
-            # A new virtual connection on the shared socket: a new tag, so the broker sees a new peer.
-            line = self.line
-            if line.sock is None:
-                line.sock = self._dealer(c.interval, c.timeout, 1)
-                for option in (zmq.SNDHWM, zmq.RCVHWM):
-                    line.sock.setsockopt(option, shared_hwm(len(self.connections)))
-                line.sock.connect(self.endpoint)
-                self._watch(line, line.sock)
-            c.tag = new_tag()
-            line.by_tag[c.tag] = c
-            c.sock = line.sock
-        else:
-            sock = self._dealer(c.interval, c.timeout, len(self.connections))
-            if c.keys is not None and self.broker_key is not None:
-                curve_client(sock, c.keys.curve_public, c.keys.curve_secret, self.broker_key)
-            if self.watch:
-                c.monitor = sock.get_monitor_socket(_WATCHED)
-            sock.connect(self.endpoint)
-            c.sock = sock
-            self._watch(c, sock)
-            if c.monitor is not None:
-                self._watch(c, c.monitor)
+        self.sockets.close(c, notify=True)
+        self.sockets.open(c)
         c.reconnect_at = None
         c.welcomed = False
         c.last_heard = now
@@ -365,34 +316,11 @@ class WorkerLoop:
         self._send(c, c.session.connected().to_frames())
         c.hello_sent_at, c.hello_due = now, math.inf
 
-    def _close(self, c: Connection, *, notify: bool = False) -> None:
-        """Close ``c``'s connection. On a shared line that is dropping its tag; with ``notify`` the broker
-        is told, as a socket that closes would tell it (its next send there fails), so a session that
-        vanishes or reconnects is a dropout at once. A session the broker said BYE to leaves quietly."""
-        if c.tag is not None:
-            assert self.line is not None
-            self.line.by_tag.pop(c.tag, None)
-            if notify and self.line.sock is not None:
-                try:
-                    self.line.sock.send(tag_frame(c.tag, closed=True), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass  # the broker still finds out: this session's heartbeats stop
-            c.tag, c.sock = None, None
-        elif c.sock is not None:
-            if c.monitor is not None:
-                c.sock.disable_monitor()
-                self._unwatch(c.monitor)
-                c.monitor.close(linger=0)
-                c.monitor = None
-            self._unwatch(c.sock)
-            c.sock.close(linger=0)
-            c.sock = None
-
     def _connection_events(self, c: Connection) -> None:
         """What the socket monitor saw (:meth:`Connection.on_monitor_event`); give up if it says so."""
         while c.monitor is not None and c.monitor.poll(0):
-            verdict = c.on_monitor_event(recv_monitor_message(c.monitor)["event"], time.monotonic(), self.endpoint,
-                                         pinned=self.broker_key is not None)
+            verdict = c.on_monitor_event(recv_monitor_message(c.monitor)["event"], time.monotonic(),
+                                         self.sockets.endpoint, pinned=self.broker_key is not None)
             if verdict is not None:
                 self._give_up(c, *verdict)
 
@@ -401,11 +329,11 @@ class WorkerLoop:
         c.outcome = outcome
         c.session.done = True
         self._maybe_done = True
-        self._close(c, notify=True)
+        self.sockets.close(c, notify=True)
 
     def _schedule_reconnect(self, c: Connection, now: float) -> None:
         """Close now; reconnect after an exponentially growing, jittered delay."""
-        self._close(c, notify=True)
+        self.sockets.close(c, notify=True)
         c.backoff = min(self.reconnect_max_s, max(self.reconnect_min_s, c.backoff * 2))
         c.reconnect_at = now + c.backoff * (0.5 + self._rng.random())
 
@@ -418,7 +346,7 @@ class WorkerLoop:
             c.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("%s: send queue full; message dropped", c.wid)
-        self._look_at.add(c)
+        self.sockets.look_at.add(c)
 
     # ------------------------------------------------------------------ inbound
 
@@ -434,21 +362,9 @@ class WorkerLoop:
             self._received(c, frames)
 
     def _drain_line(self) -> None:
-        """Read the shared socket until it has nothing left, each message to the session its tag names.
-        A tag no session holds any more (it reconnected, or the broker answers a closed one) is dropped."""
-        line = self.line
-        while line is not None and line.sock is not None:
-            try:
-                frames = line.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            tagged = parse_tag_frame(frames[0].bytes) if frames else None
-            if tagged is None or tagged[1]:
-                log.warning("ignoring a message from the broker without a session's tag on a shared connection")
-                continue
-            c = line.by_tag.get(tagged[0])
-            if c is not None:
-                self._received(c, frames[1:])
+        assert self.sockets.line is not None
+        for c, frames in self.sockets.line.receive():
+            self._received(c, frames)
 
     def _received(self, c: Connection, frames: Sequence[zmq.Frame]) -> None:
         c.last_heard = time.monotonic()
@@ -482,14 +398,14 @@ class WorkerLoop:
                 c.hello_due = min(c.hello_due, c.hello_sent_at + c.interval)
             elif isinstance(action, Vanish):
                 # Close without a word and come back as a new connection, as a device off the network.
-                self._close(c, notify=True)
+                self.sockets.close(c, notify=True)
                 c.reconnect_at = time.monotonic()
             elif isinstance(action, Finish):
                 self._maybe_done = True
                 if action.refused:
                     log.error("%s: %s; stopping", c.wid, action.reason)
                     c.outcome = Outcome.REFUSED
-                self._close(c)
+                self.sockets.close(c)
                 if not action.refused:
                     self._run_over(action.reason)
 
@@ -503,7 +419,7 @@ class WorkerLoop:
                      len(left))
         for c in left:
             c.session.done = True
-            self._close(c)
+            self.sockets.close(c)
 
     # ------------------------------------------------------------------ results of the training thread
 
