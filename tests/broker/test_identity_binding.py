@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import enrolled_workers
 
 from federated.broker.coordinator import STAGE_TRAIN, Coordinator, Outbound
 from federated.config import BrokerConfig, FederatedConfig, SecureConfig
@@ -27,10 +28,6 @@ from federated.crypto.secagg_worker import SecAggWorker
 from federated.keys import (
     Enrolment,
     WorkerKeys,
-    create_broker_keys,
-    create_worker_keys,
-    enrol_worker,
-    load_worker_keys,
 )
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
 
@@ -42,13 +39,7 @@ ROUTES = {"alice": ALICE, "bob": BOB, "carol": b"route-carol"}
 
 @pytest.fixture
 def enrolled(tmp_path: Path) -> tuple[Enrolment, dict[str, WorkerKeys]]:
-    keys_dir = tmp_path / "broker"
-    create_broker_keys(keys_dir)
-    keys = {}
-    for wid in ROUTES:
-        public, secret = create_worker_keys(tmp_path / wid, wid)
-        enrol_worker(keys_dir, public)
-        keys[wid] = load_worker_keys(secret)
+    keys_dir, keys = enrolled_workers(tmp_path, ROUTES, keys_dir="broker")
     return Enrolment(keys_dir), keys
 
 

@@ -16,18 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from support import BrokerThread
+from support import BrokerThread, enrolled_workers
 
 from federated.broker.coordinator import Coordinator
 from federated.config import BrokerConfig, FederatedConfig
 from federated.keys import (
     Enrolment,
-    create_broker_keys,
-    create_worker_keys,
-    enrol_worker,
     load_broker_keys,
     load_broker_public,
-    load_worker_keys,
 )
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
 
@@ -44,13 +40,7 @@ def _reply(sock: zmq.Socket[bytes], timeout_s: float) -> object | None:
 
 
 def test_a_routing_id_taken_over_with_another_key_cannot_speak_for_its_worker(tmp_path: Path) -> None:
-    keys_dir = tmp_path / "broker-keys"
-    create_broker_keys(keys_dir)
-    keys = {}
-    for wid in ("alice", "bob"):
-        public, secret = create_worker_keys(tmp_path / wid, wid)
-        enrol_worker(keys_dir, public)
-        keys[wid] = load_worker_keys(secret)
+    keys_dir, keys = enrolled_workers(tmp_path, ("alice", "bob"))
     config = FederatedConfig(num_clients=5, broker=BrokerConfig(start_timeout_s=600.0, heartbeat_interval_s=300.0,
                                                                 heartbeat_timeout_s=900.0))
     coordinator = Coordinator(config, {"w": np.zeros(3, np.float32)}, enrolment=Enrolment(keys_dir))

@@ -25,16 +25,12 @@ import zmq
 
 if __name__ == "__main__":  # run as a script: tests/ on the path, as pytest's pythonpath puts it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import free_port, kill_group
+from support import enrolled_workers, free_port, kill_group
 
 import federated
 from federated.keys import (
     WorkerKeys,
-    create_broker_keys,
-    create_worker_keys,
-    enrol_worker,
     load_broker_public,
-    load_worker_keys,
 )
 from federated.protocol import Error, Hello, Welcome, decode_message
 from federated.transport import curve_client
@@ -99,14 +95,7 @@ class Broker:
 
 
 def _keys(base: Path) -> tuple[Path, dict[str, WorkerKeys]]:
-    keys_dir = base / "broker-keys"
-    create_broker_keys(keys_dir)
-    workers = {}
-    for wid in ("honest", "mallory"):
-        public, secret = create_worker_keys(base / wid, wid)
-        enrol_worker(keys_dir, public)
-        workers[wid] = load_worker_keys(secret)
-    return keys_dir, workers
+    return enrolled_workers(base, ("honest", "mallory"))
 
 
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], broker: Broker, keys: WorkerKeys) -> zmq.Socket[bytes]:

@@ -12,18 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from support import BrokerThread
+from support import BrokerThread, enrolled_workers
 
 from federated.broker.coordinator import Coordinator
 from federated.config import BrokerConfig, FederatedConfig
 from federated.keys import (
     Enrolment,
-    create_broker_keys,
-    create_worker_keys,
-    enrol_worker,
     load_broker_keys,
     load_broker_public,
-    load_worker_keys,
 )
 from federated.protocol import Error, Heartbeat, Hello, Welcome, decode_message
 from federated.protocol.multiplex import new_tag, parse_tag_frame, split_route, tag_frame
@@ -131,13 +127,7 @@ def test_a_closed_notice_with_frames_behind_it_is_only_a_close(broker: BrokerThr
 
 
 def test_under_curve_a_shared_connection_speaks_for_its_key_s_worker_only(tmp_path: Path) -> None:
-    keys_dir = tmp_path / "broker-keys"
-    create_broker_keys(keys_dir)
-    keys = {}
-    for wid in ("alice", "bob"):
-        public, secret = create_worker_keys(tmp_path / wid, wid)
-        enrol_worker(keys_dir, public)
-        keys[wid] = load_worker_keys(secret)
+    keys_dir, keys = enrolled_workers(tmp_path, ("alice", "bob"))
     coordinator = Coordinator(CONFIG, {"w": np.zeros(3, np.float32)}, enrolment=Enrolment(keys_dir))
     broker = BrokerThread(coordinator, keys=load_broker_keys(keys_dir))
     try:

@@ -11,7 +11,7 @@ on the path). Fixtures stay in conftest.py files; nothing here is a test.
 - ``loops``: worker loops against hand-made brokers
 """
 
-from .broker import BrokerThread, CurveClientKeys, broker_config
+from .broker import BrokerThread, CurveClientKeys, broker_config, enrolled_workers
 from .codec import frames_of, round_trip, through_codec, wire
 from .coordinator import (
     HARNESS_BROKER,
@@ -24,7 +24,7 @@ from .coordinator import (
     of_type,
     tasked,
 )
-from .loops import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
+from .loops import LOOP_WEIGHTS, HandRouter, loop_client, loop_fit, run_loop
 from .processes import BIN, LONGEST_WAIT_S, Proc, free_port, kill_group, run_in_group
 from .sessions import (
     SESSION_SIZE,
@@ -60,11 +60,13 @@ __all__ = [
     "CoordinatorHarness",
     "CurveClientKeys",
     "FakeClock",
+    "HandRouter",
     "HonestMember",
     "Proc",
     "SecureFakeWorker",
     "broker_config",
     "decoded",
+    "enrolled_workers",
     "fit_with",
     "fl_json",
     "frames_of",

@@ -17,14 +17,28 @@ import zmq
 
 from federated.broker.coordinator import Coordinator
 from federated.broker.loop import BrokerLoop
+from federated.keys import WorkerKeys, create_broker_keys, create_worker_keys, enrol_worker, load_worker_keys
 from federated.transport import curve_client
 
 from .processes import free_port
 
-__all__ = ["BrokerThread", "CurveClientKeys", "broker_config"]
+__all__ = ["BrokerThread", "CurveClientKeys", "broker_config", "enrolled_workers"]
 
 #: A DEALER's CURVE keys: its own Z85 public and secret key, and the broker's Z85 public key it pins.
 CurveClientKeys = tuple[bytes, bytes, bytes]
+
+
+def enrolled_workers(base: Path, worker_ids: Any, *, keys_dir: str = "broker-keys") -> tuple[Path, dict[str, WorkerKeys]]:
+    """Broker keys in ``base/keys_dir`` and, for each of ``worker_ids``, worker keys in ``base/<id>``,
+    enrolled with that broker. Returns the broker's key directory and each worker's loaded keys."""
+    broker_dir = base / keys_dir
+    create_broker_keys(broker_dir)
+    workers = {}
+    for wid in worker_ids:
+        public, secret = create_worker_keys(base / wid, wid)
+        enrol_worker(broker_dir, public)
+        workers[wid] = load_worker_keys(secret)
+    return broker_dir, workers
 
 
 def broker_config(tmp_path: Path, **broker: Any) -> Path:

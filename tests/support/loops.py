@@ -1,5 +1,5 @@
 """Worker loops (``WorkerLoop``) driven against hand-made brokers: a training function that needs no
-model, a client's data, and a loop running on a thread of its own."""
+model, a client's data, a loop running on a thread of its own, and a bare ROUTER to play the broker."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import threading
 from typing import Any
 
 import numpy as np
+import zmq
 
 from federated.worker.loop import ClientData, WorkerLoop
 
-__all__ = ["LOOP_WEIGHTS", "loop_client", "loop_fit", "run_loop"]
+__all__ = ["LOOP_WEIGHTS", "HandRouter", "loop_client", "loop_fit", "run_loop"]
 
 #: The global model a hand-made broker sends in its TASKs.
 LOOP_WEIGHTS = {"w": np.ones((2, 3), np.float32)}
@@ -35,3 +36,23 @@ def run_loop(loop: WorkerLoop) -> tuple[threading.Thread, list[int]]:
     thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
     thread.start()
     return thread, result
+
+
+class HandRouter:
+    """A ROUTER bound on ``tcp://127.0.0.1:<port>`` with a context of its own, for a test to play the
+    broker by hand (subclasses say how they read and write messages); ``close()`` when done."""
+
+    def __init__(self, port: int) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://127.0.0.1:{port}")
+
+    def frames(self, timeout: float) -> list[bytes]:
+        """The next message's frames, routing id first (fails the test after ``timeout`` seconds)."""
+        assert self.sock.poll(int(timeout * 1000)), "nothing received in time"
+        return self.sock.recv_multipart()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()

@@ -9,23 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from support import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
+from support import LOOP_WEIGHTS, HandRouter, loop_client, loop_fit, run_loop
 
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
 from federated.worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.network
 
-class FakeBroker:
-    def __init__(self, port: int) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(f"tcp://127.0.0.1:{port}")
-
+class FakeBroker(HandRouter):
     def recv(self, timeout: float = 10.0) -> tuple[bytes, Any]:
-        assert self.sock.poll(int(timeout * 1000)), "nothing received in time"
-        route, *frames = self.sock.recv_multipart()
+        route, *frames = self.frames(timeout)
         return route, decode_message(frames)
 
     def recv_kind(self, kind: type, timeout: float = 10.0) -> tuple[bytes, Any]:
@@ -39,10 +32,6 @@ class FakeBroker:
 
     def send(self, route: bytes, frames: list[Any]) -> None:
         self.sock.send_multipart([route, *frames])
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
 
 
 def test_hello_task_update_bye(port: int, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import zmq
-from support import LOOP_WEIGHTS, loop_client, loop_fit, run_loop
+from support import LOOP_WEIGHTS, HandRouter, loop_client, loop_fit, run_loop
 
 from federated.keys import create_worker_keys, load_worker_keys
 from federated.protocol import Bye, Error, Heartbeat, Hello, Task, Update, Welcome, decode_message
@@ -18,18 +18,11 @@ from federated.worker.loop import WorkerLoop
 
 pytestmark = pytest.mark.network
 
-class TaggedBroker:
+class TaggedBroker(HandRouter):
     """A ROUTER that reads and writes tag frames: ``recv`` gives (routing id, tag, closed, message)."""
 
-    def __init__(self, port: int) -> None:
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(f"tcp://127.0.0.1:{port}")
-
     def recv(self, timeout: float = 10.0) -> tuple[bytes, bytes, bool, Any]:
-        assert self.sock.poll(int(timeout * 1000)), "nothing received in time"
-        route, first, *frames = self.sock.recv_multipart()
+        route, first, *frames = self.frames(timeout)
         tagged = parse_tag_frame(first)
         assert tagged is not None, "a message on a shared connection without a tag frame"
         tag, closed = tagged
@@ -46,10 +39,6 @@ class TaggedBroker:
 
     def send(self, route: bytes, tag: bytes, frames: list[Any]) -> None:
         self.sock.send_multipart([route, tag_frame(tag), *frames])
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
 
 
 def _greet(broker: TaggedBroker, count: int, interval_s: float = 1.0,
